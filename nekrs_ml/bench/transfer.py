@@ -1,0 +1,113 @@
+"""put/get throughput of the C++ and Python clients beside redis-benchmark, TCP and Unix socket.
+
+Each transport gets its own server (started here, stopped at the end). For every payload size,
+the C++ client (nekrs_ml._core), the Python client and redis-benchmark SET/GET move the same
+number of bytes per value, one connection, one request in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from .. import Client, _core
+from ..orchestrator import Orchestrator
+
+DEFAULT_SIZES = (4 * 1024, 100 * 1024, 1024 * 1024, 16 * 1024 * 1024)
+TRANSPORTS = ("tcp", "unix")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                        default=list(DEFAULT_SIZES), help="payload sizes in bytes, comma-separated")
+    parser.add_argument("--bytes-per-case", type=int, default=256 * 1024 * 1024,
+                        help="bytes to move per (client, op, size); sets the repetitions")
+    parser.add_argument("--transports", default="tcp,unix", help="tcp, unix or both")
+    parser.add_argument("--redis-benchmark", default=shutil.which("redis-benchmark") or "redis-benchmark")
+
+
+def repetitions(size: int, budget: int) -> int:
+    return int(min(5000, max(20, budget // size)))
+
+
+def timed(fn: Callable[[], None], count: int) -> float:
+    for _ in range(min(5, count)):
+        fn()  # warm-up: connections, allocations, server-side key creation
+    start = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return time.perf_counter() - start
+
+
+def client_records(name: str, client, transport: str, size: int, count: int) -> List[Dict]:
+    payload = np.random.default_rng(size).integers(0, 255, size, dtype=np.uint8)
+    out = np.empty_like(payload)
+    key = f"bench:{name}:{size}"
+    get = (lambda: client.get_tensor_into(key, out)) if name == "cpp" else (lambda: client.get_tensor(key))
+    put_s = timed(lambda: client.put_tensor(key, payload), count)
+    get_s = timed(get, count)
+    client.delete(key)
+    return [record(name, transport, "put", size, count, put_s),
+            record(name, transport, "get", size, count, get_s)]
+
+
+def record(client: str, transport: str, op: str, size: int, count: int, seconds: float) -> Dict:
+    return {"client": client, "transport": transport, "op": op, "size_bytes": size,
+            "bytes_per_s": size * count / seconds}
+
+
+def redis_benchmark_records(binary: str, server: Dict, password: str, transport: str,
+                            size: int, count: int) -> List[Dict]:
+    target = (["-s", server["address"][5:]] if transport == "unix"
+              else ["-h", server["address"].rsplit(":", 1)[0], "-p", server["address"].rsplit(":", 1)[1]])
+    cmd = [binary, *target, "-a", password, "-t", "set,get", "-d", str(size), "-n", str(count),
+           "-c", "1", "-P", "1", "--csv"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"redis-benchmark failed: {proc.stderr.strip()}")
+    rows = [r for r in csv.DictReader(io.StringIO(proc.stdout)) if r.get("test") in ("SET", "GET")]
+    return [{"client": "redis-benchmark", "transport": transport,
+             "op": "put" if row["test"] == "SET" else "get", "size_bytes": size,
+             "bytes_per_s": float(row["rps"]) * size} for row in rows]
+
+
+def run(args, log) -> List[Dict]:
+    records: List[Dict] = []
+    transports = [t for t in args.transports.split(",") if t]
+    for transport in transports:
+        run_dir = tempfile.mkdtemp(prefix="nkml-bench-", dir="/tmp")
+        orch = Orchestrator(run_dir, transport=transport, maxmemory="4gb")
+        try:
+            info = orch.start()
+            password = orch.password
+            clients = {"cpp": _core.Client(info["addresses"], password=password),
+                       "python": Client(info["addresses"], password=password)}
+            for size in args.sizes:
+                count = repetitions(size, args.bytes_per_case)
+                log(f"{transport} {size} B x {count}")
+                for name, client in clients.items():
+                    records += client_records(name, client, transport, size, count)
+                records += redis_benchmark_records(args.redis_benchmark, info["servers"][0], password,
+                                                   transport, size, count)
+        finally:
+            orch.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return records
+
+
+def print_table(records: List[Dict]) -> None:
+    base = {(r["transport"], r["op"], r["size_bytes"]): r["bytes_per_s"]
+            for r in records if r["client"] == "redis-benchmark"}
+    print(f"{'transport':9} {'op':4} {'size':>9} {'client':15} {'MB/s':>9} {'vs redis-benchmark':>18}")
+    for r in sorted(records, key=lambda r: (r["transport"], r["op"], r["size_bytes"], r["client"])):
+        ratio = r["bytes_per_s"] / base.get((r["transport"], r["op"], r["size_bytes"]), float("nan"))
+        print(f"{r['transport']:9} {r['op']:4} {r['size_bytes']:>9} {r['client']:15} "
+              f"{r['bytes_per_s'] / 1e6:9.1f} {ratio:17.0%}")

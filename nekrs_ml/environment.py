@@ -1,0 +1,81 @@
+"""Environment variables through which the orchestrator tells every child process where the
+database is (documented in docs/protocol.md). Both clients read the same variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from .errors import ConfigError
+
+MODE = "NEKRS_ML_MODE"  # single | colocated | cluster
+ADDRESSES = "NEKRS_ML_ADDRESSES"  # comma-separated host:port or unix:PATH
+PASSWORD_FILE = "NEKRS_ML_PASSWORD_FILE"  # file holding the password
+RUN_DIR = "NEKRS_ML_RUN_DIR"  # the orchestrator's run directory
+NAMESPACE = "NEKRS_ML_NAMESPACE"  # key prefix of this run (docs/protocol.md)
+TIMEOUT = "NEKRS_ML_TIMEOUT"  # per-call timeout of the clients, seconds
+
+MODES = ("single", "colocated", "cluster")
+
+
+def export(mode: str, addresses: List[str], password_file: str, run_dir: str,
+           namespace: str = "nkml") -> Dict[str, str]:
+    """The variables a child process needs, as a dict to merge into its environment."""
+    return {
+        MODE: mode,
+        ADDRESSES: ",".join(addresses),
+        PASSWORD_FILE: str(password_file),
+        RUN_DIR: str(run_dir),
+        NAMESPACE: namespace,
+    }
+
+
+def read_password(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path!r} ({PASSWORD_FILE}): {exc.strerror}") from None
+
+
+def node_names() -> List[str]:
+    full = socket.gethostname()
+    return [full.split(".")[0], full]
+
+
+def colocated_address(addresses: List[str]) -> str:
+    """The address of this node's server: sockets live at <run_dir>/<hostname>/redis.sock."""
+    names = node_names()
+    for address in addresses:
+        if address.startswith("unix:") and Path(address[5:]).parent.name in names:
+            return address
+    raise ConfigError(
+        f"no server of this node ({names[0]}) among {ADDRESSES}={','.join(addresses)}; in colocated "
+        "mode start one server per node with `nekrs-ml db start --mode colocated`"
+    )
+
+
+def connection_options(env: Optional[Mapping[str, str]] = None) -> dict:
+    """Client(...) keyword arguments from the orchestrator's variables."""
+    env = os.environ if env is None else env
+    raw = env.get(ADDRESSES, "").strip()
+    if not raw:
+        raise ConfigError(
+            f"{ADDRESSES} is not set; start the orchestrator with `nekrs-ml db start` "
+            "or run under `nekrs-ml run`"
+        )
+    addresses = [a.strip() for a in raw.split(",") if a.strip()]
+    mode = env.get(MODE, "single")
+    if mode not in MODES:
+        raise ConfigError(f"{MODE}={mode!r} is not valid; use one of {', '.join(MODES)}")
+    if mode == "colocated":
+        addresses = [colocated_address(addresses)]
+    password = read_password(env[PASSWORD_FILE]) if env.get(PASSWORD_FILE) else None
+    options = {"addresses": addresses, "password": password, "cluster": mode == "cluster"}
+    if env.get(TIMEOUT):
+        try:
+            options["timeout"] = float(env[TIMEOUT])
+        except ValueError:
+            raise ConfigError(f"{TIMEOUT}={env[TIMEOUT]!r} is not a number of seconds") from None
+    return options

@@ -1,0 +1,93 @@
+"""The key schema of docs/protocol.md (mirrored by udf/include/nekrs_ml/keys.hpp).
+
+Every key starts with the run namespace. The part in braces is the Redis Cluster hash tag: all
+keys of one solver rank share ``{r<rank>}`` and so live on one shard; the keys of one model
+share ``{m:<name>}``.
+"""
+
+from __future__ import annotations
+
+
+def rank_tag(rank: int) -> str:
+    return f"{{r{int(rank)}}}"
+
+
+# --- training stream (per solver rank) ------------------------------------------------------
+def snapshot_inputs(ns: str, rank: int, seq: int) -> str:
+    return f"{ns}:{rank_tag(rank)}:train:{int(seq)}:x"
+
+
+def snapshot_targets(ns: str, rank: int, seq: int) -> str:
+    return f"{ns}:{rank_tag(rank)}:train:{int(seq)}:y"
+
+
+def snapshot_index(ns: str, rank: int) -> str:
+    """List of announcements "<seq> <step> <time>", pushed after both tensors are stored."""
+    return f"{ns}:{rank_tag(rank)}:train:index"
+
+
+def snapshot_dropped(ns: str, rank: int) -> str:
+    """Counter of snapshots this rank dropped because the database was full."""
+    return f"{ns}:{rank_tag(rank)}:train:dropped"
+
+
+# --- inference requests (per solver rank) ---------------------------------------------------
+def inference_request(ns: str, rank: int, model: str) -> str:
+    return f"{ns}:{rank_tag(rank)}:infer:{model}:req"
+
+
+def inference_reply(ns: str, rank: int, model: str) -> str:
+    return f"{ns}:{rank_tag(rank)}:infer:{model}:rep"
+
+
+# --- run control ----------------------------------------------------------------------------
+def solver_members(ns: str) -> str:
+    """Set of the solver ranks that write to this server."""
+    return f"{ns}:solver:members"
+
+
+def solver_step(ns: str) -> str:
+    return f"{ns}:solver:step"
+
+
+def solver_snapshots(ns: str) -> str:
+    """Counter of the snapshots announced by all solver ranks (progress display)."""
+    return f"{ns}:solver:snapshots"
+
+
+def solver_done(ns: str) -> str:
+    return f"{ns}:solver:done"
+
+
+def trainer_stop(ns: str) -> str:
+    return f"{ns}:trainer:stop"
+
+
+def trainer_status(ns: str) -> str:
+    return f"{ns}:trainer:status"
+
+
+# --- model registry -------------------------------------------------------------------------
+def model_tag(name: str) -> str:
+    return f"{{m:{name}}}"
+
+
+def model_counter(ns: str, name: str) -> str:
+    return f"{ns}:{model_tag(name)}:counter"
+
+
+def model_latest(ns: str, name: str) -> str:
+    return f"{ns}:{model_tag(name)}:latest"
+
+
+def model_blob(ns: str, name: str, version: int) -> str:
+    return f"{ns}:{model_tag(name)}:v{int(version)}"
+
+
+def model_meta(ns: str, name: str, version: int) -> str:
+    return f"{ns}:{model_tag(name)}:v{int(version)}:meta"
+
+
+def model_names(ns: str) -> str:
+    """Set of the model names registered in the run."""
+    return f"{ns}:models"

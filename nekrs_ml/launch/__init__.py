@@ -1,0 +1,279 @@
+"""`nekrs-ml run CASE.par --solver reproducer|nekrs`: the whole workflow in one command.
+
+Starts the orchestrator in the configured deployment, then the trainer and the solver, each
+under its own mpiexec; shows live progress; stops everything when the solver is done, on
+Ctrl-C, or when a part dies; writes report.json and plots into the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .. import environment, keys
+from ..cli import command
+from ..client import Client
+from ..config import load_par
+from ..errors import ConfigError, NekrsMLError
+from ..orchestrator import Orchestrator
+from .nodes import allocation_hosts
+from .supervisor import Part
+
+EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
+
+def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
+    """`mpiexec -n N` (+ hosts of the allocation); NEKRS_ML_MPIEXEC overrides the launcher."""
+    launcher = shlex.split(os.environ.get("NEKRS_ML_MPIEXEC", "mpiexec"))
+    if not shutil.which(launcher[0]):
+        raise ConfigError(f"{launcher[0]} not found: install an MPI (Debian: apt-get install openmpi-bin) "
+                          "or set NEKRS_ML_MPIEXEC to your MPI launcher")
+    argv = launcher + ["-n", str(ranks)]
+    if hosts:
+        argv += ["--host", ",".join(hosts)]
+    return argv
+
+
+def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path) -> List[str]:
+    if solver == "reproducer":
+        return mpiexec_prefix(ranks, hosts) + [sys.executable, "-m", "nekrs_ml.cli", "reproduce",
+                                               str(par), "--summary", str(run_dir / "solver.json")]
+    nekrs_home = os.environ.get("NEKRS_HOME")
+    binary = Path(nekrs_home, "bin", "nekrs") if nekrs_home else shutil.which("nekrs")
+    if not binary or not Path(binary).exists():
+        raise ConfigError("--solver nekrs: nekrs not found; set NEKRS_HOME to the NekRS installation "
+                          "(the one with bin/nekrs)")
+    return mpiexec_prefix(ranks, hosts) + [str(binary), "--setup", par.stem]
+
+
+class Progress:
+    """One status line, redrawn in place on a terminal, printed every few seconds otherwise."""
+
+    def __init__(self, total_steps: Optional[int]):
+        self.total = total_steps
+        self.tty = sys.stdout.isatty()
+        self.last_print = 0.0
+
+    def show(self, step: int, snapshots: int, status: Dict) -> None:
+        width = 30
+        frac = min(1.0, step / self.total) if self.total else 0.0
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        loss = status.get("val_loss") if status.get("val_loss") is not None else status.get("train_loss")
+        text = (f"[{bar}] step {step}/{self.total or '?'}  snapshots {snapshots}  "
+                f"epoch {status.get('epoch', '-')}  loss {loss if loss is None else f'{loss:.3e}'}  "
+                f"model v{status.get('model_version') or '-'}  {status.get('state', 'waiting')}")
+        if self.tty:
+            print("\r" + text.ljust(120), end="", flush=True)
+        elif time.monotonic() - self.last_print > 5:
+            print(text, flush=True)
+            self.last_print = time.monotonic()
+
+    def done(self) -> None:
+        if self.tty:
+            print()
+
+
+class Run:
+    def __init__(self, par: Path, solver: str, run_dir: Path, trainer_grace: float):
+        self.par = par
+        self.solver = solver
+        self.run_dir = run_dir
+        self.trainer_grace = trainer_grace
+        self.cfg = load_par(str(par))
+        self.ml = self.cfg["nekrs_ml"]
+        self.parts: Dict[str, Part] = {}
+        self.warnings: List[str] = []
+        self.started = time.time()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def start_orchestrator(self) -> Dict:
+        self.orchestrator = Orchestrator(
+            self.run_dir / "db", mode=self.ml["deployment"], transport=self.ml["transport"],
+            shards=self.ml["shards"], maxmemory=self.ml["maxMemory"], namespace=self.ml["namespace"])
+        self.info = self.orchestrator.start()
+        self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(self.ml["timeout"]))
+        self.client = Client(**environment.connection_options(self.env))
+        return self.info
+
+    def start_parts(self) -> None:
+        hosts = allocation_hosts()
+        workflow = self.ml["workflow"]
+        cwd = str(self.par.parent) if self.solver == "nekrs" else str(self.run_dir)
+        if workflow in ("train", "train+infer"):
+            argv = mpiexec_prefix(self.ml["trainerRanks"], hosts) + [
+                sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
+            self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
+                                         str(self.run_dir / "trainer.log"))
+        argv = solver_command(self.solver, self.par, self.ml["solverRanks"], hosts, self.run_dir)
+        self.parts["solver"] = Part("solver", argv, self.env, cwd, str(self.run_dir / "solver.log"))
+
+    # --- supervision ------------------------------------------------------------------------
+    def supervise(self) -> str:
+        """Returns "ok" or the name of the failing part."""
+        total = self.cfg["reproducer"]["steps"] if self.solver == "reproducer" else None
+        progress = Progress(total)
+        solver, trainer = self.parts["solver"], self.parts.get("trainer")
+        trainer_reported = False
+        solver_finished_at = None
+        try:
+            while True:
+                progress.show(*self.poll_progress())
+                if trainer and not trainer.running and not trainer_reported and solver.running:
+                    trainer_reported = True
+                    self.warn(f"trainer exited with code {trainer.returncode} while the solver runs; "
+                              f"the solver continues (see {trainer.log_path})")
+                if not solver.running:
+                    if solver.returncode != 0:
+                        return "solver"
+                    solver_finished_at = solver_finished_at or time.monotonic()
+                    if trainer is None or not trainer.running:
+                        break
+                    if time.monotonic() - solver_finished_at > self.trainer_grace:
+                        self.warn(f"trainer still running {self.trainer_grace:g} s after the solver "
+                                  "finished; stopping it")
+                        trainer.stop()
+                        break
+                time.sleep(0.5)
+        finally:
+            progress.show(*self.poll_progress())
+            progress.done()
+        if trainer is not None and trainer.returncode not in (0, -signal.SIGTERM):
+            return "trainer"
+        return "ok"
+
+    def poll_progress(self):
+        ns = self.ml["namespace"]
+        try:
+            step = int(self.client.get_string(keys.solver_step(ns)) or 0)
+            snapshots = int(self.client.get_string(keys.solver_snapshots(ns)) or 0)
+            raw = self.client.get_string(keys.trainer_status(ns))
+            status = json.loads(raw) if raw else {}
+        except (NekrsMLError, ValueError):
+            return 0, 0, {}
+        return step, snapshots, status
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        print(f"\nnekrs-ml run: warning: {text}", file=sys.stderr, flush=True)
+
+    def stop_parts(self) -> Dict[str, Optional[int]]:
+        return {name: part.stop() for name, part in self.parts.items()}
+
+    # --- report -----------------------------------------------------------------------------
+    def write_report(self, status: str, exit_codes: Dict[str, Optional[int]], message: str) -> Dict:
+        from . import report
+
+        evaluation = None
+        if getattr(self, "client", None) is not None and status != "orchestrator":
+            try:
+                evaluation = report.evaluate_model(self.client, self.ml["namespace"], self.cfg)
+            except Exception as exc:  # the report must be written even when evaluation fails
+                self.warn(f"model evaluation failed: {exc}")
+        history = report.read_history(self.run_dir / "trainer_history.jsonl")
+        solver_summary = _read_json(self.run_dir / "solver.json")
+        plots = report.plot(self.run_dir, history, evaluation)
+        data = {
+            "status": status,
+            "message": message,
+            "solver": self.solver,
+            "case": str(self.par),
+            "workflow": self.ml["workflow"],
+            "deployment": self.ml["deployment"],
+            "model_name": self.ml["modelName"],
+            "model_version": evaluation["version"] if evaluation else None,
+            "tau_w_rel_error": ({"median": evaluation["median"], "p95": evaluation["p95"],
+                                 "samples": int(evaluation["u"].size)} if evaluation else None),
+            "solver_summary": solver_summary,
+            "trainer_last": history[-1] if history else None,
+            "exit_codes": exit_codes,
+            "warnings": self.warnings,
+            "plots": plots,
+            "wall_seconds": time.time() - self.started,
+        }
+        (self.run_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+        return data
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float = 120.0) -> int:
+    par_path = Path(par).absolute()
+    if not par_path.exists():
+        raise ConfigError(f"case file {par} not found")
+    run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
+    run_path.mkdir(parents=True, exist_ok=True)
+    run = Run(par_path, solver, run_path, trainer_grace)
+    status, message, exit_codes = "ok", "", {}
+    interrupted = False
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            run.start_orchestrator()
+        except NekrsMLError as exc:
+            status, message = "orchestrator", str(exc)
+            raise
+        print(f"nekrs-ml run: database {run.info['mode']} at {', '.join(run.info['addresses'])}; "
+              f"run directory {run_path}", flush=True)
+        run.start_parts()
+        status = run.supervise()
+    except KeyboardInterrupt:
+        interrupted, status = True, "interrupted"
+    finally:
+        exit_codes = run.stop_parts()
+        if status not in ("ok", "interrupted", "orchestrator"):
+            part = run.parts[status]
+            message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "
+                       f"{part.log_path}:\n{part.log_tail()}")
+        elif status == "interrupted":
+            message = "interrupted; every part was stopped"
+        try:
+            data = run.write_report(status, exit_codes, message)
+        finally:
+            Orchestrator.stop_dir(run_path / "db")
+            signal.signal(signal.SIGTERM, previous)
+    summarise(data, run_path)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER}.get(status, EXIT_SOLVER)
+
+
+def summarise(data: Dict, run_dir: Path) -> None:
+    err = data.get("tau_w_rel_error")
+    line = f"nekrs-ml run: {data['status']}"
+    if data.get("model_version"):
+        line += f"; model v{data['model_version']}"
+    if err:
+        line += f"; tau_w relative error median {err['median']:.2%}, p95 {err['p95']:.2%}"
+    print(line + f"; report {run_dir / 'report.json'}", flush=True)
+    if data["status"] != "ok" and data.get("message"):
+        print(f"nekrs-ml run: {data['message']}", file=sys.stderr)
+
+
+@command("run", "run a case: orchestrator + trainer + solver, with progress and a report")
+def _run(parser: argparse.ArgumentParser):
+    parser.add_argument("par", help="case .par file with a [NEKRS_ML] section")
+    parser.add_argument("--solver", choices=("reproducer", "nekrs"), default="reproducer")
+    parser.add_argument("--run-dir", help="run directory (default: runs/<case name>)")
+    parser.add_argument("--trainer-grace", type=float, default=120.0,
+                        help="seconds the trainer may keep going after the solver finished")
+
+    def run(args) -> int:
+        return execute(args.par, args.solver, args.run_dir, args.trainer_grace)
+    return run

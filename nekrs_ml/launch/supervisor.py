@@ -1,0 +1,62 @@
+"""Process supervision: each part (solver, trainer) runs in its own process group so that it and
+every rank under it can be stopped together, also when the launcher itself fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+
+class Part:
+    """One supervised command (usually an mpiexec) with its log file."""
+
+    def __init__(self, name: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        self.started = time.monotonic()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.process.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> Optional[int]:
+        """SIGTERM to the whole group, SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.running:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # ranks may outlive a dead mpiexec: always sweep the group
+        self._signal(signal.SIGKILL)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        return self.process.returncode
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            with open(self.log_path, errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:]).rstrip()
+        except OSError:
+            return ""

@@ -1,0 +1,504 @@
+"""The orchestrator: the lifecycle of the redis-server processes that hold a run's data.
+
+Modes:
+  single     one server, TCP (loopback by default) or a Unix socket;
+  colocated  one server per node on a Unix socket ``<run_dir>/<hostname>/redis.sock``; on several
+             nodes, run ``nekrs-ml db start --mode colocated`` once per node (e.g. under mpiexec
+             with one process per node) with a shared run directory;
+  cluster    a Redis Cluster of N >= 3 masters on TCP, slots split evenly, created here.
+
+Every server gets the run's generated password, a ``maxmemory`` cap with ``noeviction`` (a full
+database refuses writes instead of silently dropping data) and no persistence unless asked.
+The run directory holds the password file, one folder per node with each server's config, log,
+socket and a ``state.json`` of what was started, so ``stop`` and ``status`` work from any shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import redis
+
+from . import environment
+from .errors import OrchestratorError
+
+CLUSTER_SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10000
+STATE_FILE = "state.json"
+PASSWORD_FILE = "password"
+MODES = environment.MODES
+
+
+@dataclass
+class Server:
+    """One started redis-server."""
+
+    name: str
+    address: str  # host:port or unix:PATH
+    pid: int
+    config: str
+    log: str
+    host: Optional[str] = None
+    port: Optional[int] = None
+    socket: Optional[str] = None
+
+
+@dataclass
+class State:
+    mode: str
+    node: str
+    namespace: str
+    servers: List[Server] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "State":
+        raw = json.loads(path.read_text())
+        return cls(mode=raw["mode"], node=raw["node"], namespace=raw.get("namespace", "nkml"),
+                   servers=[Server(**s) for s in raw["servers"]])
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)  # never leave a half-written state file
+
+
+def find_redis_server(path: Optional[str] = None) -> str:
+    candidate = path or os.environ.get("NEKRS_ML_REDIS_SERVER") or shutil.which("redis-server")
+    if not candidate or not os.access(candidate, os.X_OK):
+        raise OrchestratorError(
+            f"redis-server not found{f' at {candidate!r}' if candidate else ' on PATH'}; install it "
+            "(Debian: apt-get install redis-server) or pass --redis-server PATH "
+            "(any Redis >= 7 or Valkey server binary)")
+    return candidate
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` is a running redis/valkey server (guards against reused pids)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # cmdline is empty for a moment right after fork/exec: that process is ours and alive
+    if cmdline and b"redis" not in cmdline and b"valkey" not in cmdline:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return status != "Z"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", with_bus: bool = False, taken: Optional[set] = None) -> int:
+    """A free TCP port (and, for cluster nodes, a free bus port at +10000)."""
+    taken = taken or set()
+    for _ in range(200):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        if port in taken or port in (6379, 16379):
+            continue
+        if with_bus and (port + CLUSTER_BUS_OFFSET > 65535 or not port_is_free(host, port + CLUSTER_BUS_OFFSET)):
+            continue
+        return port
+    raise OrchestratorError(f"no free TCP port found on {host}")
+
+
+def node_name() -> str:
+    return environment.node_names()[0]
+
+
+class Orchestrator:
+    """Starts, stops and inspects the servers of one run directory.
+
+    >>> with Orchestrator("runs/demo", mode="single").started() as orch:
+    ...     client = nekrs_ml.Client(orch.addresses, password=orch.password)
+    """
+
+    def __init__(self, run_dir, mode: str = "single", transport: str = "tcp", shards: int = 3,
+                 bind: str = "127.0.0.1", port: Optional[int] = None, maxmemory: str = "1gb",
+                 persistence: bool = False, redis_server: Optional[str] = None,
+                 namespace: str = "nkml", start_timeout: float = 30.0):
+        if mode not in MODES:
+            raise OrchestratorError(f"mode {mode!r} is not valid; use one of {', '.join(MODES)}")
+        if transport not in ("tcp", "unix"):
+            raise OrchestratorError(f"transport {transport!r} is not valid; use tcp or unix")
+        if mode == "cluster" and shards < 3:
+            raise OrchestratorError(f"--shards {shards}: a Redis Cluster needs at least 3 masters")
+        if mode == "cluster" and transport == "unix":
+            raise OrchestratorError("a Redis Cluster runs over TCP; drop --transport unix or use --mode single")
+        if mode == "colocated" and port is not None:
+            raise OrchestratorError("--port does not apply to colocated mode (Unix socket per node)")
+        if "{" in namespace or "}" in namespace or ":" in namespace or not namespace:
+            raise OrchestratorError(f"namespace {namespace!r}: use a non-empty name without '{{', '}}' or ':'")
+        self.run_dir = Path(run_dir).absolute()
+        self.mode = mode
+        self.transport = "unix" if mode == "colocated" else transport
+        self.shards = shards if mode == "cluster" else 1
+        self.bind = bind
+        self.port = port
+        self.maxmemory = maxmemory
+        self.persistence = persistence
+        self.redis_server = redis_server
+        self.namespace = namespace
+        self.start_timeout = start_timeout
+        self.node = node_name()
+
+    # --- paths ------------------------------------------------------------------------------
+    @property
+    def node_dir(self) -> Path:
+        return self.run_dir / self.node
+
+    @property
+    def password_file(self) -> Path:
+        return self.run_dir / PASSWORD_FILE
+
+    @property
+    def password(self) -> str:
+        return environment.read_password(str(self.password_file))
+
+    # --- queries over the whole run directory ----------------------------------------------
+    @staticmethod
+    def states(run_dir) -> List[State]:
+        run_dir = Path(run_dir)
+        states = []
+        for path in sorted(run_dir.glob(f"*/{STATE_FILE}")):
+            try:
+                states.append(State.load(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise OrchestratorError(
+                    f"state file {path} is unreadable ({exc}); remove {path.parent} and start again"
+                ) from None
+        return states
+
+    @classmethod
+    def info(cls, run_dir) -> dict:
+        """What `db start` prints: mode, addresses, password file, run directory, environment."""
+        run_dir = Path(run_dir).absolute()
+        states = cls.states(run_dir)
+        if not states:
+            raise OrchestratorError(
+                f"no orchestrator in {run_dir}; start one with `nekrs-ml db start --dir {run_dir}`")
+        mode, namespace = states[0].mode, states[0].namespace
+        addresses = [s.address for st in states for s in st.servers]
+        password_file = str(run_dir / PASSWORD_FILE)
+        return {
+            "mode": mode,
+            "addresses": addresses,
+            "password_file": password_file,
+            "run_dir": str(run_dir),
+            "namespace": namespace,
+            "servers": [dict(address=s.address, pid=s.pid, node=st.node, log=s.log)
+                        for st in states for s in st.servers],
+            "env": environment.export(mode, addresses, password_file, str(run_dir), namespace),
+        }
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self) -> dict:
+        binary = find_redis_server(self.redis_server)
+        self._check_run_dir()
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        password = self._ensure_password()
+        state = State(mode=self.mode, node=self.node, namespace=self.namespace)
+        state_path = self.node_dir / STATE_FILE
+        try:
+            taken: set = set()
+            for index in range(self.shards):
+                server = self._spawn(binary, index, password, taken)
+                state.servers.append(server)
+                state.save(state_path)  # record each pid at once, so stop() finds it on failure
+            for server in state.servers:
+                self._wait_ready(server, password)
+            if self.mode == "cluster":
+                self._form_cluster(state.servers, password)
+        except BaseException:
+            self._terminate(state.servers)
+            state_path.unlink(missing_ok=True)
+            raise
+        return self.info(self.run_dir)
+
+    def started(self):
+        """Context manager: start, yield self, always stop."""
+        orch = self
+
+        class _Running:
+            def __enter__(self_inner):
+                orch.start()
+                return orch
+
+            def __exit__(self_inner, *exc):
+                orch.stop()
+
+        return _Running()
+
+    @property
+    def addresses(self) -> List[str]:
+        return self.info(self.run_dir)["addresses"]
+
+    def _check_run_dir(self) -> None:
+        state_path = self.node_dir / STATE_FILE
+        if state_path.exists():
+            try:
+                state = State.load(state_path)
+                alive = [s.pid for s in state.servers if pid_alive(s.pid)]
+            except (OSError, ValueError, KeyError, TypeError):
+                alive = []
+            if alive:
+                raise OrchestratorError(
+                    f"run directory {self.run_dir} already has running servers (pids "
+                    f"{', '.join(map(str, alive))}); stop them with `nekrs-ml db stop --dir {self.run_dir}` "
+                    "or choose another --dir")
+            raise OrchestratorError(
+                f"run directory {self.run_dir} holds the state of an orchestrator that did not stop "
+                f"cleanly; clean it with `nekrs-ml db stop --dir {self.run_dir}` or choose another --dir")
+        other_modes = {st.mode for st in self.states(self.run_dir)} - {self.mode}
+        if other_modes:
+            raise OrchestratorError(
+                f"run directory {self.run_dir} already holds a {other_modes.pop()} orchestrator; "
+                "use another --dir")
+
+    def _ensure_password(self) -> str:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: several nodes of a colocated run share one password
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self.password
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        return self.password
+
+    def _spawn(self, binary: str, index: int, password: str, taken: set) -> Server:
+        name = f"redis-{index}" if self.shards > 1 else "redis"
+        server_dir = self.node_dir / name if self.shards > 1 else self.node_dir
+        server_dir.mkdir(parents=True, exist_ok=True)
+        host = port = sock = None
+        if self.transport == "unix":
+            sock = str(server_dir / "redis.sock")
+            if len(sock) > 100:
+                raise OrchestratorError(
+                    f"socket path {sock} is longer than the 100 characters a Unix socket allows; "
+                    "choose a shorter --dir")
+            address = f"unix:{sock}"
+        else:
+            host = self.bind
+            if self.port is not None and index == 0:
+                port = self.port
+                if not port_is_free(host, port) or (
+                        self.mode == "cluster" and not port_is_free(host, port + CLUSTER_BUS_OFFSET)):
+                    raise OrchestratorError(
+                        f"port {port} on {host} is taken (another server?); choose another --port "
+                        "or leave --port out to use a free one")
+            else:
+                port = free_port(host, with_bus=self.mode == "cluster", taken=taken)
+            taken.add(port)
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        config = server_dir / "redis.conf"
+        log = server_dir / "redis.log"
+        config.write_text(self._config_text(server_dir, host, port, sock, password, log))
+        config.chmod(0o600)  # it holds the password
+        with open(log, "ab") as log_handle:
+            process = subprocess.Popen(
+                [binary, str(config)], stdout=log_handle, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=server_dir,
+                start_new_session=True)  # outlives `db start`; stopped by `db stop`
+        return Server(name=name, address=address, pid=process.pid, config=str(config),
+                      log=str(log), host=host, port=port, socket=sock)
+
+    def _config_text(self, server_dir: Path, host, port, sock, password: str, log: Path) -> str:
+        lines = [
+            f"port {port if port is not None else 0}",
+            f"bind {host}" if host else "bind 127.0.0.1",
+            f"requirepass {password}",
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
+            f'dir "{server_dir}"',
+            f'logfile "{log}"',
+            "daemonize no",
+            "protected-mode yes",
+            "timeout 0",
+            "tcp-keepalive 60",
+            # Large tensors: a client's pending query may be big; replies to readers too.
+            "proto-max-bulk-len 2gb",
+            "client-query-buffer-limit 2gb",
+        ]
+        if sock:
+            lines += [f'unixsocket "{sock}"', "unixsocketperm 700"]
+        if self.persistence:
+            lines += ["appendonly yes", 'save "900 1 300 100"']
+        else:
+            lines += ["appendonly no", 'save ""']
+        if self.mode == "cluster":
+            lines += ["cluster-enabled yes", 'cluster-config-file "nodes.conf"',
+                      "cluster-node-timeout 5000", f"masterauth {password}"]
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _connect(server: Server, password: str, timeout: float = 2.0) -> redis.Redis:
+        if server.socket:
+            return redis.Redis(unix_socket_path=server.socket, password=password,
+                               socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis.Redis(host=server.host, port=server.port, password=password,
+                           socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def _wait_ready(self, server: Server, password: str) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if not pid_alive(server.pid):
+                raise OrchestratorError(self._startup_failure(server))
+            try:
+                with self._connect(server, password) as conn:
+                    if conn.ping():
+                        return
+            except redis.BusyLoadingError:
+                pass
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise OrchestratorError(
+                    f"{server.address} did not answer within {self.start_timeout:g} s; see {server.log}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _startup_failure(server: Server) -> str:
+        try:
+            tail = Path(server.log).read_text(errors="replace").strip().splitlines()[-5:]
+        except OSError:
+            tail = []
+        text = " | ".join(tail)
+        if "Address already in use" in text:
+            return (f"{server.address}: port is taken (another server?); choose another --port "
+                    f"or leave --port out. Log: {server.log}")
+        return f"redis-server for {server.address} exited during start-up: {text or 'no log'} ({server.log})"
+
+    def _form_cluster(self, servers: List[Server], password: str) -> None:
+        """Split the slots evenly, introduce the nodes to each other, wait for state ok."""
+        conns = [self._connect(s, password, timeout=5.0) for s in servers]
+        try:
+            per_shard = CLUSTER_SLOTS // len(servers)
+            for index, conn in enumerate(conns):
+                first = index * per_shard
+                last = CLUSTER_SLOTS - 1 if index == len(conns) - 1 else first + per_shard - 1
+                conn.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for server in servers[1:]:
+                conns[0].execute_command("CLUSTER", "MEET", server.host, server.port)
+            deadline = time.monotonic() + self.start_timeout
+            while True:
+                infos = [conn.execute_command("CLUSTER", "INFO") for conn in conns]
+                infos = [i.decode() if isinstance(i, bytes) else i for i in infos]
+                if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(servers)}" in i
+                       for i in infos):
+                    return
+                if time.monotonic() > deadline:
+                    raise OrchestratorError(
+                        f"cluster of {len(servers)} nodes did not reach state ok within "
+                        f"{self.start_timeout:g} s; see the logs in {self.node_dir}")
+                time.sleep(0.1)
+        finally:
+            for conn in conns:
+                conn.close()
+
+    # --- stop -------------------------------------------------------------------------------
+    @classmethod
+    def stop_dir(cls, run_dir, timeout: float = 10.0) -> List[str]:
+        """Stops this node's servers of ``run_dir``; returns their addresses. Idempotent."""
+        run_dir = Path(run_dir).absolute()
+        node_dir = run_dir / node_name()
+        state_path = node_dir / STATE_FILE
+        if not state_path.exists():
+            return []
+        try:
+            state = State.load(state_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            state = State(mode="unknown", node=node_name(), namespace="")
+        cls._terminate(state.servers, timeout)
+        state_path.unlink(missing_ok=True)
+        for server in state.servers:
+            if server.socket:
+                Path(server.socket).unlink(missing_ok=True)
+        return [s.address for s in state.servers]
+
+    def stop(self, timeout: float = 10.0) -> List[str]:
+        return self.stop_dir(self.run_dir, timeout)
+
+    @staticmethod
+    def _terminate(servers: List[Server], timeout: float = 10.0) -> None:
+        """SIGTERM (redis shuts down cleanly, no save when persistence is off), then SIGKILL."""
+        live = [s for s in servers if pid_alive(s.pid)]
+        for server in live:
+            try:
+                os.kill(server.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for sig, wait in ((None, timeout), (signal.SIGKILL, 5.0)):
+            for server in live if sig else []:
+                try:
+                    os.kill(server.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while live and time.monotonic() < deadline:
+                for server in live:
+                    _reap(server.pid)
+                live = [s for s in live if pid_alive(s.pid)]
+                time.sleep(0.02)
+        if live:
+            raise OrchestratorError(
+                f"servers did not stop: pids {', '.join(str(s.pid) for s in live)}")
+        for server in servers:
+            _reap(server.pid)
+
+    # --- status -----------------------------------------------------------------------------
+    @classmethod
+    def status(cls, run_dir) -> dict:
+        """Memory, keys and clients per server (or the error that prevented reading them)."""
+        info = cls.info(run_dir)
+        password = environment.read_password(info["password_file"])
+        report = []
+        for state in cls.states(run_dir):
+            for server in state.servers:
+                entry = {"address": server.address, "node": state.node, "pid": server.pid,
+                         "running": pid_alive(server.pid) if state.node == node_name() else None}
+                try:
+                    with cls._connect(server, password) as conn:
+                        raw = conn.info()
+                    entry.update(
+                        used_memory_bytes=raw.get("used_memory"),
+                        maxmemory_bytes=raw.get("maxmemory"),
+                        keys=sum(v.get("keys", 0) for k, v in raw.items()
+                                 if k.startswith("db") and isinstance(v, dict)),
+                        clients=raw.get("connected_clients"),
+                        uptime_s=raw.get("uptime_in_seconds"),
+                    )
+                except redis.RedisError as exc:
+                    entry["error"] = str(exc)
+                report.append(entry)
+        return {"mode": info["mode"], "run_dir": info["run_dir"], "servers": report}
+
+
+def _reap(pid: int) -> None:
+    """Collects the exit status when the server is our child (started in this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except OSError:  # not our child, or already collected
+        pass

@@ -1,0 +1,125 @@
+"""The model registry: versioned model blobs (e.g. TorchScript) with JSON metadata, stored in
+the run's database so the trainer can publish while the inference side loads.
+
+Per model name: a version counter, one blob and one meta key per version, and a ``latest``
+pointer. ``publish`` writes the blob and the meta before it moves ``latest``, so a reader that
+follows ``latest`` always finds both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from . import environment, keys
+from .cli import command
+from .client import Client
+from .errors import KeyNotFoundError
+
+
+def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: bytes,
+            meta: dict, version: Optional[int] = None) -> int:
+    """Stores ``blob`` as a new version of model ``name`` on every client's server.
+
+    The version is INCR of the counter on the first server (unless ``version`` is given, e.g.
+    one taken from another process's publish); the other servers get the same number and their
+    counters are set to it. Returns the version.
+    """
+    clients = [clients] if isinstance(clients, Client) else list(clients)
+    if version is None:
+        version = clients[0].increment(keys.model_counter(ns, name))
+        others = clients[1:]
+    else:
+        others = clients
+    record = dict(meta, name=name, version=int(version), time=time.time())
+    for client in others:
+        client.set_string(keys.model_counter(ns, name), str(version))
+    for client in clients:
+        _store(client, ns, name, int(version), blob, record)
+    return int(version)
+
+
+def _store(client: Client, ns: str, name: str, version: int, blob: bytes, record: dict) -> None:
+    client.set_string(keys.model_blob(ns, name, version), blob)
+    client.set_string(keys.model_meta(ns, name, version), json.dumps(record))
+    client.set_string(keys.model_latest(ns, name), str(version))  # only after blob and meta
+    names = keys.model_names(ns)
+    client.command(["SADD", names, name], key=names)
+
+
+def latest_version(client: Client, ns: str, name: str) -> Optional[int]:
+    """The newest complete version of ``name``, or None when nothing was published."""
+    value = client.get_string(keys.model_latest(ns, name))
+    return int(value) if value is not None else None
+
+
+def load(client: Client, ns: str, name: str, version: Optional[int] = None) -> Tuple[bytes, dict]:
+    """(blob, meta) of ``version`` (default: the latest) of model ``name``."""
+    if version is None:
+        version = latest_version(client, ns, name)
+        if version is None:
+            raise KeyNotFoundError(
+                f"model {name!r} has no published version in namespace {ns!r} (no "
+                f"{keys.model_latest(ns, name)!r}); published models: {_describe(models(client, ns))}")
+    blob = client.get_string(keys.model_blob(ns, name, version))
+    meta = client.get_string(keys.model_meta(ns, name, version))
+    if blob is None or meta is None:
+        raise KeyNotFoundError(
+            f"model {name!r} version {version} does not exist in namespace {ns!r}; available "
+            f"versions: {', '.join(map(str, versions(client, ns, name))) or 'none'}")
+    return blob, json.loads(meta)
+
+
+def versions(client: Client, ns: str, name: str) -> List[int]:
+    """The stored versions of ``name``, ascending (found by SCAN, so deleted ones are gone)."""
+    prefix = keys.model_blob(ns, name, 0)[:-1]  # "...:v"
+    pattern = _glob_escape(prefix) + "[0-9]*"
+    found = set()
+    for key in client.redis.scan_iter(match=pattern, count=1000):
+        suffix = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
+        if suffix.isdigit():  # skips the ":meta" keys
+            found.add(int(suffix))
+    return sorted(found)
+
+
+def models(client: Client, ns: str) -> Dict[str, Optional[int]]:
+    """Every registered model name with its latest version."""
+    names = keys.model_names(ns)
+    members = client.command(["SMEMBERS", names], key=names) or []
+    decoded = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    return {name: latest_version(client, ns, name) for name in decoded}
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _describe(listing: Dict[str, Optional[int]]) -> str:
+    return ", ".join(f"{name} (v{v})" for name, v in listing.items()) or "none"
+
+
+@command("models", "list the models published in the run's database, or save one to a file")
+def _models(parser: argparse.ArgumentParser):
+    parser.add_argument("name", nargs="?", help="show this model: its versions and metadata")
+    parser.add_argument("--version", type=int, help="with NAME: this version instead of the latest")
+    parser.add_argument("--output", help="with NAME: write the model blob to this file")
+    parser.add_argument("--namespace", help=f"key prefix of the run (default: ${environment.NAMESPACE}, "
+                        "else nkml)")
+
+    def run(args) -> int:
+        ns = args.namespace or os.environ.get(environment.NAMESPACE) or "nkml"
+        with Client.from_env() as client:
+            if args.name is None:
+                print(json.dumps(models(client, ns), indent=2))
+                return 0
+            blob, meta = load(client, ns, args.name, args.version)
+            if args.output:
+                Path(args.output).write_bytes(blob)
+            print(json.dumps(dict(meta, versions=versions(client, ns, args.name)), indent=2))
+        return 0
+    return run

@@ -1,0 +1,214 @@
+"""Streaming ingest of the solver's training snapshots, the replay buffers and the running
+normalisation statistics. Plain numpy; the distributed parts live in the loop module."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .. import keys
+from ..client import Client
+from ..errors import KeyNotFoundError, TensorFormatError
+
+STD_FLOOR = 1e-8  # a constant feature must not divide by zero
+
+
+@dataclass
+class Snapshot:
+    rank: int
+    seq: int
+    step: int
+    time: float
+    inputs: np.ndarray  # [n, n_in]
+    targets: np.ndarray  # [n, n_out]
+
+
+def parse_announcement(entry: bytes) -> Tuple[int, int, float]:
+    """"<seq> <step> <time>" -> (seq, step, time); ValueError when malformed."""
+    seq, step, when = entry.decode().split()
+    return int(seq), int(step), float(when)
+
+
+def validation_period(fraction: float) -> Optional[int]:
+    """Every ``period``-th snapshot (by seq) is held out; None when nothing is."""
+    return round(1.0 / fraction) if fraction > 0 else None
+
+
+def is_validation(seq: int, period: Optional[int]) -> bool:
+    return period is not None and seq % period == 0
+
+
+class SnapshotReader:
+    """Consumes the snapshots of the solver ranks that this trainer rank owns.
+
+    The solver ranks registered on the server are split round-robin over the ``share`` trainer
+    ranks that use the same server; this one is number ``position`` among them. Every snapshot
+    read is removed (index entry and tensors), so nothing is read twice and the database stays
+    bounded.
+    """
+
+    def __init__(self, client: Client, ns: str, position: int, share: int):
+        self.client = client
+        self.ns = ns
+        self.position = position
+        self.share = share
+
+    def solver_ranks(self) -> List[int]:
+        key = keys.solver_members(self.ns)
+        members = self.client.command(["SMEMBERS", key], key=key) or []
+        ranks = sorted(int(m) for m in members)
+        return ranks[self.position::self.share]
+
+    def read_available(self) -> List[Snapshot]:
+        """Every snapshot announced so far by the owned ranks; returns at once when none is."""
+        snapshots = []
+        for rank in self.solver_ranks():
+            for entry in self.client.list_range(keys.snapshot_index(self.ns, rank)):
+                snapshot = self._consume(rank, entry)
+                if snapshot is not None:
+                    snapshots.append(snapshot)
+        return snapshots
+
+    def _consume(self, rank: int, entry: bytes) -> Optional[Snapshot]:
+        index = keys.snapshot_index(self.ns, rank)
+        try:
+            seq, step, when = parse_announcement(entry)
+        except ValueError:
+            print(f"warning: skipping malformed entry {entry!r} of {index!r} (expected "
+                  "'<seq> <step> <time>')", file=sys.stderr)
+            self.client.command(["LREM", index, "1", entry], key=index)
+            return None
+        x_key, y_key = keys.snapshot_inputs(self.ns, rank, seq), keys.snapshot_targets(self.ns, rank, seq)
+        try:
+            inputs = self.client.get_tensor(x_key)
+            targets = self.client.get_tensor(y_key)
+        except KeyNotFoundError:
+            inputs = targets = None  # dropped by the solver's retention limit meanwhile
+        self.client.command(["LREM", index, "1", entry], key=index)
+        self.client.command(["DEL", x_key, y_key], key=x_key)
+        if inputs is None:
+            return None
+        check_pair(inputs, targets, x_key, y_key)
+        return Snapshot(rank, seq, step, when, inputs, targets)
+
+
+def check_pair(inputs: np.ndarray, targets: np.ndarray, x_key: str, y_key: str) -> None:
+    if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
+        raise TensorFormatError(
+            f"snapshot {x_key!r} {tuple(inputs.shape)} / {y_key!r} {tuple(targets.shape)}: expected "
+            "inputs [n, n_in] and targets [n, n_out] with the same n")
+
+
+class ReplayBuffer:
+    """A ring of at most ``capacity`` (input, target) rows; the oldest rows are replaced."""
+
+    def __init__(self, capacity: int, n_in: int, n_out: int):
+        self.capacity = int(capacity)
+        self.inputs = np.empty((self.capacity, n_in), dtype=np.float32)
+        self.targets = np.empty((self.capacity, n_out), dtype=np.float32)
+        self.size = 0
+        self.next = 0  # where the next row goes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, inputs: np.ndarray, targets: np.ndarray) -> None:
+        rows = inputs.shape[0]
+        if rows > self.capacity:  # only the newest rows can survive anyway
+            inputs, targets, rows = inputs[-self.capacity:], targets[-self.capacity:], self.capacity
+        slots = (self.next + np.arange(rows)) % self.capacity
+        self.inputs[slots] = inputs
+        self.targets[slots] = targets
+        self.next = (self.next + rows) % self.capacity
+        self.size = min(self.capacity, self.size + rows)
+
+    def sample(self, rng: np.random.Generator, count: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``count`` rows drawn uniformly with replacement."""
+        rows = rng.integers(0, self.size, size=count)
+        return self.inputs[rows], self.targets[rows]
+
+    def contents(self) -> Tuple[np.ndarray, np.ndarray]:
+        return self.inputs[:self.size], self.targets[:self.size]
+
+
+class RunningStats:
+    """Count, sum and sum of squares per feature of everything this rank added.
+
+    ``vector()`` packs them for an allreduce; ``moments`` turns a (reduced) vector into mean
+    and standard deviation.
+    """
+
+    def __init__(self, features: int):
+        self.features = features
+        self.count = 0
+        self.sum = np.zeros(features)
+        self.sumsq = np.zeros(features)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        self.count += rows.shape[0]
+        self.sum += rows.sum(axis=0)
+        self.sumsq += np.square(rows).sum(axis=0)
+
+    def vector(self) -> np.ndarray:
+        return np.concatenate([[self.count], self.sum, self.sumsq])
+
+
+def moments(vector: np.ndarray, features: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean, std) from a RunningStats vector; std is floored at STD_FLOOR."""
+    count = max(vector[0], 1.0)
+    mean = vector[1:1 + features] / count
+    var = np.maximum(vector[1 + features:1 + 2 * features] / count - mean ** 2, 0.0)
+    return mean, np.maximum(np.sqrt(var), STD_FLOOR)
+
+
+class Samples:
+    """What one trainer rank holds: training and validation buffers plus the statistics of
+    the training rows (the normalisation is fitted on training data only). The buffers are
+    allocated by the first snapshot, which fixes the number of inputs and targets."""
+
+    def __init__(self, capacity: int, validation_capacity: int, period: Optional[int]):
+        self.capacity = capacity
+        self.validation_capacity = max(1, validation_capacity)
+        self.period = period
+        self.snapshots = 0  # consumed by this rank, training and validation
+        self.rows = 0
+        self.train: Optional[ReplayBuffer] = None
+        self.validation: Optional[ReplayBuffer] = None
+        self.input_stats: Optional[RunningStats] = None
+        self.target_stats: Optional[RunningStats] = None
+
+    @property
+    def dims(self) -> Tuple[int, int]:
+        """(n_in, n_out), (0, 0) before the first snapshot."""
+        return (self.input_stats.features, self.target_stats.features) if self.train else (0, 0)
+
+    @property
+    def train_rows(self) -> int:
+        return len(self.train) if self.train else 0
+
+    def add(self, snapshot: Snapshot) -> None:
+        n_in, n_out = snapshot.inputs.shape[1], snapshot.targets.shape[1]
+        if self.train is None:
+            self._allocate(n_in, n_out)
+        elif (n_in, n_out) != self.dims:
+            raise TensorFormatError(
+                f"snapshot {snapshot.seq} of solver rank {snapshot.rank} has {n_in} inputs / "
+                f"{n_out} targets per sample, earlier ones had {self.dims[0]} / {self.dims[1]}")
+        self.snapshots += 1
+        self.rows += snapshot.inputs.shape[0]
+        if is_validation(snapshot.seq, self.period):
+            self.validation.add(snapshot.inputs, snapshot.targets)
+            return
+        self.train.add(snapshot.inputs, snapshot.targets)
+        self.input_stats.add(snapshot.inputs)
+        self.target_stats.add(snapshot.targets)
+
+    def _allocate(self, n_in: int, n_out: int) -> None:
+        self.train = ReplayBuffer(self.capacity, n_in, n_out)
+        self.validation = ReplayBuffer(self.validation_capacity, n_in, n_out)
+        self.input_stats = RunningStats(n_in)
+        self.target_stats = RunningStats(n_out)

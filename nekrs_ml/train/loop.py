@@ -1,0 +1,429 @@
+"""The online training loop of ``nekrs-ml train``.
+
+Each epoch every rank consumes the snapshots announced since the last epoch, the normalisation
+statistics are summed over the ranks, every rank takes ``stepsPerEpoch`` optimiser steps on
+mini-batches from its replay buffer (DistributedDataParallel averages the gradients), and the
+validation loss is summed over the ranks. Rank 0 then decides whether to go on and broadcasts
+its decision, so all ranks stop together. The best state is published to the model registry
+every ``publishInterval`` epochs and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mpi4py import MPI
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import keys, registry
+from ..client import Client
+from . import checkpoints
+from .data import Samples, SnapshotReader, moments, validation_period
+from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
+                          pick_device, server_group)
+from .model import build_mlp, torchscript_bytes
+from .settings import Settings
+
+HISTORY_FILE = "trainer_history.jsonl"
+POLL_INTERVAL = 0.5  # s between two looks for data while waiting
+IDLE_EPOCHS = 2  # epochs without new data, after the solver finished, before stopping
+EVAL_CHUNK = 65536  # validation rows per forward pass
+
+
+class StopSignal:
+    """SIGTERM/SIGINT only set a flag: the epoch in progress finishes and the trainer stops."""
+
+    def __init__(self):
+        self.received = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+
+@dataclass
+class Normalisation:
+    input_mean: np.ndarray
+    input_std: np.ndarray
+    target_mean: np.ndarray
+    target_std: np.ndarray
+
+    @classmethod
+    def from_vectors(cls, inputs: np.ndarray, targets: np.ndarray, n_in: int, n_out: int):
+        return cls(*moments(inputs, n_in), *moments(targets, n_out))
+
+    def on(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(a, dtype=torch.float32, device=device) for a in
+                     (self.input_mean, self.input_std, self.target_mean, self.target_std))
+
+
+@dataclass
+class Best:
+    """The model state with the lowest validation loss so far, with its normalisation."""
+
+    loss: float
+    epoch: int
+    state: dict
+    norm: Normalisation
+    samples_seen: int
+
+
+@dataclass
+class Progress:
+    """What happened on all ranks in one epoch."""
+
+    new_snapshots: int
+    solver_done: bool
+    signalled: bool
+
+
+class Trainer:
+    def __init__(self, settings: Settings, world: World, client: Client, device: torch.device,
+                 stop: StopSignal, checkpoint: Optional[dict]):
+        self.settings = settings
+        self.world = world
+        self.client = client
+        self.device = device
+        self.stop = stop
+        self.checkpoint = checkpoint
+        self.ns = settings.namespace
+        self.reader = SnapshotReader(client, self.ns, world.group.rank, world.group.size)
+        self.samples = Samples(settings.replay_buffer, settings.validation_capacity,
+                               validation_period(settings.validation_fraction))
+        self.rng = np.random.default_rng(world.rank)  # each rank draws its own mini-batches
+        self.epoch = 0
+        self.train_loss: Optional[float] = None
+        self.val_loss: Optional[float] = None
+        self.snapshots = 0  # over all ranks, including those before a resume
+        self.samples_seen = 0
+        self.best: Optional[Best] = None
+        self.stale = 0  # epochs without a significant improvement
+        self.idle = 0  # epochs without new data after the solver finished
+        self.version: Optional[int] = None
+        self.published_epoch: Optional[int] = None
+        self.prior = (np.zeros(2), 0.0, 0.0)  # totals of a resumed run: counts, input, target stats
+
+    # --- the whole run ----------------------------------------------------------------------
+    def run(self) -> int:
+        if not self.wait_for_data():
+            self.report("done")
+            return 0
+        self.build_model()
+        state, reason = self.train_until_stopped()
+        self.finish(state, reason)
+        return 0
+
+    def finish(self, state: str, reason: str) -> None:
+        self.publish_best()
+        if self.world.rank == 0:
+            self.save_checkpoint()
+        if state == "converged" and self.settings.stop_solver:
+            self.request_solver_stop()
+        self.report(state)
+        self.say(f"{reason}; best epoch {self.best.epoch} (loss {self.best.loss:.3e}), "
+                 f"model {self.settings.model_name!r} v{self.version}")
+
+    # --- waiting for the first data ---------------------------------------------------------
+    def wait_for_data(self) -> bool:
+        """Polls until every rank holds training data; False when a signal came first."""
+        started = time.monotonic()
+        self.report("waiting")
+        while True:
+            done = self.client.exists(keys.solver_done(self.ns))
+            self.ingest()
+            ranks = self.world.comm.allgather((self.samples.train_rows, done, self.stop.received))
+            verdict = self.waiting_verdict(ranks, time.monotonic() - started) if self.world.rank == 0 else None
+            verdict, message = self.world.comm.bcast(verdict, root=0)
+            if verdict == "ready":
+                self.check_dims()
+                return True
+            if verdict == "failed":
+                raise TrainingFailed(message)
+            if verdict == "signalled":
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def waiting_verdict(self, ranks, elapsed: float) -> Tuple[str, str]:
+        empty = [rank for rank, (rows, _, _) in enumerate(ranks) if rows == 0]
+        hint = (f"check that the solver streams samples (workflow = train or train+infer) into "
+                f"namespace {self.ns!r} and that trainerRanks <= solverRanks")
+        if not empty:
+            return "ready", ""
+        if any(signalled for _, _, signalled in ranks):
+            return "signalled", ""
+        if any(done for _, done, _ in ranks):
+            return "failed", (f"the solver finished ({keys.solver_done(self.ns)!r} is set) but "
+                              f"trainer rank(s) {empty} received no training data; {hint}")
+        if elapsed > self.settings.data_timeout:
+            return "failed", (f"no training data on trainer rank(s) {empty} within --data-timeout "
+                              f"{self.settings.data_timeout:g} s; {hint}")
+        return "wait", ""
+
+    def check_dims(self) -> None:
+        dims = set(self.world.comm.allgather(self.samples.dims))
+        expected = {(self.checkpoint["n_in"], self.checkpoint["n_out"])} if self.checkpoint else dims
+        if len(dims) > 1 or dims != expected:
+            raise TrainingFailed(
+                f"the snapshots have (inputs, targets) per sample {sorted(dims)}"
+                + (f" but the resumed checkpoint has {expected.pop()}" if self.checkpoint else
+                   " on different ranks") + "; every solver rank must stream the same features")
+
+    def ingest(self) -> int:
+        snapshots = self.reader.read_available()
+        for snapshot in snapshots:
+            self.samples.add(snapshot)
+        return len(snapshots)
+
+    # --- model ------------------------------------------------------------------------------
+    def build_model(self) -> None:
+        n_in, n_out = self.samples.dims
+        self.mlp = build_mlp(n_in, self.settings.hidden_layers, n_out).to(self.device)
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=self.settings.learning_rate)
+        if self.checkpoint:
+            self.restore(self.checkpoint)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.mlp, device_ids=device_ids)
+
+    # --- epochs -----------------------------------------------------------------------------
+    def train_until_stopped(self) -> Tuple[str, str]:
+        while True:
+            self.epoch += 1
+            progress, norm = self.sync_epoch()
+            scale = norm.on(self.device)
+            self.train_loss = self.train_steps(scale)
+            self.val_loss = self.validate(scale)
+            self.track_best(self.val_loss if self.val_loss is not None else self.train_loss, norm)
+            self.idle = self.idle + 1 if progress.solver_done and not progress.new_snapshots else 0
+            state, reason = self.world.comm.bcast(
+                self.verdict(progress) if self.world.rank == 0 else None, root=0)
+            if state != "training":
+                return state, reason
+            if self.epoch % self.settings.publish_interval == 0:
+                self.publish_best()
+                if self.world.rank == 0:
+                    self.save_checkpoint()
+            self.report("training")
+
+    def sync_epoch(self) -> Tuple[Progress, Normalisation]:
+        """Ingests new data and sums the counts and statistics over the ranks."""
+        done = self.client.exists(keys.solver_done(self.ns))
+        new = self.ingest()
+        comm, samples = self.world.comm, self.samples
+        flags = comm.allreduce(np.array([new, done, self.stop.received], dtype=np.int64), op=MPI.SUM)
+        counts = comm.allreduce(np.array([samples.snapshots, samples.rows], dtype=np.float64),
+                                op=MPI.SUM) + self.prior[0]
+        self.snapshots, self.samples_seen = int(counts[0]), int(counts[1])
+        inputs = comm.allreduce(samples.input_stats.vector(), op=MPI.SUM) + self.prior[1]
+        targets = comm.allreduce(samples.target_stats.vector(), op=MPI.SUM) + self.prior[2]
+        self.stats_vectors = (inputs, targets)
+        norm = Normalisation.from_vectors(inputs, targets, *samples.dims)
+        return Progress(int(flags[0]), bool(flags[1]), bool(flags[2])), norm
+
+    def batch(self, inputs: np.ndarray, targets: np.ndarray, scale) -> Tuple[torch.Tensor, torch.Tensor]:
+        in_mean, in_std, out_mean, out_std = scale
+        x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
+        y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+        return (x - in_mean) / in_std, (y - out_mean) / out_std
+
+    def train_steps(self, scale) -> float:
+        """``stepsPerEpoch`` steps on every rank (DDP needs the same count); mean loss of all."""
+        self.ddp.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.settings.steps_per_epoch):
+            x, y = self.batch(*self.samples.train.sample(self.rng, self.settings.batch_size), scale)
+            loss = torch.nn.functional.mse_loss(self.ddp(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        local = float(total) / self.settings.steps_per_epoch
+        return self.world.comm.allreduce(local, op=MPI.SUM) / self.world.size
+
+    def validate(self, scale) -> Optional[float]:
+        """MSE in normalised units over the held-out rows of all ranks; None when there are none."""
+        inputs, targets = self.samples.validation.contents()
+        sse = 0.0
+        self.mlp.eval()
+        with torch.no_grad():
+            for start in range(0, len(inputs), EVAL_CHUNK):
+                chunk = slice(start, start + EVAL_CHUNK)
+                x, y = self.batch(inputs[chunk], targets[chunk], scale)
+                sse += float(torch.sum((self.mlp(x) - y) ** 2))
+        total, count = self.world.comm.allreduce(np.array([sse, targets.size], dtype=np.float64),
+                                                 op=MPI.SUM)
+        return total / count if count else None
+
+    def track_best(self, loss: float, norm: Normalisation) -> None:
+        best = self.best
+        if best is None or loss < best.loss * (1.0 - self.settings.min_improvement):
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.mlp.state_dict().items()}
+            self.best = Best(loss, self.epoch, state, norm, self.samples_seen)
+            self.stale = 0
+        else:
+            self.stale += 1
+
+    def verdict(self, progress: Progress) -> Tuple[str, str]:
+        """Rank 0's decision after an epoch: (state, reason)."""
+        s = self.settings
+        if progress.signalled:
+            return "done", "stopped by a signal"
+        if self.stale >= s.patience:
+            return "converged", (f"converged: no validation improvement of minImprovement = "
+                                 f"{s.min_improvement:g} for patience = {s.patience} epochs")
+        if self.idle >= IDLE_EPOCHS:
+            return "done", f"the solver finished and no new data arrived for {IDLE_EPOCHS} epochs"
+        if self.epoch >= s.max_epochs:
+            return "done", f"maxEpochs = {s.max_epochs} reached"
+        return "training", ""
+
+    # --- publishing, checkpoints, status ----------------------------------------------------
+    def publish_best(self) -> None:
+        """Rank 0 publishes and takes the version; the leaders of the other servers (colocated
+        mode, several nodes) store the same version on theirs."""
+        best = self.best
+        if best is None or best.epoch == self.published_epoch:
+            return
+        blob, meta = self.export(best) if self.world.leader else (None, None)
+        version = None
+        if self.world.rank == 0:
+            version = registry.publish(self.client, self.ns, self.settings.model_name, blob, meta)
+        version = self.world.comm.bcast(version, root=0)
+        if self.world.leader and self.world.rank != 0:
+            registry.publish(self.client, self.ns, self.settings.model_name, blob, meta, version=version)
+        self.version, self.published_epoch = version, best.epoch
+        self.say(f"epoch {self.epoch}: train loss {_text(self.train_loss)}, val loss "
+                 f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "
+                 f"(epoch {best.epoch})")
+
+    def export(self, best: Best) -> Tuple[bytes, dict]:
+        n_in, n_out = self.samples.dims
+        mlp = build_mlp(n_in, self.settings.hidden_layers, n_out)
+        mlp.load_state_dict(best.state)
+        norm = best.norm
+        blob = torchscript_bytes(mlp, norm.input_mean, norm.input_std, norm.target_mean, norm.target_std)
+        meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
+                "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
+                "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
+                "origin": "trainer", "epoch": best.epoch, "samples_seen": best.samples_seen,
+                "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers)}
+        return blob, meta
+
+    def request_solver_stop(self) -> None:
+        if self.world.leader:
+            self.client.set_string(keys.trainer_stop(self.ns), "1")
+        self.say(f"asked the solver to stop ({keys.trainer_stop(self.ns)!r})")
+
+    def save_checkpoint(self) -> None:
+        n_in, n_out = self.samples.dims
+        best = self.best
+        checkpoints.save(self.settings.checkpoint_dir, self.epoch, {
+            "epoch": self.epoch, "n_in": n_in, "n_out": n_out,
+            "hidden_layers": list(self.settings.hidden_layers),
+            "model": self.mlp.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "input_stats": self.stats_vectors[0], "target_stats": self.stats_vectors[1],
+            "counts": np.array([self.snapshots, self.samples_seen], dtype=np.float64),
+            "best": vars(best) | {"norm": vars(best.norm)}, "stale": self.stale,
+            "model_version": self.version, "published_epoch": self.published_epoch,
+        })
+
+    def restore(self, saved: dict) -> None:
+        if tuple(saved["hidden_layers"]) != self.settings.hidden_layers:
+            raise TrainingFailed(
+                f"--resume: the checkpoint has hiddenLayers = {saved['hidden_layers']}, the case "
+                f"{list(self.settings.hidden_layers)}; use the same hiddenLayers or drop --resume")
+        self.mlp.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.prior = (saved["counts"], saved["input_stats"], saved["target_stats"])
+        best = dict(saved["best"])
+        self.best = Best(**(best | {"norm": Normalisation(**best["norm"])}))
+        self.epoch, self.stale = saved["epoch"], saved["stale"]
+        self.version, self.published_epoch = saved["model_version"], saved["published_epoch"]
+
+    def report(self, state: str) -> None:
+        """Rank 0 records the state of the run."""
+        if self.world.rank == 0:
+            self.write_status(self.status(state))
+
+    def status(self, state: str) -> dict:
+        return {"epoch": self.epoch, "train_loss": _finite(self.train_loss),
+                "val_loss": _finite(self.val_loss), "samples_seen": self.samples_seen,
+                "snapshots": self.snapshots, "model_version": self.version,
+                "time": time.time(), "state": state}
+
+    def write_status(self, record: dict) -> None:
+        """The status key (overwritten) and one line of the history file."""
+        text = json.dumps(record)
+        self.client.set_string(keys.trainer_status(self.ns), text)
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / HISTORY_FILE, "a") as history:
+            history.write(text + "\n")
+
+    def say(self, text: str) -> None:
+        if self.world.rank == 0:
+            print(text, flush=True)
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """JSON has no NaN or infinity: a diverged loss is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _text(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3e}"
+
+
+# --- entry point ----------------------------------------------------------------------------
+def create(args, comm: MPI.Comm, stop: StopSignal) -> Trainer:
+    """Set-up; an error on any rank fails every rank with that message."""
+    settings = collectively(comm, lambda: Settings.from_args(args))
+    if comm.size > 1:
+        torch.set_num_threads(1)  # the ranks share the node's cores
+    node_rank = local_rank(comm)
+    device = collectively(comm, lambda: pick_device(settings.train_device, node_rank))
+    client = collectively(comm, Client.from_env)
+    checkpoint = collectively(comm, lambda: checkpoints.load_latest(settings.checkpoint_dir)) \
+        if settings.resume else None
+    world = World(comm, server_group(comm, client))
+    init_torch_distributed(comm, device)
+    return Trainer(settings, world, client, device, stop, checkpoint)
+
+
+def main(args) -> int:
+    """Exit code 0 when training ended normally, 1 with a one-line message otherwise."""
+    comm = MPI.COMM_WORLD
+    stop = StopSignal()
+    trainer = None
+    try:
+        trainer = create(args, comm, stop)
+        return trainer.run()
+    except TrainingFailed as exc:  # every rank is here: no one is left waiting
+        if comm.rank == 0:
+            fail(trainer, str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - this rank alone failed: the others must not hang
+        fail(trainer, f"(trainer rank {comm.rank}) {exc or type(exc).__name__}")
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fail(trainer: Optional[Trainer], message: str) -> None:
+    print(f"nekrs-ml train: error: {message}", file=sys.stderr, flush=True)
+    if trainer is not None:
+        try:
+            trainer.write_status(trainer.status("failed") | {"error": message})
+        except Exception:  # noqa: BLE001 - the status is a courtesy; the exit code is what counts
+            pass

@@ -1,0 +1,64 @@
+"""The trainer's options: the [NEKRS_ML] section of the case .par plus the command line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Tuple
+
+from .. import environment
+from ..config import load_par
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str
+    model_name: str
+    hidden_layers: Tuple[int, ...]
+    learning_rate: float
+    batch_size: int
+    steps_per_epoch: int
+    replay_buffer: int
+    validation_fraction: float
+    publish_interval: int
+    patience: int
+    min_improvement: float
+    max_epochs: int
+    stop_solver: bool
+    train_device: str
+    run_dir: Path
+    checkpoint_dir: Path
+    data_timeout: float
+    resume: bool
+
+    @classmethod
+    def from_args(cls, args) -> "Settings":
+        ml = load_par(args.par)["nekrs_ml"]
+        run_dir = Path(args.run_dir or os.environ.get(environment.RUN_DIR) or ".").absolute()
+        return cls(
+            # the orchestrator's namespace wins: the solver writes under the one it exported
+            namespace=os.environ.get(environment.NAMESPACE) or ml["namespace"],
+            model_name=ml["modelName"],
+            hidden_layers=tuple(ml["hiddenLayers"]),
+            learning_rate=ml["learningRate"],
+            batch_size=ml["batchSize"],
+            steps_per_epoch=ml["stepsPerEpoch"],
+            replay_buffer=ml["replayBuffer"],
+            validation_fraction=ml["validationFraction"],
+            publish_interval=ml["publishInterval"],
+            patience=ml["patience"],
+            min_improvement=ml["minImprovement"],
+            max_epochs=ml["maxEpochs"],
+            stop_solver=ml["stopSolver"],
+            train_device=ml["trainDevice"],
+            run_dir=run_dir,
+            checkpoint_dir=run_dir / ml["checkpointDir"],
+            data_timeout=args.data_timeout,
+            resume=args.resume,
+        )
+
+    @property
+    def validation_capacity(self) -> int:
+        """The held-out buffer keeps the validation share of what the replay buffer keeps."""
+        return max(1, round(self.replay_buffer * self.validation_fraction))

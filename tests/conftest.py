@@ -1,0 +1,79 @@
+"""Shared fixtures: real redis-server processes on free loopback ports / Unix sockets, started
+through the orchestrator and always stopped (also when a test fails)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from nekrs_ml.orchestrator import Orchestrator
+
+# mpiexec as root in containers/CI; oversubscription on small machines (tests only).
+# Subprocesses started from the source tree must import the installed package, not ./nekrs_ml.
+os.environ["PYTHONSAFEPATH"] = "1"
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+os.environ.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
+
+SERVER_KINDS = ("tcp", "unix", "cluster")
+
+
+def short_tmpdir(prefix: str) -> str:
+    """Unix socket paths are limited to ~100 characters: keep run dirs short."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+class RunningServer:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.dir = short_tmpdir(f"nkml-{kind}-")
+        mode = "cluster" if kind == "cluster" else "single"
+        transport = "unix" if kind == "unix" else "tcp"
+        self.orchestrator = Orchestrator(self.dir, mode=mode, transport=transport, shards=3,
+                                         maxmemory="512mb")
+        self.info = self.orchestrator.start()
+        self.addresses = self.info["addresses"]
+        self.password = self.orchestrator.password
+        self.cluster = kind == "cluster"
+
+    def client_args(self) -> dict:
+        return dict(addresses=self.addresses, password=self.password, cluster=self.cluster)
+
+    def stop(self) -> None:
+        try:
+            self.orchestrator.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
+def server(request):
+    """A running orchestrator of each kind: single TCP, single Unix socket, 3-shard cluster."""
+    running = RunningServer(request.param)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def tcp_server():
+    running = RunningServer("tcp")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def run_dir():
+    path = short_tmpdir("nkml-run-")
+    try:
+        yield path
+    finally:
+        Orchestrator.stop_dir(path)
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,237 @@
+"""The .par configuration: nekrs_ml.config (Python) and nekrs_ml::Config (C++, through
+nekrs_ml._core) read the same schema and must agree on values and errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nekrs_ml import _core, config
+from nekrs_ml.errors import ConfigError
+
+CASE_PAR = """\
+# A channel case: NekRS sections are left alone, ours are validated.
+[GENERAL]
+polynomialOrder = 7
+stopAt = numSteps
+numSteps = 1000   # comment
+userSections = anything goes here
+some line without an equals sign
+
+[Nekrs_ML]
+Workflow = TRAIN+INFER
+deployment = cluster ; NekRS-style comment
+shards = 4
+maxMemory = 512MB
+namespace = "ChanRe950"
+sampleInterval = 5
+wallBoundaryIds = 1, 2,3
+snapshotDtype = float64
+whenfull = Wait
+waitTimeout = 2.5e1
+hiddenLayers = 32,32,16
+learningRate = .0005
+validationFraction = 0.2
+stopSolver = TRUE
+trainDevice = CUDA:1
+modelName = "WallModel"   # quoted: case kept
+
+[VELOCITY]
+viscosity = -19000
+
+[reproducer]
+points = 500
+viscosity = 5.2631578947368424e-05
+correlation = 1
+seed = +7
+"""
+
+
+def both(text: str, source: str = "case.par"):
+    """(Python dict, C++ dict) of the same text."""
+    return config.Config.from_text(text, source).as_dict(), _core.config_from_text(text, source)
+
+
+def errors(text: str, source: str = "case.par"):
+    """(Python message, C++ message) of text that must be refused by both."""
+    with pytest.raises(ConfigError) as python:
+        config.Config.from_text(text, source)
+    with pytest.raises(ConfigError) as cpp:
+        _core.config_from_text(text, source)
+    return str(python.value), str(cpp.value)
+
+
+# --- schema and defaults --------------------------------------------------------------------
+def test_schema_rows_are_complete():
+    rows = config.schema()
+    assert {row.section for row in rows} == {"nekrs_ml", "reproducer"}
+    assert all(row.type in config.TYPES and row.description for row in rows)
+    names = [(row.section, row.key.lower()) for row in rows]
+    assert len(names) == len(set(names))
+
+
+def test_defaults_fill_every_key():
+    python, cpp = both("")
+    assert python == cpp
+    assert [(s, k) for s in python for k in python[s]] == \
+        [(row.section, row.key) for row in config.schema()]
+    nk = python["nekrs_ml"]
+    assert nk["sampleInterval"] == 10 and isinstance(nk["sampleInterval"], int)
+    assert nk["timeout"] == 30.0 and isinstance(nk["timeout"], float)
+    assert nk["wallBoundaryIds"] == [1] and nk["hiddenLayers"] == [64, 64]
+    assert nk["stopSolver"] is False and nk["whenFull"] == "drop"
+    assert python["reproducer"]["viscosity"] == 1 / 19000
+
+
+def test_config_api():
+    cfg = config.Config.from_text(CASE_PAR, "case.par")
+    assert cfg["nekrs_ml"]["sampleInterval"] == 5
+    assert cfg["NEKRS_ML"] == cfg["nekrs_ml"]
+    assert cfg.get("NEKRS_ML", "SAMPLEINTERVAL") == 5
+    assert cfg.get("reproducer", "seed") == 7
+    with pytest.raises(ConfigError, match=r"no section \[GENERAL\]"):
+        cfg.get("general", "polynomialOrder")
+    with pytest.raises(ConfigError, match="unknown key 'sampleIntervals'"):
+        cfg.get("nekrs_ml", "sampleIntervals")
+    cfg.set("NEKRS_ML", "maxsnapshots", "7")
+    assert cfg["nekrs_ml"]["maxSnapshots"] == 7
+    with pytest.raises(ConfigError, match=r"case.par: \[NEKRS_ML\] maxSnapshots = 0: must be >= 1"):
+        cfg.set("nekrs_ml", "maxSnapshots", "0")
+    assert cfg["nekrs_ml"]["maxSnapshots"] == 7
+
+
+# --- parsing ----------------------------------------------------------------------------------
+def test_case_file_cpp_and_python_agree(tmp_path):
+    path = tmp_path / "case.par"
+    path.write_text(CASE_PAR)
+    python = config.load_par(path).as_dict()
+    assert _core.load_config(str(path)) == python
+    nk, rep = python["nekrs_ml"], python["reproducer"]
+    assert nk["workflow"] == "train+infer" and nk["deployment"] == "cluster"
+    assert nk["shards"] == 4 and nk["maxMemory"] == "512mb"
+    assert nk["namespace"] == "ChanRe950" and nk["modelName"] == "WallModel"
+    assert nk["wallBoundaryIds"] == [1, 2, 3] and nk["hiddenLayers"] == [32, 32, 16]
+    assert nk["whenFull"] == "wait" and nk["waitTimeout"] == 25.0
+    assert nk["learningRate"] == 0.0005 and nk["stopSolver"] is True
+    assert nk["trainDevice"] == "cuda:1" and nk["snapshotDtype"] == "float64"
+    assert rep == dict(rep, points=500, correlation=1.0, seed=7)
+    assert rep["viscosity"] == 1 / 19000  # [VELOCITY] viscosity is NekRS's, not ours
+
+
+def test_keys_and_unquoted_values_are_case_insensitive():
+    python, cpp = both("[NEKRS_ml]\nMODELNAME = WallModel\nWHENFULL = DROP\n")
+    assert python == cpp
+    assert python["nekrs_ml"]["modelName"] == "wallmodel"  # as NekRS lower-cases it
+    assert python["nekrs_ml"]["whenFull"] == "drop"
+
+
+def test_quotes_and_comments():
+    text = ('[nekrs_ml]\n'
+            '; a comment\n'
+            '  # an indented comment\n'
+            'checkpointDir = "Run A ; #1"  ; comment after the quote\n'
+            'namespace = run#1   # a comment needs whitespace before it\n'
+            'maxMemory=2gb;not-a-comment\n')
+    python, cpp = both(text)
+    assert python == cpp
+    assert python["nekrs_ml"]["checkpointDir"] == "Run A ; #1"
+    assert python["nekrs_ml"]["namespace"] == "run#1"
+    assert python["nekrs_ml"]["maxMemory"] == "2gb;not-a-comment"
+
+
+@pytest.mark.parametrize("text", [".5", "5.", "+1e-3", "1E2", "0.0e+0", "1e-400"])
+def test_float_spellings(text):
+    python, cpp = both(f"[reproducer]\nfluctuation = {text}\n")
+    assert python == cpp
+    assert python["reproducer"]["fluctuation"] == float(text)
+
+
+# --- errors ---------------------------------------------------------------------------------
+def test_unknown_key_names_key_file_line_and_suggests():
+    python, cpp = errors("[GENERAL]\nfoo = 1\n[NEKRS_ML]\nsampleIntervall = 5\n")
+    for message in (python, cpp):
+        assert message.startswith("case.par:4: [NEKRS_ML] unknown key 'sampleIntervall'")
+        assert "valid keys: workflow, deployment" in message
+    assert "did you mean 'sampleInterval'?" in python
+
+
+BAD_VALUES = [
+    # (section, key, value, what the message must say)
+    ("nekrs_ml", "sampleInterval", "ten", "sampleInterval = 'ten' is not an integer"),
+    ("nekrs_ml", "sampleInterval", "2.5", "sampleInterval = '2.5' is not an integer"),
+    ("nekrs_ml", "sampleInterval", "0", "sampleInterval = 0: must be >= 1"),
+    ("nekrs_ml", "shards", "9" * 20, f"shards = '{'9' * 20}' is out of range"),
+    ("nekrs_ml", "timeout", "soon", "timeout = 'soon' is not a number"),
+    ("nekrs_ml", "timeout", "inf", "timeout = 'inf' is not a number"),
+    ("nekrs_ml", "timeout", "1e999", "timeout = '1e999' is out of range"),
+    ("nekrs_ml", "timeout", "0", "timeout = 0: must be > 0"),
+    ("nekrs_ml", "validationFraction", "0.95",
+     "validationFraction = 0.95: must be between 0 and 0.9"),
+    ("reproducer", "correlation", "-0.1", "correlation = -0.1: must be between 0 and 1"),
+    ("nekrs_ml", "stopSolver", "maybe", "stopSolver = 'maybe' is not valid; use true or false"),
+    ("nekrs_ml", "whenFull", "sometimes", "whenFull = 'sometimes' is not valid; use drop or wait"),
+    ("nekrs_ml", "workflow", "learn",
+     "workflow = 'learn' is not valid; use train, infer, train+infer or off"),
+    ("nekrs_ml", "trainDevice", "cuda:x",
+     "trainDevice = 'cuda:x' is not valid; use auto, cpu, cuda or cuda:N"),
+    ("nekrs_ml", "wallBoundaryIds", "1,,2",
+     "wallBoundaryIds = '1,,2' is not a comma-separated list"),
+    ("nekrs_ml", "wallBoundaryIds", "", "wallBoundaryIds = '' is not a comma-separated list"),
+    ("nekrs_ml", "hiddenLayers", "64,0", "hiddenLayers = 64,0: every entry must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("section,key,value,expected", BAD_VALUES,
+                         ids=[f"{key}={value}" for _, key, value, _ in BAD_VALUES])
+def test_bad_value_same_error_in_both(section, key, value, expected):
+    python, cpp = errors(f"[{section.upper()}]\n\n{key} = {value}\n")
+    assert python == cpp
+    assert python.startswith(f"case.par:3: [{section.upper()}] {expected}")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[nekrs_ml]\ntimeout = 1\nTimeOut = 2\n",
+     "case.par:3: [NEKRS_ML] timeout is given twice (first on line 2)"),
+    ("[nekrs_ml\ntimeout = 1\n", "case.par:1: section header [nekrs_ml is not '[NAME]'"),
+    ("[nekrs_ml]\njust words\n", "case.par:2: [NEKRS_ML] expected 'key = value', got just words"),
+    ('[nekrs_ml]\nmodelName = "open\n',
+     'case.par:2: [NEKRS_ML] modelName: the value "open has no closing'),
+    ('[nekrs_ml]\nmodelName = "a" b\n',
+     "case.par:2: [NEKRS_ML] modelName: unexpected text after the closing quote"),
+])
+def test_malformed_lines(text, expected):
+    python, cpp = errors(text)
+    assert python == cpp
+    assert python.startswith(expected)
+
+
+def test_unreadable_file(tmp_path):
+    missing = tmp_path / "missing.par"
+    with pytest.raises(ConfigError, match="cannot read .*missing.par"):
+        config.load_par(missing)
+    with pytest.raises(ConfigError, match="cannot read .*missing.par"):
+        _core.load_config(str(missing))
+
+
+# --- documentation --------------------------------------------------------------------------
+def test_markdown_is_deterministic_and_complete():
+    text = config.markdown()
+    assert text == config.markdown()
+    assert "## [NEKRS_ML]" in text and "## [REPRODUCER]" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [re.match(r"\| `([^`]+)`", row).group(1) for row in rows] == \
+        [option.key for option in config.schema()]
+    # Escaped pipes keep every row at 6 cells.
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 8 for row in rows)
+    assert "`train`, `infer`, `train+infer`, `off`" in text
+    assert "between 0 and 0.9" in text
+
+
+def test_docs_file_is_up_to_date():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    if not docs.exists():
+        pytest.skip("docs/configuration.md is not in this checkout")
+    assert docs.read_text() == config.markdown(), \
+        "regenerate it: python -m nekrs_ml.config > docs/configuration.md"

@@ -1,0 +1,164 @@
+"""`nekrs-ml run` end to end: real redis-server, real MPI ranks (2 solver + 1 trainer), real
+torch training; and what happens when a part dies or the database is full."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nekrs_ml.orchestrator import Orchestrator, pid_alive
+
+CASE = Path(__file__).resolve().parents[1] / "cases" / "reproducer" / "channel.par"
+
+
+def write_case(directory: str, overrides: dict, base: Path = CASE) -> Path:
+    """The demo case with some keys replaced (section -> {key: value})."""
+    lines, section = [], None
+    pending = {s.lower(): dict(v) for s, v in overrides.items()}
+    for line in base.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if section in pending:
+                lines += [f"{k} = {v}" for k, v in pending.pop(section).items()]
+            section = stripped.strip("[]").lower()
+        elif "=" in stripped and section in pending:
+            key = stripped.split("=")[0].strip()
+            if key in pending[section]:
+                line = f"{key} = {pending[section].pop(key)}"
+        lines.append(line)
+    if section in pending:
+        lines += [f"{k} = {v}" for k, v in pending.pop(section).items()]
+    path = Path(directory) / "case.par"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_run(case: Path, run_dir: str, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nekrs_ml.cli", "run", str(case), "--solver", "reproducer",
+         "--run-dir", run_dir, *extra],
+        cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"nekrs-ml run did not finish within {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def report(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "report.json").read_text())
+
+
+def no_servers_left(run_dir: str) -> bool:
+    states = Orchestrator.states(Path(run_dir) / "db")
+    return not states and not [p for p in _our_processes(run_dir)]
+
+
+def _our_processes(run_dir: str):
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if run_dir in cmdline and pid_alive(int(entry.name)):
+                yield entry.name
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_online_training_reaches_the_accuracy_target(run_dir):
+    start = time.monotonic()
+    code, out = finish(start_run(CASE, run_dir), timeout=300)
+    elapsed = time.monotonic() - start
+    assert code == 0, out[-3000:]
+    data = report(run_dir)
+    assert data["status"] == "ok"
+    assert data["model_version"] >= 1
+    err = data["tau_w_rel_error"]
+    assert err["median"] <= 0.02 and err["p95"] <= 0.05, err
+    assert data["solver_summary"]["snapshots_written"] > 0
+    for plot in ("loss.png", "tau_w.png"):
+        assert (Path(run_dir) / plot).stat().st_size > 1000
+    assert elapsed < 180, f"the demo run took {elapsed:.0f} s"
+    assert no_servers_left(run_dir)
+
+
+def test_killed_trainer_lets_the_solver_finish(run_dir):
+    case = write_case(run_dir, {"REPRODUCER": {"steps": 600, "stepCost": 0.02}})
+    proc = start_run(case, run_dir)
+    try:
+        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
+        trainer_pids = [int(p) for p in _processes_matching(" train ")]
+        assert trainer_pids
+        for pid in trainer_pids:
+            os.kill(pid, signal.SIGKILL)
+        code, out = finish(proc, timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    data = report(run_dir)
+    assert data["status"] == "trainer" and code == 3, out[-2000:]
+    assert any("trainer exited" in w for w in data["warnings"])
+    assert data["solver_summary"]["steps"] == 600  # the solver ran to its end
+    assert no_servers_left(run_dir)
+
+
+def test_killed_solver_stops_the_trainer(run_dir):
+    case = write_case(run_dir, {"REPRODUCER": {"steps": 20000}})
+    proc = start_run(case, run_dir)
+    try:
+        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
+        for pid in _processes_matching(" reproduce "):
+            os.kill(int(pid), signal.SIGKILL)
+        code, out = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    data = report(run_dir)
+    assert data["status"] == "solver" and code == 1, out[-2000:]
+    assert not list(_processes_matching(" train "))
+    assert no_servers_left(run_dir)
+
+
+@pytest.mark.parametrize("policy", ["drop", "wait"])
+def test_full_database_never_crashes_the_solver(run_dir, policy):
+    case = write_case(run_dir, {
+        "NEKRS_ML": {"workflow": "train", "maxMemory": "3mb", "whenFull": policy, "waitTimeout": 0.2,
+                     "trainerRanks": 1},
+        "REPRODUCER": {"steps": 200, "points": 20000, "stepCost": 0.0}})
+    code, out = finish(start_run(case, run_dir, "--trainer-grace", "5"), timeout=240)
+    data = report(run_dir)
+    summary = data["solver_summary"]
+    assert summary is not None and summary["steps"] == 200, out[-3000:]
+    assert summary["snapshots_dropped"] > 0
+    assert no_servers_left(run_dir)
+
+
+def _processes_matching(fragment: str):
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "nekrs_ml.cli" in cmdline and fragment in cmdline and "mpiexec" not in cmdline:
+                yield entry.name

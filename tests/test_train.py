@@ -1,0 +1,240 @@
+"""The model registry and `nekrs-ml train` under mpiexec against a stand-in solver that streams
+wall samples of the Reichardt law with the solver's protocol (real redis-server, torch, MPI)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nekrs_ml
+from nekrs_ml import environment, keys, registry
+from nekrs_ml.errors import KeyNotFoundError
+from nekrs_ml.orchestrator import Orchestrator
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("mpi4py")
+
+KAPPA, HEIGHT, NU = 0.41, 0.1, 1.0 / 19000.0
+U_RANGE = (0.6, 1.1)
+
+
+# --- the Reichardt law of the wall ----------------------------------------------------------
+def reichardt_uplus(yplus: np.ndarray) -> np.ndarray:
+    return (np.log1p(KAPPA * yplus) / KAPPA
+            + 7.8 * (1.0 - np.exp(-yplus / 11.0) - yplus / 11.0 * np.exp(-yplus / 3.0)))
+
+
+def wall_shear_stress(u: np.ndarray) -> np.ndarray:
+    """tau_w = u_tau^2 with u / u_tau = u+(h u_tau / nu), by bisection on log(u_tau) (the
+    residual falls monotonically with u_tau)."""
+    low, high = np.full_like(u, np.log(1e-6)), np.log(u)
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        u_tau = np.exp(mid)
+        above = u / u_tau - reichardt_uplus(HEIGHT * u_tau / NU) > 0
+        low, high = np.where(above, mid, low), np.where(above, high, mid)
+    return np.exp(low + high)
+
+
+# --- a stand-in solver speaking the streaming protocol --------------------------------------
+class StreamingSolver(threading.Thread):
+    """Each rank: SADD its rank, then per snapshot the two tensors and the announcement; the
+    oldest snapshots beyond ``keep`` are dropped. Runs for ``duration`` s or until the trainer
+    asks it to stop, then sets solver_done."""
+
+    def __init__(self, client_args: dict, ns: str, ranks=2, points=400, interval=0.2,
+                 duration=20.0, keep=8, seed=0):
+        super().__init__(daemon=True)
+        self.client = nekrs_ml.Client(**client_args)
+        self.ns, self.ranks, self.points, self.interval = ns, ranks, points, interval
+        self.duration, self.keep = duration, keep
+        self.rng = np.random.default_rng(seed)
+        self.written = 0
+        self.stop_seen = False
+        self.error = None
+
+    def run(self) -> None:
+        try:
+            self.stream()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.client.set_string(keys.solver_done(self.ns), "1")
+
+    def stream(self) -> None:
+        for rank in range(self.ranks):
+            members = keys.solver_members(self.ns)
+            self.client.command(["SADD", members, str(rank)], key=members)
+        started, seq = time.monotonic(), 0
+        while time.monotonic() - started < self.duration:
+            if self.client.exists(keys.trainer_stop(self.ns)):
+                self.stop_seen = True
+                return
+            for rank in range(self.ranks):
+                self.write(rank, seq)
+            seq += 1
+            time.sleep(self.interval)
+
+    def write(self, rank: int, seq: int) -> None:
+        dtype = np.float32 if rank % 2 == 0 else np.float64  # both wire formats
+        u = self.rng.uniform(*U_RANGE, size=(self.points, 1))
+        self.client.put_tensor(keys.snapshot_inputs(self.ns, rank, seq), u.astype(dtype))
+        self.client.put_tensor(keys.snapshot_targets(self.ns, rank, seq),
+                               wall_shear_stress(u).astype(dtype))
+        index = keys.snapshot_index(self.ns, rank)
+        self.client.list_push(index, f"{seq} {seq * 10} {seq * 0.01:.6f}")
+        self.written += 1
+        if self.client.list_length(index) > self.keep:  # retention limit: drop the oldest
+            oldest = self.client.command(["LPOP", index])
+            if oldest is not None:
+                old = int(oldest.split()[0])
+                self.client.delete(keys.snapshot_inputs(self.ns, rank, old))
+                self.client.delete(keys.snapshot_targets(self.ns, rank, old))
+
+
+# --- helpers --------------------------------------------------------------------------------
+TRAIN_OPTIONS = dict(modelName="tau_model", hiddenLayers="32, 32", learningRate=0.003,
+                     batchSize=256, stepsPerEpoch=10, replayBuffer=40000,
+                     validationFraction=0.1, publishInterval=20, patience=100000,
+                     minImprovement=0.0, maxEpochs=100000, checkpointDir="ckpt")
+
+
+def write_par(directory: str, **options) -> str:
+    path = Path(directory, "case.par")
+    lines = ["[GENERAL]", "stopAt = numSteps", "", "[NEKRS_ML]"]
+    lines += [f"{key} = {value}" for key, value in {**TRAIN_OPTIONS, **options}.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def start_trainer(par: str, run_dir: str, env: dict, ranks: int = 2) -> subprocess.Popen:
+    log = open(Path(run_dir, "trainer.log"), "wb")
+    argv = ["mpiexec", "-n", str(ranks), "--oversubscribe", sys.executable, "-m", "nekrs_ml.cli",
+            "train", par, "--run-dir", run_dir, "--data-timeout", "60"]
+    with log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> int:
+    """The exit code; the whole process group is killed when it overruns (or on any error)."""
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def trainer_env(server, ns: str) -> dict:
+    return {**os.environ, **server.info["env"], environment.NAMESPACE: ns}
+
+
+def log_of(run_dir: str) -> str:
+    return Path(run_dir, "trainer.log").read_text(errors="replace")[-4000:]
+
+
+def fresh_namespace() -> str:
+    return "t" + uuid.uuid4().hex[:8]
+
+
+# --- registry -------------------------------------------------------------------------------
+def test_registry_publish_load_versions(server):
+    client = nekrs_ml.Client(**server.client_args())
+    ns = fresh_namespace()
+    assert registry.latest_version(client, ns, "m") is None and registry.models(client, ns) == {}
+    v1 = registry.publish(client, ns, "m", b"\x00blob-1\xff", {"epoch": 1})
+    v2 = registry.publish([client], ns, "m", b"blob-2", {"epoch": 2})
+    assert (v1, v2) == (1, 2)
+    assert registry.latest_version(client, ns, "m") == 2
+    assert registry.versions(client, ns, "m") == [1, 2]
+    assert registry.models(client, ns) == {"m": 2}
+    blob, meta = registry.load(client, ns, "m")
+    assert blob == b"blob-2" and meta["version"] == 2 and meta["epoch"] == 2 and meta["time"] > 0
+    assert registry.load(client, ns, "m", 1)[0] == b"\x00blob-1\xff"
+    with pytest.raises(KeyNotFoundError, match=r"'m' version 7 .*available versions: 1, 2"):
+        registry.load(client, ns, "m", 7)
+    with pytest.raises(KeyNotFoundError, match=r"'other' has no published version"):
+        registry.load(client, ns, "other")
+
+
+def test_registry_same_version_on_every_server(tcp_server, run_dir):
+    """Colocated mode publishes to every node's server under one version number."""
+    second = Orchestrator(run_dir, maxmemory="64mb")
+    second.start()
+    ns = fresh_namespace()
+    first_client = nekrs_ml.Client(**tcp_server.client_args())
+    other_client = nekrs_ml.Client(second.addresses, password=second.password)
+    registry.publish(first_client, ns, "m", b"a", {})
+    registry.publish(first_client, ns, "m", b"b", {})
+    version = registry.publish([first_client, other_client], ns, "m", b"c", {"n_in": 1})
+    assert version == 3
+    for client in (first_client, other_client):
+        assert registry.latest_version(client, ns, "m") == 3
+        assert registry.load(client, ns, "m") == (b"c", registry.load(client, ns, "m")[1])
+        assert registry.load(client, ns, "m")[1]["n_in"] == 1
+    assert registry.publish([other_client], ns, "m", b"d", {}) == 4  # the counter moved too
+
+
+# --- the trainer ----------------------------------------------------------------------------
+def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=20.0)
+    process = start_trainer(write_par(run_dir), run_dir, trainer_env(tcp_server, ns))
+    started = time.monotonic()
+    solver.start()
+    code = finish(process, timeout=100)
+    solver.join(timeout=30)
+    assert code == 0, log_of(run_dir)
+    assert solver.error is None and solver.written > 100
+    print(f"trainer ran {time.monotonic() - started:.1f} s")
+
+    leftovers = list(client.redis.scan_iter(match=f"{ns}:*:train:*"))
+    assert leftovers == [], "snapshots not consumed"
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "done" and status["model_version"] >= 1
+    assert 0 < status["snapshots"] <= solver.written
+    history = [json.loads(line) for line in Path(run_dir, "trainer_history.jsonl").read_text().splitlines()]
+    assert history[0]["state"] == "waiting" and history[-1] == status
+    assert 1 <= len(list(Path(run_dir, "ckpt").glob("checkpoint_*.pt"))) <= 3
+
+    blob, meta = registry.load(client, ns, "tau_model")
+    assert meta["version"] == status["model_version"] and meta["origin"] == "trainer"
+    assert (meta["n_in"], meta["n_out"], meta["dtype"], meta["hidden_layers"]) == (1, 1, "float32", [32, 32])
+    model = torch.jit.load(io.BytesIO(blob))
+    u = np.linspace(0.61, 1.09, 97)[:, None]  # not the streamed values
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(u.astype(np.float32))).numpy()
+    assert predicted.shape == (97, 1) and predicted.dtype == np.float32
+    relative = np.abs(predicted[:, 0] / wall_shear_stress(u)[:, 0] - 1.0)
+    assert np.median(relative) < 0.02, f"median relative error {np.median(relative):.3%}"
+
+
+def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    # an improvement must halve the loss: convergence within a few epochs
+    par = write_par(run_dir, stopSolver="true", patience=3, minImprovement=0.5, publishInterval=2)
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=60.0)
+    process = start_trainer(par, run_dir, trainer_env(tcp_server, ns))
+    solver.start()
+    code = finish(process, timeout=90)
+    solver.join(timeout=30)
+    assert code == 0, log_of(run_dir)
+    assert client.get_string(keys.trainer_stop(ns)) == b"1"
+    assert solver.stop_seen and solver.error is None
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "converged" and status["model_version"] >= 1
+    assert registry.latest_version(client, ns, "tau_model") == status["model_version"]

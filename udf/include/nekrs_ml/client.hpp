@@ -1,0 +1,109 @@
+// nekrs_ml::Client — the C++ client of the orchestrator (Redis / Redis Cluster) on hiredis.
+//
+// Addresses are "host:port", "[v6addr]:port" or "unix:/path/to/socket", exactly as printed by
+// `nekrs-ml db start`. With cluster = true the addresses are seeds: the client reads the slot
+// map from any of them and routes every key to its shard, following MOVED/ASK redirects.
+// Every call has a timeout; errors are exceptions (errors.hpp) naming the key and quoting the
+// server. A Client is not thread-safe: use one per thread.
+#pragma once
+
+#include "nekrs_ml/codec.hpp"
+#include "nekrs_ml/errors.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nekrs_ml {
+
+struct ClientOptions {
+  std::vector<std::string> addresses;
+  std::string password;          // empty = no AUTH
+  bool cluster = false;
+  double timeout_s = 10.0;        // per call (send + reply)
+  double connect_timeout_s = 5.0; // per connection attempt
+};
+
+// A tensor to send: header + pointer to caller-owned contiguous data (not copied).
+struct TensorView {
+  std::string key;
+  TensorHeader header;
+  const void* data = nullptr;
+};
+
+class Client {
+public:
+  explicit Client(const ClientOptions& options);
+  Client(const std::vector<std::string>& addresses, const std::string& password = "",
+         bool cluster = false);
+  // Reads NEKRS_ML_ADDRESSES, NEKRS_ML_PASSWORD_FILE, NEKRS_ML_MODE (see docs/protocol.md);
+  // in colocated mode picks this node's server. Throws ConfigError naming the variable.
+  static ClientOptions options_from_env();
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+
+  // --- tensors ---------------------------------------------------------------------------
+  // Stores header + data under `key` in one SET; `data` is sent without an intermediate copy.
+  void put_tensor(const std::string& key, const TensorHeader& header, const void* data);
+  template <typename T>
+  void put_tensor(const std::string& key, const std::vector<std::uint64_t>& shape, const T* data) {
+    put_tensor(key, TensorHeader{dtype_of<T>(), shape}, data);
+  }
+  // Pipelined: all puts are sent before any reply is read (one round trip per shard).
+  void put_tensors(const std::vector<TensorView>& tensors);
+
+  // Reads a tensor. `allocate` receives the decoded header and returns where its
+  // header.data_bytes() bytes go; the data is received straight into that buffer.
+  // Throws KeyNotFoundError if the key does not exist, TensorFormatError if it is not a tensor.
+  TensorHeader get_tensor(const std::string& key,
+                          const std::function<void*(const TensorHeader&)>& allocate);
+  // Reads into a caller-owned buffer of `capacity_bytes`; throws TensorFormatError if the
+  // stored tensor does not fit or (when `expected_dtype` is given) has another dtype.
+  TensorHeader get_tensor(const std::string& key, void* out, std::size_t capacity_bytes);
+  TensorHeader get_tensor(const std::string& key, void* out, std::size_t capacity_bytes,
+                          DType expected_dtype);
+
+  // --- keys -------------------------------------------------------------------------------
+  bool exists(const std::string& key);
+  // Waits until the key exists, checking every `interval_s`; returns false after `timeout_s`.
+  bool poll_key(const std::string& key, double timeout_s, double interval_s = 0.005);
+  // Returns the number of keys removed (0 or 1).
+  long long delete_key(const std::string& key);
+
+  // --- small values and counters ----------------------------------------------------------
+  void set_string(const std::string& key, const std::string& value);
+  // Returns false when the key does not exist.
+  bool get_string(const std::string& key, std::string& value);
+  long long increment(const std::string& key, long long by = 1);
+
+  // --- lists -------------------------------------------------------------------------------
+  long long list_push(const std::string& key, const std::string& value); // RPUSH, returns length
+  long long list_length(const std::string& key);
+  std::vector<std::string> list_range(const std::string& key, long long start, long long stop);
+  void list_trim(const std::string& key, long long start, long long stop);
+
+  // --- raw commands -----------------------------------------------------------------------
+  // Runs one command routed by `key` (or to any node if key is empty). Returns an integer
+  // reply as its decimal text, a status/bulk reply as is, nil as an empty optional-like "",
+  // and throws ServerError on an error reply. For arrays use list_range-style helpers.
+  std::string command(const std::vector<std::string>& argv, const std::string& key = "");
+
+  const ClientOptions& options() const;
+  double timeout() const;
+  void set_timeout(double timeout_s);
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
+unsigned key_slot(const std::string& key);
+
+} // namespace nekrs_ml

@@ -1,0 +1,35 @@
+// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py).
+#pragma once
+
+#include <string>
+
+namespace nekrs_ml::keys {
+
+inline std::string rank_tag(int rank) { return "{r" + std::to_string(rank) + "}"; }
+
+inline std::string snapshot_inputs(const std::string& ns, int rank, long long seq) {
+  return ns + ":" + rank_tag(rank) + ":train:" + std::to_string(seq) + ":x";
+}
+inline std::string snapshot_targets(const std::string& ns, int rank, long long seq) {
+  return ns + ":" + rank_tag(rank) + ":train:" + std::to_string(seq) + ":y";
+}
+inline std::string snapshot_index(const std::string& ns, int rank) {
+  return ns + ":" + rank_tag(rank) + ":train:index";
+}
+inline std::string snapshot_dropped(const std::string& ns, int rank) {
+  return ns + ":" + rank_tag(rank) + ":train:dropped";
+}
+inline std::string inference_request(const std::string& ns, int rank, const std::string& model) {
+  return ns + ":" + rank_tag(rank) + ":infer:" + model + ":req";
+}
+inline std::string inference_reply(const std::string& ns, int rank, const std::string& model) {
+  return ns + ":" + rank_tag(rank) + ":infer:" + model + ":rep";
+}
+inline std::string solver_members(const std::string& ns) { return ns + ":solver:members"; }
+inline std::string solver_step(const std::string& ns) { return ns + ":solver:step"; }
+inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
+inline std::string solver_done(const std::string& ns) { return ns + ":solver:done"; }
+inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
+inline std::string trainer_status(const std::string& ns) { return ns + ":trainer:status"; }
+
+} // namespace nekrs_ml::keys

@@ -1,0 +1,476 @@
+// nekrs_ml::Client: routing (single server or Redis Cluster), redirects, retries, and the
+// public operations. Socket work lives in connection.cpp and tensor_io.cpp.
+#include "nekrs_ml/client.hpp"
+
+#include "connection.hpp"
+#include "slots.hpp"
+#include "tensor_io.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+namespace nekrs_ml {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kMaxRedirects = 5;
+constexpr auto kRetryPause = std::chrono::milliseconds(20);
+
+Clock::duration seconds(double value) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(value));
+}
+
+bool starts_with(const std::string& text, const char* prefix) { return text.rfind(prefix, 0) == 0; }
+
+struct Redirect {
+  enum Kind { none, moved, ask } kind = none;
+  unsigned slot = 0;
+  std::string address;
+};
+
+// "MOVED 3999 127.0.0.1:6381" or "ASK ...". IPv6 hosts come without brackets; an empty host
+// means the host of the node that replied.
+Redirect parse_redirect(const std::string& error, const Address& replied_from) {
+  std::istringstream words(error);
+  std::string kind;
+  long slot = -1;
+  std::string endpoint;
+  words >> kind >> slot >> endpoint;
+  const auto colon = endpoint.rfind(':');
+  if ((kind != "MOVED" && kind != "ASK") || slot < 0 || slot >= static_cast<long>(kSlotCount) ||
+      colon == std::string::npos) {
+    return {};
+  }
+  std::string host = endpoint.substr(0, colon);
+  if (host.empty()) host = replied_from.host;
+  return {kind == "MOVED" ? Redirect::moved : Redirect::ask, static_cast<unsigned>(slot),
+          format_tcp_address(host, std::atoi(endpoint.c_str() + colon + 1))};
+}
+
+// The cluster is reconfiguring or the server is loading its data: worth trying again shortly.
+bool is_transient(const std::string& error) {
+  return starts_with(error, "TRYAGAIN") || starts_with(error, "CLUSTERDOWN") ||
+         starts_with(error, "LOADING");
+}
+
+std::exception_ptr reply_error(const Op& op, const std::string& address, const std::string& error,
+                               bool cluster) {
+  if (starts_with(error, "NOAUTH")) {
+    return std::make_exception_ptr(
+        AuthenticationError(op.prefix() + "server at " + address +
+                            " requires a password; pass password= or set NEKRS_ML_PASSWORD_FILE"));
+  }
+  std::string hint;
+  if (starts_with(error, "MOVED ") || starts_with(error, "ASK ")) {
+    hint = cluster ? " (still redirected after " + std::to_string(kMaxRedirects) + " redirects)"
+                   : " (the server is a cluster node: connect in cluster mode)";
+  }
+  return std::make_exception_ptr(
+      ServerError(op.prefix() + "server error: " + error + " (server " + address + ")" + hint));
+}
+
+std::optional<std::string> error_of(const redisReply& reply) {
+  if (reply.type != REDIS_REPLY_ERROR) return std::nullopt;
+  return std::string(reply.str, reply.len);
+}
+
+std::string text_of(const redisReply& reply) { return std::string(reply.str, reply.len); }
+
+[[noreturn]] void unexpected_reply(const Op& op, const char* expected) {
+  throw ServerError(op.prefix() + "unexpected reply from the server (expected " + expected + ")");
+}
+
+long long integer_of(const Reply& reply, const Op& op) {
+  if (reply->type != REDIS_REPLY_INTEGER) unexpected_reply(op, "an integer");
+  return reply->integer;
+}
+
+void check_seconds(const char* what, double value) {
+  if (!(value > 0) || !std::isfinite(value)) {
+    throw ConfigError(std::string(what) + " must be a positive number of seconds, got " +
+                      std::to_string(value));
+  }
+}
+
+void validate(const ClientOptions& options) {
+  if (options.addresses.empty()) {
+    throw ConfigError("no server address given; pass the addresses printed by `nekrs-ml db start`");
+  }
+  for (const std::string& address : options.addresses) parse_address(address);
+  check_seconds("timeout", options.timeout_s);
+  check_seconds("connect_timeout", options.connect_timeout_s);
+}
+
+} // namespace
+
+struct Client::Impl {
+  explicit Impl(const ClientOptions& client_options);
+
+  Connection& connection(const std::string& address);
+  Connection& node_for(std::string_view key);
+  void load_slots(const Op& op);
+  void follow_moved(const Redirect& redirect, const Op& op);
+  void send_asking(Connection& connection, const Op& op);
+  bool is_retryable(const std::string& error, const Connection& connection) const;
+
+  // Runs attempt(connection) on the node serving op.key, following MOVED/ASK redirects and
+  // retrying transient errors until the timeout. `attempt` returns the text of an error reply,
+  // or nothing on success.
+  template <typename Attempt> void route(const Op& op, Attempt attempt);
+  Reply run(const Op& op, const std::vector<std::string>& argv);
+
+  ClientOptions options;
+  std::map<std::string, std::unique_ptr<Connection>> connections;
+  SlotMap slots;
+};
+
+Client::Impl::Impl(const ClientOptions& client_options) : options(client_options) {
+  validate(options);
+  // Connect now, so that a wrong address or password shows up where the client is made.
+  if (options.cluster) {
+    load_slots(Op{});
+  } else {
+    connection(options.addresses.front()).connect(Op{});
+  }
+}
+
+Connection& Client::Impl::connection(const std::string& address) {
+  auto found = connections.find(address);
+  if (found == connections.end()) {
+    found = connections.emplace(address, std::make_unique<Connection>(address, options)).first;
+  }
+  return *found->second;
+}
+
+Connection& Client::Impl::node_for(std::string_view key) {
+  if (!options.cluster) return connection(options.addresses.front());
+  const std::string& owner = slots.owner(slot_of(key));
+  // A slot nobody claims yet: any node answers with a redirect or CLUSTERDOWN.
+  return connection(owner.empty() ? options.addresses.front() : owner);
+}
+
+void Client::Impl::load_slots(const Op& op) {
+  std::vector<std::string> candidates = options.addresses;
+  for (const auto& entry : connections) {
+    if (std::find(candidates.begin(), candidates.end(), entry.first) == candidates.end()) {
+      candidates.push_back(entry.first);
+    }
+  }
+  std::exception_ptr failure;
+  for (const std::string& address : candidates) {
+    try {
+      Connection& node = connection(address);
+      const Reply reply = node.command({"CLUSTER", "SLOTS"}, op);
+      if (const auto error = error_of(*reply)) {
+        failure = reply_error(op, address, *error, true);
+        continue;
+      }
+      const Address& parsed = node.parsed_address();
+      if (slots.load(*reply, parsed.is_unix ? "127.0.0.1" : parsed.host)) return;
+      failure = std::make_exception_ptr(
+          ServerError(op.prefix() + "malformed CLUSTER SLOTS reply from " + address));
+    } catch (const AuthenticationError&) {
+      throw; // every node has the same password: asking another one will not help
+    } catch (const Error&) {
+      failure = std::current_exception();
+    }
+  }
+  std::rethrow_exception(failure);
+}
+
+void Client::Impl::follow_moved(const Redirect& redirect, const Op& op) {
+  try {
+    load_slots(op);
+  } catch (const Error&) {
+    // The redirect alone says where this slot lives; the next MOVED refreshes the rest.
+  }
+  slots.assign(redirect.slot, redirect.address);
+}
+
+void Client::Impl::send_asking(Connection& node, const Op& op) {
+  const Reply reply = node.command({"ASKING"}, op);
+  if (const auto error = error_of(*reply)) {
+    std::rethrow_exception(reply_error(op, node.address(), *error, true));
+  }
+}
+
+bool Client::Impl::is_retryable(const std::string& error, const Connection& node) const {
+  return is_transient(error) ||
+         (options.cluster && parse_redirect(error, node.parsed_address()).kind != Redirect::none);
+}
+
+template <typename Attempt> void Client::Impl::route(const Op& op, Attempt attempt) {
+  const Clock::time_point deadline = Clock::now() + seconds(options.timeout_s);
+  std::string ask_target; // after ASK: the next attempt goes there, once, preceded by ASKING
+  int redirects = 0;
+  for (;;) {
+    Connection& node = ask_target.empty() ? node_for(op.key) : connection(ask_target);
+    if (!ask_target.empty()) send_asking(node, op);
+    ask_target.clear();
+
+    const std::optional<std::string> error = attempt(node);
+    if (!error) return;
+    const Redirect redirect =
+        options.cluster ? parse_redirect(*error, node.parsed_address()) : Redirect{};
+    if (redirect.kind != Redirect::none && redirects < kMaxRedirects) {
+      ++redirects;
+      if (redirect.kind == Redirect::moved) {
+        follow_moved(redirect, op);
+      } else {
+        ask_target = redirect.address;
+      }
+      continue;
+    }
+    if (is_transient(*error) && Clock::now() < deadline) {
+      std::this_thread::sleep_for(kRetryPause);
+      continue;
+    }
+    std::rethrow_exception(reply_error(op, node.address(), *error, options.cluster));
+  }
+}
+
+Reply Client::Impl::run(const Op& op, const std::vector<std::string>& argv) {
+  Reply reply;
+  route(op, [&](Connection& node) {
+    reply = node.command(argv, op);
+    return error_of(*reply);
+  });
+  return reply;
+}
+
+// --- construction ------------------------------------------------------------------------------
+
+Client::Client(const ClientOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+
+Client::Client(const std::vector<std::string>& addresses, const std::string& password, bool cluster)
+    : Client(ClientOptions{addresses, password, cluster}) {}
+
+Client::~Client() = default;
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+
+const ClientOptions& Client::options() const { return impl_->options; }
+
+double Client::timeout() const { return impl_->options.timeout_s; }
+
+void Client::set_timeout(double timeout_s) {
+  check_seconds("timeout", timeout_s);
+  impl_->options.timeout_s = timeout_s;
+  for (auto& entry : impl_->connections) entry.second->apply_timeout();
+}
+
+// --- tensors -----------------------------------------------------------------------------------
+
+void Client::put_tensor(const std::string& key, const TensorHeader& header, const void* data) {
+  const Op op{"put_tensor", key};
+  const SetCommand set(key, header, data, op);
+  impl_->route(op, [&](Connection& node) {
+    node.prepare_raw(op);
+    send_set(node, set, op);
+    return error_of(*node.read_reply(op));
+  });
+}
+
+namespace {
+
+// The puts going to one node.
+struct Batch {
+  Connection* connection;
+  std::vector<std::size_t> items;
+};
+
+// Connections of these batches owe replies that will not be read: close them.
+void drop_batches(std::vector<Batch>& batches, std::size_t first, std::size_t last) {
+  for (std::size_t b = first; b < last; ++b) batches[b].connection->drop();
+}
+
+} // namespace
+
+void Client::put_tensors(const std::vector<TensorView>& tensors) {
+  std::vector<SetCommand> commands;
+  commands.reserve(tensors.size());
+  std::vector<Batch> batches;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const TensorView& tensor = tensors[i];
+    commands.emplace_back(tensor.key, tensor.header, tensor.data, Op{"put_tensors", tensor.key});
+    Connection* node = &impl_->node_for(tensor.key);
+    auto batch = std::find_if(batches.begin(), batches.end(),
+                              [&](const Batch& b) { return b.connection == node; });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{node, {}});
+    batch->items.push_back(i);
+  }
+
+  // Send everything before reading any reply: one round trip per node.
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    const Op op{"put_tensors", tensors[batches[b].items.front()].key};
+    try {
+      batches[b].connection->prepare_raw(op);
+      std::vector<iovec> pieces;
+      for (std::size_t i : batches[b].items) commands[i].append_to(pieces);
+      batches[b].connection->send(pieces.data(), pieces.size(), op);
+    } catch (...) {
+      drop_batches(batches, 0, b);
+      throw;
+    }
+  }
+
+  // Read every reply, so the connections stay in step, before reporting the first error.
+  std::exception_ptr first_error;
+  std::vector<std::size_t> retries;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    Connection& node = *batches[b].connection;
+    for (std::size_t i : batches[b].items) {
+      const Op op{"put_tensors", tensors[i].key};
+      Reply reply;
+      try {
+        reply = node.read_reply(op);
+      } catch (...) {
+        drop_batches(batches, b + 1, batches.size());
+        throw;
+      }
+      const auto error = error_of(*reply);
+      if (!error) continue;
+      if (impl_->is_retryable(*error, node)) {
+        retries.push_back(i);
+      } else if (!first_error) {
+        first_error = reply_error(op, node.address(), *error, impl_->options.cluster);
+      }
+    }
+  }
+  for (std::size_t i : retries) put_tensor(tensors[i].key, tensors[i].header, tensors[i].data);
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+TensorHeader Client::get_tensor(const std::string& key,
+                                const std::function<void*(const TensorHeader&)>& allocate) {
+  const Op op{"get_tensor", key};
+  TensorHeader header;
+  impl_->route(op, [&](Connection& node) {
+    node.prepare_raw(op);
+    send_get(node, key, op);
+    GetResult result = receive_tensor(node, key, allocate, op);
+    header = std::move(result.header);
+    return result.error;
+  });
+  return header;
+}
+
+namespace {
+
+// The destination of a get into a caller's buffer, once the stored tensor is known to fit.
+void* fit(const std::string& key, const TensorHeader& header, void* out, std::size_t capacity) {
+  if (header.data_bytes() > capacity) {
+    throw TensorFormatError("key '" + key + "' holds " + header.describe() + " (" +
+                            std::to_string(header.data_bytes()) + " bytes) but the buffer has " +
+                            std::to_string(capacity) + " bytes");
+  }
+  return out;
+}
+
+} // namespace
+
+TensorHeader Client::get_tensor(const std::string& key, void* out, std::size_t capacity_bytes) {
+  return get_tensor(
+      key, [&](const TensorHeader& header) { return fit(key, header, out, capacity_bytes); });
+}
+
+TensorHeader Client::get_tensor(const std::string& key, void* out, std::size_t capacity_bytes,
+                                DType expected_dtype) {
+  return get_tensor(key, [&](const TensorHeader& header) {
+    if (header.dtype != expected_dtype) {
+      throw TensorFormatError("key '" + key + "' holds " + header.describe() + " but " +
+                              dtype_name(expected_dtype) + " was expected");
+    }
+    return fit(key, header, out, capacity_bytes);
+  });
+}
+
+// --- keys, strings, counters, lists ------------------------------------------------------------
+
+bool Client::exists(const std::string& key) {
+  const Op op{"exists", key};
+  return integer_of(impl_->run(op, {"EXISTS", key}), op) > 0;
+}
+
+bool Client::poll_key(const std::string& key, double timeout_s, double interval_s) {
+  check_seconds("poll interval", interval_s);
+  const Clock::time_point deadline = Clock::now() + seconds(std::max(timeout_s, 0.0));
+  for (;;) {
+    if (exists(key)) return true;
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(std::min(seconds(interval_s), deadline - now));
+  }
+}
+
+long long Client::delete_key(const std::string& key) {
+  const Op op{"delete", key};
+  return integer_of(impl_->run(op, {"DEL", key}), op);
+}
+
+void Client::set_string(const std::string& key, const std::string& value) {
+  impl_->run(Op{"set_string", key}, {"SET", key, value});
+}
+
+bool Client::get_string(const std::string& key, std::string& value) {
+  const Op op{"get_string", key};
+  const Reply reply = impl_->run(op, {"GET", key});
+  if (reply->type == REDIS_REPLY_NIL) return false;
+  if (reply->type != REDIS_REPLY_STRING) unexpected_reply(op, "a string");
+  value = text_of(*reply);
+  return true;
+}
+
+long long Client::increment(const std::string& key, long long by) {
+  const Op op{"increment", key};
+  return integer_of(impl_->run(op, {"INCRBY", key, std::to_string(by)}), op);
+}
+
+long long Client::list_push(const std::string& key, const std::string& value) {
+  const Op op{"list_push", key};
+  return integer_of(impl_->run(op, {"RPUSH", key, value}), op);
+}
+
+long long Client::list_length(const std::string& key) {
+  const Op op{"list_length", key};
+  return integer_of(impl_->run(op, {"LLEN", key}), op);
+}
+
+std::vector<std::string> Client::list_range(const std::string& key, long long start,
+                                            long long stop) {
+  const Op op{"list_range", key};
+  const Reply reply = impl_->run(op, {"LRANGE", key, std::to_string(start), std::to_string(stop)});
+  if (reply->type != REDIS_REPLY_ARRAY) unexpected_reply(op, "an array");
+  std::vector<std::string> items;
+  for (std::size_t i = 0; i < reply->elements; ++i) items.push_back(text_of(*reply->element[i]));
+  return items;
+}
+
+void Client::list_trim(const std::string& key, long long start, long long stop) {
+  impl_->run(Op{"list_trim", key}, {"LTRIM", key, std::to_string(start), std::to_string(stop)});
+}
+
+std::string Client::command(const std::vector<std::string>& argv, const std::string& key) {
+  if (argv.empty()) throw ConfigError("command: no arguments given");
+  const Op op{argv.front(), key};
+  const Reply reply = impl_->run(op, argv);
+  switch (reply->type) {
+  case REDIS_REPLY_INTEGER: return std::to_string(reply->integer);
+  case REDIS_REPLY_STRING:
+  case REDIS_REPLY_STATUS: return text_of(*reply);
+  case REDIS_REPLY_NIL: return {};
+  default:
+    throw ConfigError(op.prefix() + "the reply is an array; command() returns single values");
+  }
+}
+
+} // namespace nekrs_ml

@@ -1,0 +1,489 @@
+// The .par options of nekrs_ml (config.hpp). Mirrors nekrs_ml/config.py rule for rule and
+// message for message (the Python side also suggests the closest key); tests/test_config.py
+// checks that both parse the same file to the same values.
+#include "nekrs_ml/config.hpp"
+
+#include "nekrs_ml/errors.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <locale>
+#include <sstream>
+
+namespace nekrs_ml {
+namespace {
+
+const char* const kSchema =
+#include "config_schema.inc"
+    ;
+
+const char* const kBlanks = " \t";
+
+std::string lower(std::string text) {
+  // ASCII only, like NekRS: values are compared byte for byte otherwise.
+  for (char& c : text) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return text;
+}
+
+std::string upper(std::string text) {
+  for (char& c : text) {
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  }
+  return text;
+}
+
+std::string trim(const std::string& text, const char* chars = kBlanks) {
+  const auto begin = text.find_first_not_of(chars);
+  if (begin == std::string::npos) return "";
+  return text.substr(begin, text.find_last_not_of(chars) - begin + 1);
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  for (std::size_t end; (end = text.find(separator, start)) != std::string::npos; start = end + 1) {
+    parts.push_back(text.substr(start, end - start));
+  }
+  parts.push_back(text.substr(start));
+  return parts;
+}
+
+// "a", "a or b", "a, b or c".
+std::string or_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += (i + 1 == items.size()) ? " or " : ", ";
+    out += items[i];
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+// --- numbers ---------------------------------------------------------------------------------
+// The syntax is checked first, so that both languages accept exactly the same spellings
+// (no "inf", "nan", hex, digit separators or surrounding text). The conversion uses the
+// classic locale, so a host program's setlocale() cannot change how "0.5" reads.
+
+struct OutOfRange {};
+
+template <typename T> T read_number(const std::string& text) {
+  std::istringstream in(text);
+  in.imbue(std::locale::classic());
+  T value{};
+  in >> value;
+  if (in.fail()) throw OutOfRange{}; // the syntax was checked: only overflow fails here
+  return value;
+}
+
+bool all_digits(const std::string& text, std::size_t begin, std::size_t end) {
+  if (begin >= end) return false;
+  for (std::size_t i = begin; i < end; ++i) {
+    if (text[i] < '0' || text[i] > '9') return false;
+  }
+  return true;
+}
+
+std::size_t sign_length(const std::string& text, std::size_t at = 0) {
+  return (at < text.size() && (text[at] == '+' || text[at] == '-')) ? 1 : 0;
+}
+
+// [+-]digits
+bool int_syntax(const std::string& text) {
+  return all_digits(text, sign_length(text), text.size());
+}
+
+// [+-](digits[.[digits]] | .digits)[(e|E)[+-]digits]
+bool float_syntax(const std::string& text) {
+  std::size_t i = sign_length(text);
+  const std::size_t mantissa = i;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+  const bool integer_part = i > mantissa;
+  if (i < text.size() && text[i] == '.') {
+    const std::size_t fraction = ++i;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+    if (!integer_part && i == fraction) return false;
+  } else if (!integer_part) {
+    return false;
+  }
+  if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
+    ++i;
+    i += sign_length(text, i);
+    return all_digits(text, i, text.size());
+  }
+  return i == text.size();
+}
+
+// Return false if `text` is not a number of the type; throw OutOfRange on overflow.
+bool parse_int(const std::string& text, long long& value) {
+  if (!int_syntax(text)) return false;
+  value = read_number<long long>(text);
+  return true;
+}
+
+bool parse_float(const std::string& text, double& value) {
+  if (!float_syntax(text)) return false;
+  value = read_number<double>(text);
+  return true;
+}
+
+double schema_number(const std::string& text) {
+  double value = 0.0;
+  if (!parse_float(text, value)) {
+    throw ConfigError("config_schema.tsv: bound '" + text + "' is not a number");
+  }
+  return value;
+}
+
+// --- the choices column ------------------------------------------------------------------------
+struct Constraint {
+  std::vector<std::string> alternatives; // allowed values ("N" in one stands for a number)
+  std::string low, high;                 // bounds as spelled in the schema (for messages)
+  bool low_inclusive = true;
+
+  static Constraint parse(const std::string& text) {
+    Constraint c;
+    if (text == "-") return c;
+    if (text.rfind(">=", 0) == 0) {
+      c.low = text.substr(2);
+    } else if (text.rfind(">", 0) == 0) {
+      c.low = text.substr(1);
+      c.low_inclusive = false;
+    } else if (const auto dots = text.find(".."); dots != std::string::npos) {
+      c.low = text.substr(0, dots);
+      c.high = text.substr(dots + 2);
+    } else {
+      c.alternatives = split(text, '|');
+    }
+    return c;
+  }
+
+  bool numeric() const { return !low.empty() || !high.empty(); }
+
+  bool in_range(double value) const {
+    if (!low.empty()) {
+      const double bound = schema_number(low);
+      if (value < bound || (value == bound && !low_inclusive)) return false;
+    }
+    return high.empty() || value <= schema_number(high);
+  }
+
+  std::string describe_range() const {
+    if (!high.empty()) return "between " + low + " and " + high;
+    return (low_inclusive ? ">= " : "> ") + low;
+  }
+
+  // The alternative that the lower-cased `value` stands for; empty if none.
+  std::string match(const std::string& value) const {
+    for (const auto& alternative : alternatives) {
+      const auto n = alternative.find('N');
+      if (n == std::string::npos) {
+        if (value == lower(alternative)) return alternative;
+        continue;
+      }
+      const std::string prefix = lower(alternative.substr(0, n));
+      const std::string suffix = lower(alternative.substr(n + 1));
+      if (value.size() > prefix.size() + suffix.size() && value.rfind(prefix, 0) == 0 &&
+          value.compare(value.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+          all_digits(value, prefix.size(), value.size() - suffix.size())) {
+        return value;
+      }
+    }
+    return "";
+  }
+};
+
+// --- conversion of one value -----------------------------------------------------------------
+Config::Value convert_number(const ConfigOption& option, const Constraint& constraint,
+                             const std::string& text, const std::string& name) {
+  if (option.type == "intlist") {
+    std::vector<long long> items;
+    for (const auto& part : split(text, ',')) {
+      long long item = 0;
+      if (!parse_int(trim(part), item)) {
+        throw ConfigError(name + " = '" + text + "' is not a comma-separated list of integers");
+      }
+      items.push_back(item);
+    }
+    for (long long item : items) {
+      if (!constraint.in_range(static_cast<double>(item))) {
+        throw ConfigError(name + " = " + text + ": every entry must be " +
+                          constraint.describe_range());
+      }
+    }
+    return items;
+  }
+  if (option.type == "int") {
+    long long value = 0;
+    if (!parse_int(text, value)) throw ConfigError(name + " = '" + text + "' is not an integer");
+    if (!constraint.in_range(static_cast<double>(value))) {
+      throw ConfigError(name + " = " + text + ": must be " + constraint.describe_range());
+    }
+    return value;
+  }
+  double value = 0.0;
+  if (!parse_float(text, value)) throw ConfigError(name + " = '" + text + "' is not a number");
+  if (!constraint.in_range(value)) {
+    throw ConfigError(name + " = " + text + ": must be " + constraint.describe_range());
+  }
+  return value;
+}
+
+// The typed value of `raw` for `option`; `where` ("file:line: ") prefixes the messages.
+Config::Value convert(const ConfigOption& option, const std::string& raw,
+                      const std::string& where) {
+  const std::string name = where + "[" + upper(option.section) + "] " + option.key;
+  const std::string text = trim(raw);
+  const Constraint constraint = Constraint::parse(option.choices);
+  if (option.type == "int" || option.type == "float" || option.type == "intlist") {
+    try {
+      return convert_number(option, constraint, text, name);
+    } catch (const OutOfRange&) {
+      throw ConfigError(name + " = '" + text + "' is out of range");
+    }
+  }
+  if (constraint.alternatives.empty()) return text;
+  const std::string match = constraint.match(lower(text));
+  if (match.empty()) {
+    throw ConfigError(name + " = '" + text + "' is not valid; use " +
+                      or_list(constraint.alternatives));
+  }
+  if (option.type == "bool") return match == "true";
+  return match;
+}
+
+// --- the schema ------------------------------------------------------------------------------
+void check_schema_row(const ConfigOption& option, const std::string& where) {
+  static const std::vector<std::string> types = {"int",  "float",  "str",
+                                                  "bool", "choice", "intlist"};
+  bool known = false;
+  for (const auto& type : types) known = known || option.type == type;
+  if (!known) {
+    throw ConfigError(where + ": type '" + option.type + "' is not one of " + join(types));
+  }
+  const Constraint constraint = Constraint::parse(option.choices);
+  const bool numeric_type =
+      option.type == "int" || option.type == "float" || option.type == "intlist";
+  const bool fits = numeric_type ? constraint.alternatives.empty()
+                                 : !constraint.numeric() &&
+                                       (option.type == "str" || !constraint.alternatives.empty());
+  if (!fits) {
+    throw ConfigError(where + ": choices '" + option.choices + "' do not fit type " + option.type);
+  }
+  convert(option, option.default_text, where + ": default "); // the defaults must be valid too
+}
+
+std::vector<ConfigOption> load_schema() {
+  std::vector<ConfigOption> rows;
+  const auto lines = split(kSchema, '\n');
+  for (std::size_t number = 1; number <= lines.size(); ++number) {
+    const std::string line = trim(lines[number - 1], "\r");
+    if (trim(line).empty() || line[0] == '#') continue;
+    const std::string where = "config_schema.tsv line " + std::to_string(number);
+    const auto cells = split(line, '\t');
+    if (cells.size() != 7) {
+      throw ConfigError(where + ": expected 7 tab-separated columns (section, key, type, " +
+                        "default, unit, choices, description), got " +
+                        std::to_string(cells.size()));
+    }
+    ConfigOption option{cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]};
+    for (const auto& row : rows) {
+      if (lower(row.section) == lower(option.section) && lower(row.key) == lower(option.key)) {
+        throw ConfigError(where + ": [" + option.section + "] " + option.key + " is listed twice");
+      }
+    }
+    check_schema_row(option, where);
+    rows.push_back(std::move(option));
+  }
+  return rows;
+}
+
+// The schema's spelling of a validated section; throws ConfigError for any other.
+const std::string& find_section(const std::string& section, const std::string& where) {
+  for (const auto& name : Config::sections()) {
+    if (lower(name) == lower(section)) return name;
+  }
+  std::vector<std::string> names;
+  for (const auto& name : Config::sections()) names.push_back("[" + upper(name) + "]");
+  throw ConfigError(where + "no section [" + upper(section) + "] in the schema; use " +
+                    or_list(names));
+}
+
+std::size_t find_option(const std::string& section, const std::string& key,
+                        const std::string& where) {
+  const std::string& name = find_section(section, where);
+  const auto& rows = Config::schema();
+  std::vector<std::string> keys;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].section != name) continue;
+    if (lower(rows[i].key) == lower(key)) return i;
+    keys.push_back(rows[i].key);
+  }
+  throw ConfigError(where + "[" + upper(name) + "] unknown key '" + key + "'; valid keys: " +
+                    join(keys));
+}
+
+// --- .par text -------------------------------------------------------------------------------
+// `text` up to a '#' or ';' at its start or after whitespace.
+std::string strip_comment(const std::string& text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const bool after_blank = i == 0 || text[i - 1] == ' ' || text[i - 1] == '\t';
+    if ((text[i] == '#' || text[i] == ';') && after_blank) {
+      return text.substr(0, i);
+    }
+  }
+  return text;
+}
+
+// The value of a "key = value" line: a double-quoted value as is, any other lower-cased.
+std::string split_value(const std::string& raw_value, const std::string& where) {
+  const std::string raw = trim(raw_value);
+  if (raw.empty() || raw[0] != '"') return lower(trim(strip_comment(raw)));
+  const auto end = raw.find('"', 1);
+  if (end == std::string::npos) {
+    throw ConfigError(where + "the value " + raw + " has no closing '\"'");
+  }
+  if (!trim(strip_comment(raw.substr(end + 1))).empty()) {
+    throw ConfigError(where + "unexpected text after the closing quote: " + raw);
+  }
+  return raw.substr(1, end - 1);
+}
+
+const char* getter_of(const std::string& type) {
+  if (type == "int") return "get_int";
+  if (type == "float") return "get_double";
+  if (type == "bool") return "get_bool";
+  if (type == "intlist") return "get_int_list";
+  return "get_string";
+}
+
+template <typename T> const T& typed(const Config::Value& value, const ConfigOption& option) {
+  if (const T* typed_value = std::get_if<T>(&value)) return *typed_value;
+  throw ConfigError("[" + upper(option.section) + "] " + option.key + " is a " + option.type +
+                    " option; read it with " + getter_of(option.type));
+}
+
+} // namespace
+
+// --- Config ----------------------------------------------------------------------------------
+const std::vector<ConfigOption>& Config::schema() {
+  static const std::vector<ConfigOption> rows = load_schema();
+  return rows;
+}
+
+const std::vector<std::string>& Config::sections() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& row : schema()) {
+      if (out.empty() || out.back() != row.section) out.push_back(row.section);
+    }
+    return out;
+  }();
+  return names;
+}
+
+Config::Config(std::string source) : source_(std::move(source)) {
+  for (const auto& option : schema()) values_.push_back(convert(option, option.default_text, ""));
+}
+
+Config Config::from_text(const std::string& text, const std::string& source) {
+  Config config(source);
+  std::string section; // lower-cased; empty outside the validated sections
+  std::vector<std::size_t> first_line(schema().size(), 0);
+  const auto lines = split(text, '\n');
+  for (std::size_t number = 1; number <= lines.size(); ++number) {
+    const std::string where = source + ":" + std::to_string(number) + ": ";
+    const std::string line = trim(lines[number - 1], " \t\r");
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line[0] == '[') {
+      const auto end = line.find(']');
+      if (end == std::string::npos || !trim(strip_comment(line.substr(end + 1))).empty()) {
+        throw ConfigError(where + "section header " + line + " is not '[NAME]'");
+      }
+      section = lower(trim(line.substr(1, end - 1)));
+      bool validated = false;
+      for (const auto& name : sections()) validated = validated || lower(name) == section;
+      if (!validated) section.clear();
+      continue;
+    }
+    if (section.empty()) continue;
+    const auto equals = line.find('=');
+    const std::string key = equals == std::string::npos ? "" : trim(line.substr(0, equals));
+    if (key.empty()) {
+      throw ConfigError(where + "[" + upper(section) + "] expected 'key = value', got " + line);
+    }
+    const std::size_t option = find_option(section, key, where);
+    const ConfigOption& row = schema()[option];
+    if (first_line[option] != 0) {
+      throw ConfigError(where + "[" + upper(section) + "] " + row.key +
+                        " is given twice (first on line " + std::to_string(first_line[option]) +
+                        ")");
+    }
+    first_line[option] = number;
+    const std::string value =
+        split_value(line.substr(equals + 1), where + "[" + upper(section) + "] " + row.key + ": ");
+    config.assign(option, value, where);
+  }
+  return config;
+}
+
+Config Config::from_par_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw ConfigError("cannot read " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) throw ConfigError("cannot read " + path + ": " + std::strerror(errno));
+  return from_text(text.str(), path);
+}
+
+void Config::set(const std::string& section, const std::string& key,
+                 const std::string& value_text) {
+  const std::string where = source_.empty() ? "" : source_ + ": ";
+  assign(find_option(section, key, where), value_text, where);
+}
+
+void Config::assign(std::size_t option, const std::string& text, const std::string& where) {
+  values_[option] = convert(schema()[option], text, where);
+}
+
+const Config::Value& Config::get(const std::string& section, const std::string& key) const {
+  return values_[find_option(section, key, "")];
+}
+
+long long Config::get_int(const std::string& section, const std::string& key) const {
+  const std::size_t option = find_option(section, key, "");
+  return typed<long long>(values_[option], schema()[option]);
+}
+
+double Config::get_double(const std::string& section, const std::string& key) const {
+  const std::size_t option = find_option(section, key, "");
+  if (const auto* integer = std::get_if<long long>(&values_[option])) {
+    return static_cast<double>(*integer);
+  }
+  return typed<double>(values_[option], schema()[option]);
+}
+
+std::string Config::get_string(const std::string& section, const std::string& key) const {
+  const std::size_t option = find_option(section, key, "");
+  return typed<std::string>(values_[option], schema()[option]);
+}
+
+bool Config::get_bool(const std::string& section, const std::string& key) const {
+  const std::size_t option = find_option(section, key, "");
+  return typed<bool>(values_[option], schema()[option]);
+}
+
+std::vector<long long> Config::get_int_list(const std::string& section,
+                                            const std::string& key) const {
+  const std::size_t option = find_option(section, key, "");
+  return typed<std::vector<long long>>(values_[option], schema()[option]);
+}
+
+} // namespace nekrs_ml

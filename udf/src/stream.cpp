@@ -1,0 +1,265 @@
+// The training stream of a solver rank (stream.hpp, docs/protocol.md "Training stream").
+#include "nekrs_ml/stream.hpp"
+
+#include "nekrs_ml/config.hpp"
+#include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/keys.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <thread>
+#include <utility>
+
+namespace nekrs_ml {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void sleep_seconds(double seconds) {
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+}
+
+// A server at its maxmemory (policy noeviction) refuses writes with
+// "OOM command not allowed when used memory > 'maxmemory'". The exact phrases are matched,
+// not just "OOM", because the message also quotes the key, which may contain anything.
+bool out_of_memory(const ServerError& error) {
+  const std::string text = error.what();
+  return text.find("OOM command not allowed") != std::string::npos ||
+         text.find("> 'maxmemory'") != std::string::npos;
+}
+
+void add_warning(PutResult& result, const std::string& warning) {
+  result.warning += (result.warning.empty() ? "" : "; ") + warning;
+}
+
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", value); // round-trips exactly
+  return text;
+}
+
+void check_snapshot(const TensorHeader& inputs, const TensorHeader& targets) {
+  const auto shapes = [&] {
+    return "inputs " + inputs.describe() + ", targets " + targets.describe();
+  };
+  if (inputs.shape.size() != 2 || targets.shape.size() != 2) {
+    throw ConfigError("training snapshot: inputs must be [n, n_in] and targets [n, n_out], got " +
+                      shapes());
+  }
+  if (inputs.shape[0] != targets.shape[0]) {
+    throw ConfigError("training snapshot: inputs and targets must have the same number of "
+                      "points n (first dimension), got " + shapes());
+  }
+  if (inputs.dtype != targets.dtype ||
+      (inputs.dtype != DType::float32 && inputs.dtype != DType::float64)) {
+    throw ConfigError("training snapshot: inputs and targets must both be float32 or both "
+                      "float64, got " + shapes());
+  }
+}
+
+StreamOptions checked(StreamOptions options) {
+  const auto fail = [](const std::string& what) { throw ConfigError("TrainingStream: " + what); };
+  if (options.ns.empty() || options.ns.find_first_of("{}:") != std::string::npos) {
+    fail("namespace '" + options.ns + "' must be non-empty without '{', '}' or ':' "
+         "([NEKRS_ML] namespace)");
+  }
+  if (options.rank < 0) fail("rank = " + std::to_string(options.rank) + ": must be >= 0");
+  if (options.sample_interval < 1) {
+    fail("sample_interval = " + std::to_string(options.sample_interval) +
+         ": must be >= 1 ([NEKRS_ML] sampleInterval)");
+  }
+  if (options.max_snapshots < 1) {
+    fail("max_snapshots = " + std::to_string(options.max_snapshots) +
+         ": must be >= 1 ([NEKRS_ML] maxSnapshots)");
+  }
+  if (!(options.wait_timeout_s >= 0.0)) {
+    fail("wait_timeout = " + format_number(options.wait_timeout_s) +
+         " s: must be >= 0 ([NEKRS_ML] waitTimeout)");
+  }
+  if (!(options.poll_interval_s > 0.0)) {
+    fail("poll_interval = " + format_number(options.poll_interval_s) + " s: must be > 0");
+  }
+  return options;
+}
+
+} // namespace
+
+StreamOptions::WhenFull when_full_from_name(const std::string& name) {
+  if (name == "drop") return StreamOptions::WhenFull::drop;
+  if (name == "wait") return StreamOptions::WhenFull::wait;
+  throw ConfigError("when_full = '" + name +
+                    "' is not valid; use drop or wait ([NEKRS_ML] whenFull)");
+}
+
+StreamOptions StreamOptions::from_config(const Config& config, int rank) {
+  StreamOptions options;
+  options.ns = config.get_string("nekrs_ml", "namespace");
+  options.rank = rank;
+  options.sample_interval = static_cast<int>(config.get_int("nekrs_ml", "sampleInterval"));
+  options.max_snapshots = static_cast<int>(config.get_int("nekrs_ml", "maxSnapshots"));
+  options.when_full = when_full_from_name(config.get_string("nekrs_ml", "whenFull"));
+  options.wait_timeout_s = config.get_double("nekrs_ml", "waitTimeout");
+  return options;
+}
+
+TrainingStream::TrainingStream(Client& client, StreamOptions options)
+    : client_(client), options_(checked(std::move(options))),
+      index_key_(keys::snapshot_index(options_.ns, options_.rank)),
+      dropped_key_(keys::snapshot_dropped(options_.ns, options_.rank)) {
+  const std::string members = keys::solver_members(options_.ns);
+  client_.command({"SADD", members, std::to_string(options_.rank)}, members);
+}
+
+bool TrainingStream::due(long step) const { return step % options_.sample_interval == 0; }
+
+PutResult TrainingStream::put(long step, double time, const TensorHeader& inputs_header,
+                              const void* inputs, const TensorHeader& targets_header,
+                              const void* targets) {
+  const auto start = Clock::now();
+  check_snapshot(inputs_header, targets_header);
+  PutResult result;
+  make_room(result);
+  result.written = store(step, time, inputs_header, inputs, targets_header, targets, result);
+  result.dropped = !result.written;
+  if (result.written) {
+    ++seq_;
+    ++written_;
+  } else {
+    count_dropped(1);
+  }
+  result.seconds = seconds_since(start);
+  return result;
+}
+
+// Writes the snapshot; on a full server frees this rank's oldest snapshots (drop) or waits
+// for the trainer to free memory (wait). Returns false when the snapshot was given up.
+bool TrainingStream::store(long step, double time, const TensorHeader& inputs_header,
+                           const void* inputs, const TensorHeader& targets_header,
+                           const void* targets, PutResult& result) {
+  const std::string full = "rank " + std::to_string(options_.rank) +
+                           ": the database is full (maxmemory); ";
+  int dropped = 0;
+  bool written = true;
+  std::optional<Clock::time_point> full_since;
+  while (!try_write(step, time, inputs_header, inputs, targets_header, targets)) {
+    if (options_.when_full == StreamOptions::WhenFull::drop && drop_oldest()) {
+      ++dropped;
+      continue;
+    }
+    if (options_.when_full == StreamOptions::WhenFull::wait) {
+      if (!full_since) full_since = Clock::now();
+      result.waited = true;
+      if (seconds_since(*full_since) < options_.wait_timeout_s) {
+        sleep_seconds(options_.poll_interval_s);
+        continue;
+      }
+    }
+    written = false;
+    break;
+  }
+  result.dropped_oldest += dropped;
+  count_dropped(dropped);
+  if (!written) {
+    add_warning(result, full + "the snapshot of step " + std::to_string(step) + " was dropped" +
+                            (full_since ? " after waiting " +
+                                              format_number(options_.wait_timeout_s) +
+                                              " s (waitTimeout)"
+                                        : "") +
+                            "; raise maxMemory or lower maxSnapshots");
+  } else if (dropped > 0) {
+    add_warning(result, full + "dropped " + std::to_string(dropped) +
+                            " older snapshot(s) to store the one of step " + std::to_string(step));
+  }
+  return written;
+}
+
+// Retention: at most max_snapshots announced snapshots, checked before writing a new one.
+void TrainingStream::make_room(PutResult& result) {
+  long long length = client_.list_length(index_key_);
+  if (length < options_.max_snapshots) return;
+  if (options_.when_full == StreamOptions::WhenFull::wait) {
+    result.waited = true;
+    const auto start = Clock::now();
+    while (length >= options_.max_snapshots && seconds_since(start) < options_.wait_timeout_s) {
+      sleep_seconds(options_.poll_interval_s);
+      length = client_.list_length(index_key_);
+    }
+    if (length < options_.max_snapshots) return;
+  }
+  // The trainer only ever shortens the list meanwhile, so counting down is safe.
+  int dropped = 0;
+  for (; length >= options_.max_snapshots && drop_oldest(); --length) ++dropped;
+  result.dropped_oldest += dropped;
+  count_dropped(dropped);
+  if (options_.when_full == StreamOptions::WhenFull::wait && dropped > 0) {
+    add_warning(result, "rank " + std::to_string(options_.rank) +
+                            ": the trainer consumed nothing within " +
+                            format_number(options_.wait_timeout_s) + " s (waitTimeout) with " +
+                            std::to_string(options_.max_snapshots) +
+                            " snapshots pending (maxSnapshots); dropped the oldest");
+  }
+}
+
+// Removes the oldest announced snapshot of this rank; false when there is none (the trainer
+// may have consumed it meanwhile).
+bool TrainingStream::drop_oldest() {
+  const std::string entry = client_.command({"LPOP", index_key_}, index_key_);
+  if (entry.empty()) return false;
+  discard(std::strtoll(entry.c_str(), nullptr, 10)); // entry = "SEQ STEP TIME"
+  return true;
+}
+
+bool TrainingStream::try_write(long step, double time, const TensorHeader& inputs_header,
+                               const void* inputs, const TensorHeader& targets_header,
+                               const void* targets) {
+  const std::string& ns = options_.ns;
+  try {
+    // Both keys carry the rank's hash tag: one shard, one pipelined round trip.
+    client_.put_tensors({TensorView{keys::snapshot_inputs(ns, options_.rank, seq_), inputs_header,
+                                    inputs},
+                         TensorView{keys::snapshot_targets(ns, options_.rank, seq_),
+                                    targets_header, targets}});
+    // Announced only once both tensors are stored.
+    client_.list_push(index_key_, std::to_string(seq_) + " " + std::to_string(step) + " " +
+                                      format_number(time));
+    return true;
+  } catch (const ServerError& error) {
+    if (!out_of_memory(error)) throw;
+    discard(seq_); // never leave half a snapshot behind
+    return false;
+  }
+}
+
+// Deletes both tensors of snapshot `seq` (DEL is allowed on a full server).
+void TrainingStream::discard(long long seq) {
+  const std::string inputs = keys::snapshot_inputs(options_.ns, options_.rank, seq);
+  client_.command({"DEL", inputs, keys::snapshot_targets(options_.ns, options_.rank, seq)}, inputs);
+}
+
+void TrainingStream::count_dropped(long long count) {
+  if (count == 0) return;
+  dropped_ += count;
+  try {
+    client_.command({"INCRBY", dropped_key_, std::to_string(count)}, dropped_key_);
+  } catch (const ServerError& error) {
+    // A full server refuses even INCRBY; the count stays in snapshots_dropped() and in the
+    // warning of the put, and losing it on the server must not stop the solver.
+    if (!out_of_memory(error)) throw;
+  }
+}
+
+void TrainingStream::mark_done(Client& client, const std::string& ns) {
+  client.set_string(keys::solver_done(ns), "1");
+}
+
+bool TrainingStream::stop_requested(Client& client, const std::string& ns) {
+  return client.exists(keys::trainer_stop(ns));
+}
+
+} // namespace nekrs_ml
