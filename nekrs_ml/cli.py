@@ -140,4 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module: sub-commands register in nekrs_ml.cli, not in __main__.
+    from nekrs_ml import cli as _cli
+
+    sys.exit(_cli.main())

@@ -51,6 +51,8 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# Payloads up to this size are joined with the command into one buffer (one send).
+_JOIN_LIMIT = 64 * 1024
 # redis-py's cluster client raises RedisClusterException, which is no RedisError.
 _REDIS_ERRORS = (rex.RedisError, rex.RedisClusterException)
 _AUTH_SIGNS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password",
@@ -79,6 +81,7 @@ class Client:
         self.cluster = bool(cluster)
         self.timeout = float(timeout)
         self._parsed = [Address.parse(a) for a in self.addresses]
+        self._conn = None
         common = dict(password=password or None, socket_timeout=self.timeout,
                       socket_connect_timeout=connect_timeout)
         try:
@@ -139,34 +142,50 @@ class Client:
 
     # --- tensors ----------------------------------------------------------------------------
     def put_tensor(self, key: str, array: np.ndarray) -> None:
-        """Stores ``array`` under ``key`` in one SET; its data is written to the socket
-        without an intermediate copy. The array must be C-contiguous."""
+        """Stores ``array`` under ``key`` in one SET. Large arrays are written to the socket
+        straight from their memory; the array must be C-contiguous."""
         header = codec.encode_header(array, key)
         data = memoryview(array).cast("B") if array.nbytes else b""
+        key_bytes = key.encode()
+        prefix = _resp_prefix(b"SET", key_bytes, len(header) + len(data)) + header
+        if len(data) <= _JOIN_LIMIT:  # one syscall beats avoiding a small copy
+            chunks = [b"".join((prefix, data, b"\r\n"))]
+        else:
+            chunks = [prefix, data, b"\r\n"]
         with self._call("put_tensor", key):
             try:
-                self._send_set(self._node_redis(key), key, header, data)
+                self._roundtrip(key, chunks)
             except rex.ResponseError as exc:
                 if not (self.cluster and str(exc).startswith(("MOVED", "ASK"))):
                     raise
                 self._redis.set(key, header + bytes(data))  # slot moved: let redis-py route it
 
-    def _send_set(self, node: redis.Redis, key: str, header: bytes, data) -> None:
-        pool = node.connection_pool
-        conn = pool.get_connection()
+    def _roundtrip(self, key: str, chunks):
+        """Sends one packed command and reads its reply on the connection serving ``key``:
+        the tensor hot path, without redis-py's per-command machinery."""
+        if self.cluster:
+            pool = self._node_redis(key).connection_pool
+            conn = pool.get_connection()
+        else:
+            pool, conn = None, self._direct()
         try:
-            key_bytes = key.encode()
-            conn.send_packed_command(
-                [_resp_prefix(b"SET", key_bytes, len(header) + len(data)), header, data, b"\r\n"],
-                check_health=False)
+            conn.send_packed_command(chunks, check_health=False)
             reply = conn.read_response()
         except BaseException:
-            conn.disconnect()  # reply state unknown: never reuse the connection half-read
+            conn.disconnect()  # reply state unknown: never reuse a half-read connection
             raise
         finally:
-            pool.release(conn)
+            if pool is not None:
+                pool.release(conn)
         if isinstance(reply, rex.ResponseError):
             raise reply
+        return reply
+
+    def _direct(self):
+        """This client's own connection for tensors (reconnects by itself after an error)."""
+        if self._conn is None:
+            self._conn = self._redis.connection_pool.make_connection()
+        return self._conn
 
     def put_tensors(self, items: Iterable[Tuple[str, np.ndarray]]) -> None:
         """Pipelined multi-put: every SET is sent before the replies are read."""
@@ -184,8 +203,9 @@ class Client:
     def get_tensor(self, key: str) -> np.ndarray:
         """Reads a tensor. The array is a read-only view of the received bytes (no copy);
         use ``get_tensor_into`` to fill a writeable buffer."""
+        key_bytes = key.encode()
         with self._call("get_tensor", key):
-            value = self._redis.get(key)
+            value = self._roundtrip(key, [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key_bytes), key_bytes)])
         if value is None:
             raise KeyNotFoundError(f"get_tensor {key!r}: key does not exist")
         return codec.decode(value, key)
@@ -264,6 +284,9 @@ class Client:
 
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
         self._redis.close()
 
     def __enter__(self) -> "Client":

@@ -30,7 +30,7 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     one taken from another process's publish); the other servers get the same number and their
     counters are set to it. Returns the version.
     """
-    clients = [clients] if isinstance(clients, Client) else list(clients)
+    clients = list(clients) if isinstance(clients, (list, tuple)) else [clients]
     if version is None:
         version = clients[0].increment(keys.model_counter(ns, name))
         others = clients[1:]
@@ -65,7 +65,8 @@ def load(client: Client, ns: str, name: str, version: Optional[int] = None) -> T
         if version is None:
             raise KeyNotFoundError(
                 f"model {name!r} has no published version in namespace {ns!r} (no "
-                f"{keys.model_latest(ns, name)!r}); published models: {_describe(models(client, ns))}")
+                f"{keys.model_latest(ns, name)!r}); published models: "
+                f"{_describe(models(client, ns))}")
     blob = client.get_string(keys.model_blob(ns, name, version))
     meta = client.get_string(keys.model_meta(ns, name, version))
     if blob is None or meta is None:
@@ -108,8 +109,8 @@ def _models(parser: argparse.ArgumentParser):
     parser.add_argument("name", nargs="?", help="show this model: its versions and metadata")
     parser.add_argument("--version", type=int, help="with NAME: this version instead of the latest")
     parser.add_argument("--output", help="with NAME: write the model blob to this file")
-    parser.add_argument("--namespace", help=f"key prefix of the run (default: ${environment.NAMESPACE}, "
-                        "else nkml)")
+    parser.add_argument("--namespace", help=f"key prefix of the run (default: "
+                        f"${environment.NAMESPACE}, else nkml)")
 
     def run(args) -> int:
         ns = args.namespace or os.environ.get(environment.NAMESPACE) or "nkml"

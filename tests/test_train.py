@@ -3,6 +3,7 @@ wall samples of the Reichardt law with the solver's protocol (real redis-server,
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -63,21 +64,21 @@ class StreamingSolver(threading.Thread):
         self.written = 0
         self.stop_seen = False
         self.error = None
+        self.halted = threading.Event()  # set by the test when it ends early
 
     def run(self) -> None:
         try:
             self.stream()
+            self.client.set_string(keys.solver_done(self.ns), "1")
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
-        finally:
-            self.client.set_string(keys.solver_done(self.ns), "1")
 
     def stream(self) -> None:
         for rank in range(self.ranks):
             members = keys.solver_members(self.ns)
             self.client.command(["SADD", members, str(rank)], key=members)
         started, seq = time.monotonic(), 0
-        while time.monotonic() - started < self.duration:
+        while time.monotonic() - started < self.duration and not self.halted.is_set():
             if self.client.exists(keys.trainer_stop(self.ns)):
                 self.stop_seen = True
                 return
@@ -118,23 +119,24 @@ def write_par(directory: str, **options) -> str:
     return str(path)
 
 
-def start_trainer(par: str, run_dir: str, env: dict, ranks: int = 2) -> subprocess.Popen:
-    log = open(Path(run_dir, "trainer.log"), "wb")
+@contextlib.contextmanager
+def training(par: str, run_dir: str, env: dict, solver: StreamingSolver, ranks: int = 2):
+    """The trainer under mpiexec next to the solver thread; on the way out (also when the test
+    fails) the trainer's whole process group is killed if still running and the solver halted."""
     argv = ["mpiexec", "-n", str(ranks), "--oversubscribe", sys.executable, "-m", "nekrs_ml.cli",
             "train", par, "--run-dir", run_dir, "--data-timeout", "60"]
-    with log:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def finish(process: subprocess.Popen, timeout: float) -> int:
-    """The exit code; the whole process group is killed when it overruns (or on any error)."""
+    with open(Path(run_dir, "trainer.log"), "wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        return process.wait(timeout=timeout)
+        solver.start()
+        yield process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        process.wait(timeout=10)
+        solver.halted.set()
+        solver.join(timeout=30)
 
 
 def trainer_env(server, ns: str) -> dict:
@@ -182,21 +184,20 @@ def test_registry_same_version_on_every_server(tcp_server, run_dir):
     assert version == 3
     for client in (first_client, other_client):
         assert registry.latest_version(client, ns, "m") == 3
-        assert registry.load(client, ns, "m") == (b"c", registry.load(client, ns, "m")[1])
-        assert registry.load(client, ns, "m")[1]["n_in"] == 1
+        blob, meta = registry.load(client, ns, "m")
+        assert blob == b"c" and meta["version"] == 3 and meta["n_in"] == 1
     assert registry.publish([other_client], ns, "m", b"d", {}) == 4  # the counter moved too
 
 
 # --- the trainer ----------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     ns = fresh_namespace()
     client = nekrs_ml.Client(**tcp_server.client_args())
     solver = StreamingSolver(tcp_server.client_args(), ns, duration=20.0)
-    process = start_trainer(write_par(run_dir), run_dir, trainer_env(tcp_server, ns))
     started = time.monotonic()
-    solver.start()
-    code = finish(process, timeout=100)
-    solver.join(timeout=30)
+    with training(write_par(run_dir), run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=100)
     assert code == 0, log_of(run_dir)
     assert solver.error is None and solver.written > 100
     print(f"trainer ran {time.monotonic() - started:.1f} s")
@@ -206,13 +207,15 @@ def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     status = json.loads(client.get_string(keys.trainer_status(ns)))
     assert status["state"] == "done" and status["model_version"] >= 1
     assert 0 < status["snapshots"] <= solver.written
-    history = [json.loads(line) for line in Path(run_dir, "trainer_history.jsonl").read_text().splitlines()]
+    history = Path(run_dir, "trainer_history.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in history]
     assert history[0]["state"] == "waiting" and history[-1] == status
     assert 1 <= len(list(Path(run_dir, "ckpt").glob("checkpoint_*.pt"))) <= 3
 
     blob, meta = registry.load(client, ns, "tau_model")
     assert meta["version"] == status["model_version"] and meta["origin"] == "trainer"
-    assert (meta["n_in"], meta["n_out"], meta["dtype"], meta["hidden_layers"]) == (1, 1, "float32", [32, 32])
+    assert (meta["n_in"], meta["n_out"], meta["dtype"]) == (1, 1, "float32")
+    assert meta["hidden_layers"] == [32, 32] and len(meta["input_mean"]) == 1
     model = torch.jit.load(io.BytesIO(blob))
     u = np.linspace(0.61, 1.09, 97)[:, None]  # not the streamed values
     with torch.no_grad():
@@ -228,13 +231,19 @@ def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     # an improvement must halve the loss: convergence within a few epochs
     par = write_par(run_dir, stopSolver="true", patience=3, minImprovement=0.5, publishInterval=2)
     solver = StreamingSolver(tcp_server.client_args(), ns, duration=60.0)
-    process = start_trainer(par, run_dir, trainer_env(tcp_server, ns))
-    solver.start()
-    code = finish(process, timeout=90)
-    solver.join(timeout=30)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=90)
     assert code == 0, log_of(run_dir)
     assert client.get_string(keys.trainer_stop(ns)) == b"1"
     assert solver.stop_seen and solver.error is None
     status = json.loads(client.get_string(keys.trainer_status(ns)))
     assert status["state"] == "converged" and status["model_version"] >= 1
     assert registry.latest_version(client, ns, "tau_model") == status["model_version"]
+
+    saved = Path(run_dir, "model.pt")  # `nekrs-ml models NAME --output` fetches the blob
+    shown = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "models", "tau_model", "--output",
+                            str(saved)], env=trainer_env(tcp_server, ns), capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["version"] == status["model_version"]
+    assert saved.read_bytes() == registry.load(client, ns, "tau_model")[0]

@@ -121,15 +121,16 @@ class Run:
         total = self.cfg["reproducer"]["steps"] if self.solver == "reproducer" else None
         progress = Progress(total)
         solver, trainer = self.parts["solver"], self.parts.get("trainer")
-        trainer_reported = False
+        trainer_reported = trainer_stopped_here = False
         solver_finished_at = None
         try:
             while True:
                 progress.show(*self.poll_progress())
                 if trainer and not trainer.running and not trainer_reported and solver.running:
                     trainer_reported = True
-                    self.warn(f"trainer exited with code {trainer.returncode} while the solver runs; "
-                              f"the solver continues (see {trainer.log_path})")
+                    if trainer.returncode != 0:
+                        self.warn(f"trainer exited with code {trainer.returncode} while the solver "
+                                  f"runs; the solver continues (see {trainer.log_path})")
                 if not solver.running:
                     if solver.returncode != 0:
                         return "solver"
@@ -140,12 +141,14 @@ class Run:
                         self.warn(f"trainer still running {self.trainer_grace:g} s after the solver "
                                   "finished; stopping it")
                         trainer.stop()
+                        trainer_stopped_here = True
                         break
                 time.sleep(0.5)
         finally:
             progress.show(*self.poll_progress())
             progress.done()
-        if trainer is not None and trainer.returncode not in (0, -signal.SIGTERM):
+        # mpiexec reports a rank stopped by our SIGTERM as a failure: that one is not
+        if trainer is not None and trainer.returncode != 0 and not trainer_stopped_here:
             return "trainer"
         return "ok"
 

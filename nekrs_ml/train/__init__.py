@@ -18,7 +18,7 @@ def _train(parser: argparse.ArgumentParser):
     parser.add_argument("--run-dir", help="directory of the history file and checkpoints "
                         "(default: $NEKRS_ML_RUN_DIR, else the current directory)")
     parser.add_argument("--data-timeout", type=float, default=600.0, metavar="S",
-                        help="give up when a rank has no training data after S seconds (default 600)")
+                        help="fail when a rank has no training data after S seconds (default 600)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in checkpointDir")
 

@@ -36,6 +36,6 @@ def save(directory: Path, epoch: int, state: dict) -> Path:
 def load_latest(directory: Path) -> dict:
     paths = existing(directory)
     if not paths:
-        raise ConfigError(f"--resume: no checkpoint_<epoch>.pt in {directory}; run without --resume "
-                          "or set checkpointDir to the directory of an earlier run")
+        raise ConfigError(f"--resume: no checkpoint_<epoch>.pt in {directory}; run without "
+                          "--resume or set checkpointDir to the directory of an earlier run")
     return torch.load(paths[-1], map_location="cpu", weights_only=False)

@@ -27,7 +27,7 @@ class Snapshot:
 
 
 def parse_announcement(entry: bytes) -> Tuple[int, int, float]:
-    """"<seq> <step> <time>" -> (seq, step, time); ValueError when malformed."""
+    """Parses the announcement "<seq> <step> <time>"; ValueError when malformed."""
     seq, step, when = entry.decode().split()
     return int(seq), int(step), float(when)
 
@@ -81,7 +81,8 @@ class SnapshotReader:
                   "'<seq> <step> <time>')", file=sys.stderr)
             self.client.command(["LREM", index, "1", entry], key=index)
             return None
-        x_key, y_key = keys.snapshot_inputs(self.ns, rank, seq), keys.snapshot_targets(self.ns, rank, seq)
+        x_key = keys.snapshot_inputs(self.ns, rank, seq)
+        y_key = keys.snapshot_targets(self.ns, rank, seq)
         try:
             inputs = self.client.get_tensor(x_key)
             targets = self.client.get_tensor(y_key)
@@ -98,8 +99,8 @@ class SnapshotReader:
 def check_pair(inputs: np.ndarray, targets: np.ndarray, x_key: str, y_key: str) -> None:
     if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
         raise TensorFormatError(
-            f"snapshot {x_key!r} {tuple(inputs.shape)} / {y_key!r} {tuple(targets.shape)}: expected "
-            "inputs [n, n_in] and targets [n, n_out] with the same n")
+            f"snapshot {x_key!r} {tuple(inputs.shape)} / {y_key!r} {tuple(targets.shape)}: "
+            "expected inputs [n, n_in] and targets [n, n_out] with the same n")
 
 
 class ReplayBuffer:
@@ -184,7 +185,8 @@ class Samples:
     @property
     def dims(self) -> Tuple[int, int]:
         """(n_in, n_out), (0, 0) before the first snapshot."""
-        return (self.input_stats.features, self.target_stats.features) if self.train else (0, 0)
+        return ((self.input_stats.features, self.target_stats.features)
+                if self.train is not None else (0, 0))
 
     @property
     def train_rows(self) -> int:

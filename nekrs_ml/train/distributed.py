@@ -48,7 +48,8 @@ def collectively(comm: MPI.Comm, action: Callable[[], T]) -> T:
     try:
         result, error = action(), None
     except Exception as exc:  # noqa: BLE001 - any set-up error is reported, not just ours
-        result, error = None, str(exc) or type(exc).__name__
+        lines = str(exc).strip().splitlines()
+        result, error = None, lines[0] if lines else type(exc).__name__
     errors = [e for e in comm.allgather(error) if e]
     if errors:
         raise TrainingFailed(errors[0])
@@ -94,6 +95,8 @@ def init_torch_distributed(comm: MPI.Comm, device: torch.device) -> None:
     hosts = comm.allgather(socket.gethostname())
     host = "127.0.0.1" if len(set(hosts)) == 1 else hosts[0]
     port = comm.bcast(free_port("0.0.0.0") if comm.rank == 0 else None, root=0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds each rank's communicator to its device
     dist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo",
         init_method=f"tcp://{host}:{port}", rank=comm.rank, world_size=comm.size,

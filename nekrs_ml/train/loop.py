@@ -111,6 +111,7 @@ class Trainer:
         self.idle = 0  # epochs without new data after the solver finished
         self.version: Optional[int] = None
         self.published_epoch: Optional[int] = None
+        self.stats_vectors: Tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         self.prior = (np.zeros(2), 0.0, 0.0)  # totals of a resumed run: counts, input, target stats
 
     # --- the whole run ----------------------------------------------------------------------
@@ -142,7 +143,8 @@ class Trainer:
             done = self.client.exists(keys.solver_done(self.ns))
             self.ingest()
             ranks = self.world.comm.allgather((self.samples.train_rows, done, self.stop.received))
-            verdict = self.waiting_verdict(ranks, time.monotonic() - started) if self.world.rank == 0 else None
+            elapsed = time.monotonic() - started
+            verdict = self.waiting_verdict(ranks, elapsed) if self.world.rank == 0 else None
             verdict, message = self.world.comm.bcast(verdict, root=0)
             if verdict == "ready":
                 self.check_dims()
@@ -155,10 +157,14 @@ class Trainer:
 
     def waiting_verdict(self, ranks, elapsed: float) -> Tuple[str, str]:
         empty = [rank for rank, (rows, _, _) in enumerate(ranks) if rows == 0]
-        hint = (f"check that the solver streams samples (workflow = train or train+infer) into "
-                f"namespace {self.ns!r} and that trainerRanks <= solverRanks")
         if not empty:
             return "ready", ""
+        if len(empty) < len(ranks):
+            hint = ("the others did; a trainer rank gets data only from the solver ranks it owns "
+                    "(split round-robin), so use trainerRanks <= solverRanks")
+        else:
+            hint = (f"check that the solver streams samples (workflow = train or train+infer) "
+                    f"into namespace {self.ns!r}")
         if any(signalled for _, _, signalled in ranks):
             return "signalled", ""
         if any(done for _, done, _ in ranks):
@@ -170,13 +176,16 @@ class Trainer:
         return "wait", ""
 
     def check_dims(self) -> None:
-        dims = set(self.world.comm.allgather(self.samples.dims))
-        expected = {(self.checkpoint["n_in"], self.checkpoint["n_out"])} if self.checkpoint else dims
-        if len(dims) > 1 or dims != expected:
-            raise TrainingFailed(
-                f"the snapshots have (inputs, targets) per sample {sorted(dims)}"
-                + (f" but the resumed checkpoint has {expected.pop()}" if self.checkpoint else
-                   " on different ranks") + "; every solver rank must stream the same features")
+        """Every rank (and a resumed checkpoint) must see the same (n_in, n_out)."""
+        dims = sorted(set(self.world.comm.allgather(self.samples.dims)))
+        if len(dims) > 1:
+            raise TrainingFailed(f"the trainer ranks got snapshots of different (inputs, targets) "
+                                 f"per sample: {dims}; every solver rank must stream the same "
+                                 "features")
+        saved = self.checkpoint and (self.checkpoint["n_in"], self.checkpoint["n_out"])
+        if saved and saved != dims[0]:
+            raise TrainingFailed(f"--resume: the checkpoint has (inputs, targets) = {saved}, the "
+                                 f"snapshots {dims[0]}; drop --resume to train a new model")
 
     def ingest(self) -> int:
         snapshots = self.reader.read_available()
@@ -219,7 +228,8 @@ class Trainer:
         done = self.client.exists(keys.solver_done(self.ns))
         new = self.ingest()
         comm, samples = self.world.comm, self.samples
-        flags = comm.allreduce(np.array([new, done, self.stop.received], dtype=np.int64), op=MPI.SUM)
+        flags = comm.allreduce(np.array([new, done, self.stop.received], dtype=np.int64),
+                               op=MPI.SUM)
         counts = comm.allreduce(np.array([samples.snapshots, samples.rows], dtype=np.float64),
                                 op=MPI.SUM) + self.prior[0]
         self.snapshots, self.samples_seen = int(counts[0]), int(counts[1])
@@ -229,7 +239,8 @@ class Trainer:
         norm = Normalisation.from_vectors(inputs, targets, *samples.dims)
         return Progress(int(flags[0]), bool(flags[1]), bool(flags[2])), norm
 
-    def batch(self, inputs: np.ndarray, targets: np.ndarray, scale) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, inputs: np.ndarray, targets: np.ndarray, scale) -> Tuple[torch.Tensor, ...]:
+        """Normalised (x, y) on the training device."""
         in_mean, in_std, out_mean, out_std = scale
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         y = torch.from_numpy(targets).to(self.device, non_blocking=True)
@@ -299,7 +310,8 @@ class Trainer:
             version = registry.publish(self.client, self.ns, self.settings.model_name, blob, meta)
         version = self.world.comm.bcast(version, root=0)
         if self.world.leader and self.world.rank != 0:
-            registry.publish(self.client, self.ns, self.settings.model_name, blob, meta, version=version)
+            registry.publish(self.client, self.ns, self.settings.model_name, blob, meta,
+                             version=version)
         self.version, self.published_epoch = version, best.epoch
         self.say(f"epoch {self.epoch}: train loss {_text(self.train_loss)}, val loss "
                  f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "
@@ -310,7 +322,8 @@ class Trainer:
         mlp = build_mlp(n_in, self.settings.hidden_layers, n_out)
         mlp.load_state_dict(best.state)
         norm = best.norm
-        blob = torchscript_bytes(mlp, norm.input_mean, norm.input_std, norm.target_mean, norm.target_std)
+        blob = torchscript_bytes(mlp, norm.input_mean, norm.input_std, norm.target_mean,
+                                 norm.target_std)
         meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
                 "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
                 "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
@@ -411,13 +424,19 @@ def main(args) -> int:
             fail(trainer, str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - this rank alone failed: the others must not hang
-        fail(trainer, f"(trainer rank {comm.rank}) {exc or type(exc).__name__}")
+        fail(trainer, f"(trainer rank {comm.rank}) {first_line(exc)}")
         if comm.size > 1:
             comm.Abort(1)
         return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def first_line(exc: Exception) -> str:
+    """The error in one line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def fail(trainer: Optional[Trainer], message: str) -> None:

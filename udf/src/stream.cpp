@@ -228,11 +228,22 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
     // Announced only once both tensors are stored.
     client_.list_push(index_key_, std::to_string(seq_) + " " + std::to_string(step) + " " +
                                       format_number(time));
-    return true;
   } catch (const ServerError& error) {
     if (!out_of_memory(error)) throw;
     discard(seq_); // never leave half a snapshot behind
     return false;
+  }
+  count_announced();
+  return true;
+}
+
+// The run-wide progress counter is informative only: a full server may refuse it.
+void TrainingStream::count_announced() {
+  const std::string key = keys::solver_snapshots(options_.ns);
+  try {
+    client_.increment(key);
+  } catch (const ServerError& error) {
+    if (!out_of_memory(error)) throw;
   }
 }
 

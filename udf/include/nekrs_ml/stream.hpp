@@ -87,6 +87,7 @@ private:
   bool try_write(long step, double time, const TensorHeader& inputs_header, const void* inputs,
                  const TensorHeader& targets_header, const void* targets);
   void discard(long long seq);
+  void count_announced();
   void count_dropped(long long count);
 
   Client& client_;
