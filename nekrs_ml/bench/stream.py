@@ -1,0 +1,114 @@
+"""Solver-side cost of one training snapshot beside a bare put of the same bytes; trainer ingest.
+
+Per transport (own server, started and stopped here): the C++ TrainingStream puts snapshots of
+``--points`` wall points ([n, 1] inputs + [n, 1] targets) as a solver rank does, (a) below its
+retention limit and (b) at the limit, where each put also drops the oldest snapshot; the
+baseline is one C++ put_tensor of the same number of bytes. Then the trainer's reader consumes
+the stored snapshots and its rate in samples/s is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from .. import Client, _core
+from ..orchestrator import Orchestrator
+from ..train.data import SnapshotReader
+
+NAMESPACE = "bench"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--points", type=int, default=25000, help="wall points per rank")
+    parser.add_argument("--puts", type=int, default=300, help="snapshots per measurement")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--transports", default="tcp,unix", help="tcp, unix or both")
+
+
+def latency_record(transport: str, op: str, points: int, nbytes: int, seconds: List[float]) -> Dict:
+    ms = np.array(seconds) * 1e3
+    return {"transport": transport, "op": op, "points": points, "bytes": nbytes,
+            "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+def time_calls(fn, count: int) -> List[float]:
+    for _ in range(5):
+        fn()
+    seconds = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure(transport: str, args, log) -> List[Dict]:
+    run_dir = tempfile.mkdtemp(prefix="nkml-bench-", dir="/tmp")
+    orch = Orchestrator(run_dir, transport=transport, maxmemory="4gb")
+    try:
+        info = orch.start()
+        cpp = _core.Client(info["addresses"], password=orch.password)
+        inputs = np.random.default_rng(0).uniform(0.6, 1.1, (args.points, 1)).astype(args.dtype)
+        targets = (inputs ** 2 * 3e-3).astype(args.dtype)
+        nbytes = inputs.nbytes + targets.nbytes
+        records = []
+
+        log(f"{transport}: bare put of {nbytes} bytes")
+        same_bytes = np.zeros(nbytes, dtype=np.uint8)
+        records.append(latency_record(transport, "bare_put", args.points, nbytes,
+                                      time_calls(lambda: cpp.put_tensor("bench:bare", same_bytes), args.puts)))
+        cpp.delete("bench:bare")
+
+        log(f"{transport}: snapshot puts below the retention limit")
+        stream = _core.TrainingStream(cpp, NAMESPACE, 0, 1, args.puts + 10, "drop", 60.0)
+        step = iter(range(1, 10**9))
+        records.append(latency_record(transport, "snapshot_put", args.points, nbytes, time_calls(
+            lambda: stream.put(next(step), 0.0, inputs, targets), args.puts)))
+
+        log(f"{transport}: trainer ingest of the stored snapshots")
+        reader = SnapshotReader(Client(info["addresses"], password=orch.password), NAMESPACE, 0, 1)
+        start = time.perf_counter()
+        snapshots = samples = 0
+        while True:
+            batch = reader.read_available()
+            if not batch:
+                break
+            snapshots += len(batch)
+            samples += sum(s.inputs.shape[0] for s in batch)
+        elapsed = time.perf_counter() - start
+        records.append({"transport": transport, "op": "trainer_ingest", "points": args.points,
+                        "snapshots": snapshots, "samples_per_s": samples / elapsed,
+                        "bytes_per_s": snapshots * nbytes / elapsed})
+
+        log(f"{transport}: snapshot puts at the retention limit (each drops the oldest)")
+        full = _core.TrainingStream(cpp, NAMESPACE, 1, 1, 20, "drop", 60.0)
+        records.append(latency_record(transport, "snapshot_put_dropping", args.points, nbytes, time_calls(
+            lambda: full.put(next(step), 0.0, inputs, targets), args.puts)))
+        return records
+    finally:
+        orch.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(args, log) -> List[Dict]:
+    records: List[Dict] = []
+    for transport in [t for t in args.transports.split(",") if t]:
+        records += measure(transport, args, log)
+    return records
+
+
+def print_table(records: List[Dict]) -> None:
+    for r in records:
+        if r["op"] == "trainer_ingest":
+            print(f"{r['transport']:5} {r['op']:22} {r['samples_per_s'] / 1e6:8.2f} M samples/s "
+                  f"({r['snapshots']} snapshots)")
+        else:
+            print(f"{r['transport']:5} {r['op']:22} {r['bytes']:>9} B  p50 {r['p50_ms']:.3f} ms  "
+                  f"p99 {r['p99_ms']:.3f} ms")
