@@ -62,6 +62,10 @@ echo "== pip install .[$extras]"
 case "$action" in
   --demo)
     repo=$PWD
+    # OpenMPI refuses to start ranks as root unless told; a root shell in a container is common.
+    if [ "$(id -u)" -eq 0 ]; then
+      export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    fi
     echo "== nekrs-ml run cases/reproducer/channel.par --solver reproducer --run-dir runs/demo"
     (cd /tmp && "$bin_dir/nekrs-ml" run "$repo/cases/reproducer/channel.par" --solver reproducer \
        --run-dir "$repo/runs/demo")

@@ -28,9 +28,11 @@ TRANSPORTS = ("tcp", "unix")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(DEFAULT_SIZES), help="payload sizes in bytes, comma-separated")
-    parser.add_argument("--bytes-per-case", type=int, default=256 * 1024 * 1024,
+    parser.add_argument("--bytes-per-case", type=int, default=128 * 1024 * 1024,
                         help="bytes to move per (client, op, size); sets the repetitions")
     parser.add_argument("--transports", default="tcp,unix", help="tcp, unix or both")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds over the three clients; the best round of each is kept")
     parser.add_argument("--redis-benchmark", default=shutil.which("redis-benchmark") or "redis-benchmark")
 
 
@@ -64,6 +66,15 @@ def record(client: str, transport: str, op: str, size: int, count: int, seconds:
             "bytes_per_s": size * count / seconds}
 
 
+def best_of(rounds: List[Dict]) -> List[Dict]:
+    best: Dict[tuple, Dict] = {}
+    for r in rounds:
+        key = (r["client"], r["transport"], r["op"], r["size_bytes"])
+        if key not in best or r["bytes_per_s"] > best[key]["bytes_per_s"]:
+            best[key] = r
+    return list(best.values())
+
+
 def redis_benchmark_records(binary: str, server: Dict, password: str, transport: str,
                             size: int, count: int) -> List[Dict]:
     target = (["-s", server["address"][5:]] if transport == "unix"
@@ -92,11 +103,16 @@ def run(args, log) -> List[Dict]:
                        "python": Client(info["addresses"], password=password)}
             for size in args.sizes:
                 count = repetitions(size, args.bytes_per_case)
-                log(f"{transport} {size} B x {count}")
-                for name, client in clients.items():
-                    records += client_records(name, client, transport, size, count)
-                records += redis_benchmark_records(args.redis_benchmark, info["servers"][0], password,
-                                                   transport, size, count)
+                log(f"{transport} {size} B x {count}, {args.repeats} rounds")
+                rounds: List[Dict] = []
+                # Rounds interleave the clients so that a noisy moment on a small machine hits
+                # all of them alike; the best round of each is its throughput.
+                for _ in range(max(1, args.repeats)):
+                    for name, client in clients.items():
+                        rounds += client_records(name, client, transport, size, count)
+                    rounds += redis_benchmark_records(args.redis_benchmark, info["servers"][0],
+                                                      password, transport, size, count)
+                records += best_of(rounds)
         finally:
             orch.stop()
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ from ..orchestrator import Orchestrator
 from .nodes import allocation_hosts
 from .supervisor import Part
 
+# Outputs of an earlier run in the same directory, removed before a new run starts.
+STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "loss.png", "tau_w.png",
+                 "solver.log", "trainer.log")
+
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 
@@ -36,10 +41,26 @@ def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
     if not shutil.which(launcher[0]):
         raise ConfigError(f"{launcher[0]} not found: install an MPI (Debian: apt-get install openmpi-bin) "
                           "or set NEKRS_ML_MPIEXEC to your MPI launcher")
+    check_root_allowed(launcher[0])
     argv = launcher + ["-n", str(ranks)]
     if hosts:
         argv += ["--host", ",".join(hosts)]
     return argv
+
+
+def check_root_allowed(mpiexec: str) -> None:
+    """Open MPI refuses to start ranks as root; say so before anything starts."""
+    if os.geteuid() != 0 or (os.environ.get("OMPI_ALLOW_RUN_AS_ROOT")
+                             and os.environ.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")):
+        return
+    try:
+        version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if "Open MPI" in version or "OpenRTE" in version:
+        raise ConfigError("Open MPI's mpiexec refuses to run as root: run as a normal user, or set "
+                          "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
 
 
 def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path) -> List[str]:
@@ -218,8 +239,10 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
         raise ConfigError(f"case file {par} not found")
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
     run_path.mkdir(parents=True, exist_ok=True)
+    for stale in STALE_OUTPUTS:  # a reused run directory must not mix two runs' results
+        (run_path / stale).unlink(missing_ok=True)
     run = Run(par_path, solver, run_path, trainer_grace)
-    status, message, exit_codes = "ok", "", {}
+    status, message, exit_codes = "launcher", "", {}
     interrupted = False
 
     def on_signal(signum, frame):
@@ -234,13 +257,17 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             raise
         print(f"nekrs-ml run: database {run.info['mode']} at {', '.join(run.info['addresses'])}; "
               f"run directory {run_path}", flush=True)
-        run.start_parts()
+        try:
+            run.start_parts()
+        except NekrsMLError as exc:
+            message = str(exc)
+            raise
         status = run.supervise()
     except KeyboardInterrupt:
         interrupted, status = True, "interrupted"
     finally:
         exit_codes = run.stop_parts()
-        if status not in ("ok", "interrupted", "orchestrator"):
+        if status in run.parts:
             part = run.parts[status]
             message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "
                        f"{part.log_path}:\n{part.log_tail()}")

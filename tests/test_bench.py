@@ -1,0 +1,30 @@
+"""The benchmarks run and print records of the documented shape (small sizes; no timing asserted)."""
+
+import json
+import subprocess
+import sys
+
+
+def bench(*args):
+    proc = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "bench", *args, "--json"],
+                          capture_output=True, text=True, timeout=300, cwd="/tmp")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_transfer_records():
+    records = bench("transfer", "--sizes", "4096,102400", "--bytes-per-case", "409600",
+                    "--repeats", "1", "--transports", "tcp,unix")
+    combos = {(r["client"], r["transport"], r["op"], r["size_bytes"]) for r in records}
+    assert len(combos) == len(records) == 3 * 2 * 2 * 2
+    for r in records:
+        assert set(r) == {"client", "transport", "op", "size_bytes", "bytes_per_s"}
+        assert r["client"] in ("cpp", "python", "redis-benchmark") and r["bytes_per_s"] > 0
+
+
+def test_stream_records():
+    records = bench("stream", "--points", "1000", "--puts", "20", "--transports", "tcp")
+    ops = {r["op"]: r for r in records}
+    assert set(ops) == {"bare_put", "snapshot_put", "snapshot_put_dropping", "trainer_ingest"}
+    assert ops["trainer_ingest"]["snapshots"] == 25 and ops["trainer_ingest"]["samples_per_s"] > 0
+    assert all(ops[op]["p50_ms"] > 0 for op in ("bare_put", "snapshot_put", "snapshot_put_dropping"))
