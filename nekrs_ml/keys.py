@@ -27,7 +27,7 @@ def snapshot_index(ns: str, rank: int) -> str:
 
 
 def snapshot_dropped(ns: str, rank: int) -> str:
-    """Counter of snapshots this rank dropped because the database was full."""
+    """Counter of snapshots this rank dropped (retention limit reached or server full)."""
     return f"{ns}:{rank_tag(rank)}:train:dropped"
 
 

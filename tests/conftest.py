@@ -11,9 +11,9 @@ import pytest
 
 from nekrs_ml.orchestrator import Orchestrator
 
-# mpiexec as root in containers/CI; oversubscription on small machines (tests only).
 # Subprocesses started from the source tree must import the installed package, not ./nekrs_ml.
 os.environ["PYTHONSAFEPATH"] = "1"
+# mpiexec as root in containers/CI; oversubscription on small machines (tests only).
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")

@@ -162,3 +162,15 @@ def _processes_matching(fragment: str):
                 continue
             if "nekrs_ml.cli" in cmdline and fragment in cmdline and "mpiexec" not in cmdline:
                 yield entry.name
+
+
+def test_allocation_of_several_hosts_is_refused_clearly(run_dir):
+    node_file = Path(run_dir) / "nodefile"
+    node_file.write_text("node-a\nnode-a\nnode-b\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nekrs_ml.cli", "run", str(CASE), "--run-dir", run_dir],
+        cwd=run_dir, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PBS_NODEFILE=str(node_file)))
+    assert proc.returncode == 2
+    assert "2 hosts" in proc.stderr and "db start --bind" in proc.stderr
+    assert no_servers_left(run_dir)

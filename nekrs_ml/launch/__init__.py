@@ -43,7 +43,7 @@ def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
                           "or set NEKRS_ML_MPIEXEC to your MPI launcher")
     check_root_allowed(launcher[0])
     argv = launcher + ["-n", str(ranks)]
-    if hosts:
+    if len(hosts) > 1:  # one host: let mpiexec count its cores (a bare --host means one slot)
         argv += ["--host", ",".join(hosts)]
     return argv
 
@@ -116,6 +116,15 @@ class Run:
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
+        self.hosts = allocation_hosts()
+        if len(self.hosts) > 1:
+            # The servers started here listen on loopback or this node's Unix socket only.
+            raise ConfigError(
+                f"the allocation spans {len(self.hosts)} hosts ({', '.join(self.hosts[:4])}...); "
+                "this version of `nekrs-ml run` starts the database on this host only, out of reach "
+                "of ranks on other hosts: run on one host, or start the servers with `nekrs-ml db "
+                "start --bind ADDRESS` (one per node with --mode colocated) and launch the parts "
+                "with `nekrs-ml reproduce` / `nekrs-ml train` under your own mpiexec")
         self.orchestrator = Orchestrator(
             self.run_dir / "db", mode=self.ml["deployment"], transport=self.ml["transport"],
             shards=self.ml["shards"], maxmemory=self.ml["maxMemory"], namespace=self.ml["namespace"])
@@ -125,7 +134,7 @@ class Run:
         return self.info
 
     def start_parts(self) -> None:
-        hosts = allocation_hosts()
+        hosts = self.hosts
         workflow = self.ml["workflow"]
         cwd = str(self.par.parent) if self.solver == "nekrs" else str(self.run_dir)
         if workflow in ("train", "train+infer"):
