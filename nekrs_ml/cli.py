@@ -112,7 +112,9 @@ def _load_plugins() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = argparse.ArgumentParser(prog="nekrs-ml", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="nekrs-ml",
+        description="Online training and inference for NekRS through an in-memory database.")
     parser.add_argument("--version", action="version", version=f"nekrs_ml {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, build) in _COMMANDS.items():

@@ -299,7 +299,7 @@ def summarise(data: Dict, run_dir: Path) -> None:
     if data.get("model_version"):
         line += f"; model v{data['model_version']}"
     if err:
-        line += f"; tau_w relative error median {err['median']:.2%}, p95 {err['p95']:.2%}"
+        line += f"; tau_w relative error median {err['median']:.3%}, p95 {err['p95']:.3%}"
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)

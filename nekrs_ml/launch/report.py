@@ -86,7 +86,7 @@ def plot(run_dir: Path, history: List[Dict], evaluation: Optional[Dict]) -> List
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="exact")
         ax.set_xlabel("Reichardt tau_w")
         ax.set_ylabel(f"predicted tau_w (model v{evaluation['version']})")
-        ax.set_title(f"median rel. error {evaluation['median']:.2%}, p95 {evaluation['p95']:.2%}")
+        ax.set_title(f"median rel. error {evaluation['median']:.3%}, p95 {evaluation['p95']:.3%}")
         ax.legend()
         fig.tight_layout()
         fig.savefig(run_dir / "tau_w.png", dpi=100)
