@@ -15,6 +15,7 @@ socket and a ``state.json`` of what was started, so ``stop`` and ``status`` work
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -238,19 +239,14 @@ class Orchestrator:
             raise
         return self.info(self.run_dir)
 
+    @contextlib.contextmanager
     def started(self):
         """Context manager: start, yield self, always stop."""
-        orch = self
-
-        class _Running:
-            def __enter__(self_inner):
-                orch.start()
-                return orch
-
-            def __exit__(self_inner, *exc):
-                orch.stop()
-
-        return _Running()
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     @property
     def addresses(self) -> List[str]:

@@ -110,6 +110,8 @@ class Run:
         self.trainer_grace = trainer_grace
         self.cfg = load_par(str(par))
         self.ml = self.cfg["nekrs_ml"]
+        self.client: Optional[Client] = None  # set once the orchestrator answers
+        self.hosts: List[str] = []
         self.parts: Dict[str, Part] = {}
         self.warnings: List[str] = []
         self.started = time.time()
@@ -205,7 +207,7 @@ class Run:
         from . import report
 
         evaluation = None
-        if getattr(self, "client", None) is not None and status != "orchestrator":
+        if self.client is not None:
             try:
                 evaluation = report.evaluate_model(self.client, self.ml["namespace"], self.cfg)
             except Exception as exc:  # the report must be written even when evaluation fails
