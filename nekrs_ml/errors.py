@@ -21,6 +21,14 @@ class TimeoutError(NekrsMLError):  # noqa: A001
     """A call did not complete within its timeout."""
 
 
+class WorkerUnavailableError(TimeoutError):
+    """No model worker serves the caller's queue (its heartbeat expired or never existed)."""
+
+
+class ModelError(NekrsMLError):
+    """A model worker could not evaluate the model (the message quotes the worker)."""
+
+
 class ServerError(NekrsMLError):
     """The server answered with an error reply (quoted in the message)."""
 

@@ -31,12 +31,23 @@ def snapshot_dropped(ns: str, rank: int) -> str:
     return f"{ns}:{rank_tag(rank)}:train:dropped"
 
 
-# --- inference requests (per solver rank) ---------------------------------------------------
-def inference_request(ns: str, rank: int, model: str) -> str:
-    return f"{ns}:{rank_tag(rank)}:infer:{model}:req"
+# --- inference (docs/protocol.md, "Inference requests") ------------------------------------
+def worker_tag(worker: int) -> str:
+    return f"{{w{int(worker)}}}"
+
+
+def inference_queue(ns: str, worker: int) -> str:
+    """List of the requests waiting for model worker ``worker``."""
+    return f"{ns}:{worker_tag(worker)}:infer:queue"
+
+
+def worker_heartbeat(ns: str, worker: int) -> str:
+    """JSON string with an expiry, refreshed by a live worker (pid, host, device, models)."""
+    return f"{ns}:{worker_tag(worker)}:infer:alive"
 
 
 def inference_reply(ns: str, rank: int, model: str) -> str:
+    """List of the replies to solver rank ``rank`` for ``model``."""
     return f"{ns}:{rank_tag(rank)}:infer:{model}:rep"
 
 
@@ -86,6 +97,11 @@ def model_blob(ns: str, name: str, version: int) -> str:
 
 def model_meta(ns: str, name: str, version: int) -> str:
     return f"{ns}:{model_tag(name)}:v{int(version)}:meta"
+
+
+def model_export(ns: str, name: str, version: int) -> str:
+    """The same version as a saved torch.export program (optional)."""
+    return f"{ns}:{model_tag(name)}:v{int(version)}:export"
 
 
 def model_names(ns: str) -> str:

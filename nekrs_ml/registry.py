@@ -19,17 +19,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from . import environment, keys
 from .cli import command
 from .client import Client
-from .errors import KeyNotFoundError
+from .errors import ConfigError, KeyNotFoundError
 
 
 def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: bytes,
-            meta: dict, version: Optional[int] = None) -> int:
+            meta: dict, version: Optional[int] = None, export_blob: Optional[bytes] = None) -> int:
     """Stores ``blob`` as a new version of model ``name`` on every client's server.
 
     The version is INCR of the counter on the first server (unless ``version`` is given, e.g.
     one taken from another process's publish); the other servers get the same number and their
-    counters are set to it. Returns the version.
+    counters are set to it. ``export_blob``, when given, is the same model as a saved
+    ``torch.export`` program. Returns the version.
     """
+    check_name(name)
     clients = list(clients) if isinstance(clients, (list, tuple)) else [clients]
     if version is None:
         version = clients[0].increment(keys.model_counter(ns, name))
@@ -37,15 +39,28 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     else:
         others = clients
     record = dict(meta, name=name, version=int(version), time=time.time())
+    record.setdefault("format", "torchscript")
+    record["export"] = export_blob is not None
     for client in others:
         client.set_string(keys.model_counter(ns, name), str(version))
     for client in clients:
-        _store(client, ns, name, int(version), blob, record)
+        _store(client, ns, name, int(version), blob, record, export_blob)
     return int(version)
 
 
-def _store(client: Client, ns: str, name: str, version: int, blob: bytes, record: dict) -> None:
+def check_name(name: str) -> str:
+    if (not isinstance(name, str) or not name or len(name) > 200
+            or any(c in name for c in "{}:") or any(c.isspace() for c in name)):
+        raise ConfigError(f"model name {name!r} is not valid (1-200 characters, no '{{', '}}', "
+                          "':' or spaces)")
+    return name
+
+
+def _store(client: Client, ns: str, name: str, version: int, blob: bytes, record: dict,
+           export_blob: Optional[bytes]) -> None:
     client.set_string(keys.model_blob(ns, name, version), blob)
+    if export_blob is not None:
+        client.set_string(keys.model_export(ns, name, version), export_blob)
     client.set_string(keys.model_meta(ns, name, version), json.dumps(record))
     client.set_string(keys.model_latest(ns, name), str(version))  # only after blob and meta
     names = keys.model_names(ns)
@@ -76,6 +91,40 @@ def load(client: Client, ns: str, name: str, version: Optional[int] = None) -> T
     return blob, json.loads(meta)
 
 
+def load_export(client: Client, ns: str, name: str, version: int) -> bytes:
+    """The saved ``torch.export`` program of a version (published with ``export_blob``)."""
+    blob = client.get_string(keys.model_export(ns, name, version))
+    if blob is None:
+        raise KeyNotFoundError(f"model {name!r} version {version} has no torch.export program "
+                               f"({keys.model_export(ns, name, version)!r}); use the TorchScript form")
+    return blob
+
+
+def attach_export(client: Client, ns: str, name: str, version: int, export_blob: bytes) -> None:
+    """Adds the torch.export form to an already published version."""
+    blob, meta = load(client, ns, name, version)
+    client.set_string(keys.model_export(ns, name, version), export_blob)
+    client.set_string(keys.model_meta(ns, name, version), json.dumps(dict(meta, export=True)))
+
+
+def rollback(client: Client, ns: str, name: str, version: Optional[int] = None) -> int:
+    """Makes ``version`` (default: the newest stored version below the current one) the current
+    version of ``name``; workers switch to it between batches. Returns that version."""
+    current = latest_version(client, ns, name)
+    stored = versions(client, ns, name)
+    if version is None:
+        older = [v for v in stored if current is None or v < current]
+        if not older:
+            raise KeyNotFoundError(f"model {name!r}: no version older than v{current} to roll "
+                                   f"back to (stored: {', '.join(map(str, stored)) or 'none'})")
+        version = older[-1]
+    if version not in stored or client.get_string(keys.model_meta(ns, name, version)) is None:
+        raise KeyNotFoundError(f"model {name!r} version {version} does not exist in namespace "
+                               f"{ns!r}; stored versions: {', '.join(map(str, stored)) or 'none'}")
+    client.set_string(keys.model_latest(ns, name), str(int(version)))
+    return int(version)
+
+
 def versions(client: Client, ns: str, name: str) -> List[int]:
     """The stored versions of ``name``, ascending (found by SCAN, so deleted ones are gone)."""
     prefix = keys.model_blob(ns, name, 0)[:-1]  # "...:v"
@@ -83,7 +132,7 @@ def versions(client: Client, ns: str, name: str) -> List[int]:
     found = set()
     for key in client.redis.scan_iter(match=pattern, count=1000):
         suffix = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
-        if suffix.isdigit():  # skips the ":meta" keys
+        if suffix.isdigit():  # skips the ":meta" and ":export" keys
             found.add(int(suffix))
     return sorted(found)
 

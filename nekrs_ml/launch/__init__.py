@@ -144,8 +144,49 @@ class Run:
                 sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
             self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
+        if workflow in ("infer", "train+infer"):
+            self.deploy_model()
+            for index in range(self.ml["workers"]):
+                argv = [sys.executable, "-m", "nekrs_ml.cli", "serve", str(self.par),
+                        "--worker", str(index)]
+                self.parts[f"worker{index}"] = Part(f"worker{index}", argv, self.env,
+                                                    str(self.run_dir),
+                                                    str(self.run_dir / f"worker{index}.log"))
+            self.wait_for_workers()
         argv = solver_command(self.solver, self.par, self.ml["solverRanks"], hosts, self.run_dir)
         self.parts["solver"] = Part("solver", argv, self.env, cwd, str(self.run_dir / "solver.log"))
+
+    def deploy_model(self) -> None:
+        """deployModel (relative to the .par) becomes the current version before the solver
+        starts; workflow = infer needs a model from somewhere."""
+        from .. import registry
+        from ..serve.deploy import deploy
+
+        name, ns, path = self.ml["modelName"], self.ml["namespace"], self.ml["deployModel"]
+        if path.lower() != "none":
+            model_file = (self.par.parent / path).resolve()
+            version = deploy(self.client, ns, name, model_file, origin=f"deployModel:{path}")
+            print(f"nekrs-ml run: deployed {model_file} as {name!r} v{version}", flush=True)
+        elif self.ml["workflow"] == "infer" and registry.latest_version(self.client, ns, name) is None:
+            raise ConfigError(
+                f"{self.par.name}: workflow = infer needs a model, and {name!r} is not published: "
+                "set deployModel = <TorchScript file> in [NEKRS_ML] (or use workflow = train+infer)")
+
+    def wait_for_workers(self, timeout: float = 120.0) -> None:
+        """The solver's first call must find its worker alive (its heartbeat key set)."""
+        ns = self.ml["namespace"]
+        deadline = time.monotonic() + timeout
+        for index in range(self.ml["workers"]):
+            part = self.parts[f"worker{index}"]
+            while not self.client.exists(keys.worker_heartbeat(ns, index)):
+                if not part.running:
+                    raise NekrsMLError(f"model worker {index} exited with code {part.returncode} "
+                                       f"before serving; last lines of {part.log_path}:\n"
+                                       f"{part.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise NekrsMLError(f"model worker {index} did not start within {timeout:g} s "
+                                       f"(see {part.log_path})")
+                time.sleep(0.1)
 
     # --- supervision ------------------------------------------------------------------------
     def supervise(self) -> str:
@@ -153,6 +194,7 @@ class Run:
         total = self.cfg["reproducer"]["steps"] if self.solver == "reproducer" else None
         progress = Progress(total)
         solver, trainer = self.parts["solver"], self.parts.get("trainer")
+        workers = [part for name, part in self.parts.items() if name.startswith("worker")]
         trainer_reported = trainer_stopped_here = False
         solver_finished_at = None
         try:
@@ -163,6 +205,11 @@ class Run:
                     if trainer.returncode != 0:
                         self.warn(f"trainer exited with code {trainer.returncode} while the solver "
                                   f"runs; the solver continues (see {trainer.log_path})")
+                for worker in list(workers):
+                    if not worker.running and solver.running:
+                        self.warn(f"{worker.name} exited with code {worker.returncode}; the solver's "
+                                  f"next inference call fails (see {worker.log_path})")
+                        workers.remove(worker)
                 if not solver.running:
                     if solver.returncode != 0:
                         return "solver"
@@ -226,6 +273,7 @@ class Run:
             "model_version": evaluation["version"] if evaluation else None,
             "tau_w_rel_error": ({"median": evaluation["median"], "p95": evaluation["p95"],
                                  "samples": int(evaluation["u"].size)} if evaluation else None),
+            "inference": (solver_summary or {}).get("inference"),
             "solver_summary": solver_summary,
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
@@ -252,6 +300,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     run_path.mkdir(parents=True, exist_ok=True)
     for stale in STALE_OUTPUTS:  # a reused run directory must not mix two runs' results
         (run_path / stale).unlink(missing_ok=True)
+    for stale in run_path.glob("worker*.log"):
+        stale.unlink()
     run = Run(par_path, solver, run_path, trainer_grace)
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
@@ -302,6 +352,11 @@ def summarise(data: Dict, run_dir: Path) -> None:
         line += f"; model v{data['model_version']}"
     if err:
         line += f"; tau_w relative error median {err['median']:.3%}, p95 {err['p95']:.3%}"
+    inference = data.get("inference")
+    if inference and inference.get("calls"):
+        final = inference["tau_w_rel_error_final"]
+        line += (f"; inference {inference['calls']} calls, p50 {inference['latency_ms_p50']:.2f} ms,"
+                 f" v{inference['final_version']} error median {final['median']:.3%}")
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)

@@ -30,7 +30,7 @@ from . import checkpoints
 from .data import Samples, SnapshotReader, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
-from .model import build_mlp, torchscript_bytes
+from .model import build_mlp, export_program_bytes, torchscript_bytes
 from .settings import Settings
 
 HISTORY_FILE = "trainer_history.jsonl"
@@ -126,6 +126,7 @@ class Trainer:
 
     def finish(self, state: str, reason: str) -> None:
         self.publish_best()
+        self.attach_export()
         if self.world.rank == 0:
             self.save_checkpoint()
         if state == "converged" and self.settings.stop_solver:
@@ -317,19 +318,35 @@ class Trainer:
                  f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "
                  f"(epoch {best.epoch})")
 
-    def export(self, best: Best) -> Tuple[bytes, dict]:
+    def model_parts(self, best: Best):
+        """(mlp, input mean, input std, target mean, target std) of a best state."""
         n_in, n_out = self.samples.dims
         mlp = build_mlp(n_in, self.settings.hidden_layers, n_out)
         mlp.load_state_dict(best.state)
         norm = best.norm
-        blob = torchscript_bytes(mlp, norm.input_mean, norm.input_std, norm.target_mean,
-                                 norm.target_std)
+        return mlp, norm.input_mean, norm.input_std, norm.target_mean, norm.target_std
+
+    def export(self, best: Best) -> Tuple[bytes, dict]:
+        n_in, n_out = self.samples.dims
+        norm = best.norm
+        blob = torchscript_bytes(*self.model_parts(best))
         meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
                 "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
                 "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
                 "origin": "trainer", "epoch": best.epoch, "samples_seen": best.samples_seen,
                 "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers)}
         return blob, meta
+
+    def attach_export(self) -> None:
+        """The final version also as a torch.export program (seconds to build, so only once)."""
+        if not self.world.leader or self.version is None or self.best is None:
+            return
+        try:
+            program = export_program_bytes(*self.model_parts(self.best))
+            registry.attach_export(self.client, self.ns, self.settings.model_name, self.version,
+                                   program)
+        except Exception as exc:  # TorchScript stays the deployable form
+            self.say(f"no torch.export form of v{self.version}: {exc}")
 
     def request_solver_stop(self) -> None:
         if self.world.leader:

@@ -40,10 +40,25 @@ class NormalisedModel(nn.Module):
         return self.mlp(scaled) * self.target_std + self.target_mean
 
 
+def deployable(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> NormalisedModel:
+    cpu_mlp = copy.deepcopy(mlp).to(device="cpu", dtype=torch.float32).eval()
+    return NormalisedModel(cpu_mlp, input_mean, input_std, target_mean, target_std).eval()
+
+
 def torchscript_bytes(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> bytes:
     """The scripted NormalisedModel (CPU, float32) serialised by torch.jit.save."""
-    cpu_mlp = copy.deepcopy(mlp).to(device="cpu", dtype=torch.float32).eval()
-    model = NormalisedModel(cpu_mlp, input_mean, input_std, target_mean, target_std).eval()
+    model = deployable(mlp, input_mean, input_std, target_mean, target_std)
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buffer)
+    return buffer.getvalue()
+
+
+def export_program_bytes(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> bytes:
+    """The same model as a torch.export program with a dynamic number of points."""
+    model = deployable(mlp, input_mean, input_std, target_mean, target_std)
+    example = torch.zeros(8, int(model.input_mean.numel()), dtype=torch.float32)
+    program = torch.export.export(model, (example,),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
     return buffer.getvalue()

@@ -3,6 +3,7 @@
 #include "nekrs_ml/client.hpp"
 #include "nekrs_ml/codec.hpp"
 #include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/inference.hpp"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -53,6 +54,10 @@ void translate_errors(std::exception_ptr error) {
     raise("AuthenticationError", e);
   } catch (const ConnectionError& e) {
     raise("ConnectionError", e);
+  } catch (const WorkerUnavailableError& e) {
+    raise("WorkerUnavailableError", e);
+  } catch (const ModelError& e) {
+    raise("ModelError", e);
   } catch (const TimeoutError& e) {
     raise("TimeoutError", e);
   } catch (const ServerError& e) {
@@ -258,7 +263,9 @@ py::list dtype_names() {
 
 } // namespace
 
-void bind_workflow(py::module_& m); // workflow.cpp: config, wall physics, training stream
+void bind_workflow(py::module_& m);    // workflow.cpp: config, wall physics, training stream
+void bind_inference(py::module_& m);   // inference.cpp: InferenceClient
+void bind_wall_points(py::module_& m); // wall_points.cpp: wall-point bookkeeping of the adapter
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "C++ core of nekrs_ml: the hiredis client and the tensor codec";
@@ -359,4 +366,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_names", &dtype_names, "Names of the supported dtypes, in wire-code order");
 
   bind_workflow(m);
+  bind_inference(m);
+  bind_wall_points(m);
 }

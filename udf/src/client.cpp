@@ -394,6 +394,66 @@ TensorHeader Client::get_tensor(const std::string& key, void* out, std::size_t c
   });
 }
 
+// --- messages ----------------------------------------------------------------------------------
+
+long long Client::push_message(const std::string& key, const std::string& envelope,
+                               const TensorHeader& header, const void* data) {
+  const Op op{"push_message", key};
+  const SetCommand push(key, header, data, op, "RPUSH", envelope);
+  long long length = 0;
+  impl_->route(op, [&](Connection& node) {
+    node.prepare_raw(op);
+    send_set(node, push, op);
+    const Reply reply = node.read_reply(op);
+    if (const auto error = error_of(*reply)) return error;
+    length = integer_of(reply, op);
+    return std::optional<std::string>();
+  });
+  return length;
+}
+
+bool Client::pop_message(const std::string& key, double wait_s, std::size_t envelope_bytes,
+                         const std::function<bool(const std::string&)>& tensor_follows,
+                         const std::function<void*(const TensorHeader&)>& allocate,
+                         Message& message) {
+  check_seconds("wait", wait_s);
+  const Op op{"pop_message", key};
+  std::ostringstream wait_text;
+  wait_text.precision(6);
+  wait_text << std::fixed << wait_s;
+  const std::string command = "*3\r\n$5\r\nBLPOP\r\n$" + std::to_string(key.size()) + "\r\n" +
+                              key + "\r\n$" + std::to_string(wait_text.str().size()) + "\r\n" +
+                              wait_text.str() + "\r\n";
+  bool popped = false;
+  impl_->route(op, [&](Connection& node) {
+    node.prepare_raw(op);
+    node.apply_timeout(wait_s); // the server holds the reply back for up to wait_s
+    struct Restore {
+      Connection& node;
+      ~Restore() {
+        try {
+          node.apply_timeout();
+        } catch (const Error&) {
+          // apply_timeout dropped the connection; the next call reconnects
+        }
+      }
+    } restore{node};
+    iovec piece{const_cast<char*>(command.data()), command.size()};
+    node.send(&piece, 1, op);
+    PopResult result = receive_message(node, key, envelope_bytes, tensor_follows, allocate, op);
+    if (result.error) return result.error;
+    popped = result.popped;
+    if (popped) {
+      message.envelope = std::move(result.envelope);
+      message.has_tensor = result.has_tensor;
+      message.header = std::move(result.header);
+      message.text = std::move(result.text);
+    }
+    return std::optional<std::string>();
+  });
+  return popped;
+}
+
 // --- keys, strings, counters, lists ------------------------------------------------------------
 
 bool Client::exists(const std::string& key) {

@@ -79,9 +79,9 @@ void Connection::connect(const Op& op) {
   if (!options_.password.empty()) authenticate(op);
 }
 
-void Connection::apply_timeout() {
+void Connection::apply_timeout(double extra_wait_s) {
   if (context_ != nullptr &&
-      redisSetTimeout(context_, to_timeval(options_.timeout_s)) != REDIS_OK) {
+      redisSetTimeout(context_, to_timeval(options_.timeout_s + extra_wait_s)) != REDIS_OK) {
     const std::string reason = context_->errstr;
     drop();
     throw ConnectionError("cannot set the timeout on the connection to " + address_ + ": " +

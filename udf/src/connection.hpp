@@ -46,8 +46,9 @@ public:
   void connect(const Op& op);
   // Closes the socket; the next call reconnects. Used whenever the reply stream is in doubt.
   void drop();
-  // Applies options.timeout_s to the open socket.
-  void apply_timeout();
+  // Applies options.timeout_s (plus `extra_wait_s`, for commands that block on the server, such
+  // as BLPOP) to the open socket.
+  void apply_timeout(double extra_wait_s = 0.0);
 
   // Sends a command through hiredis and returns its reply (error replies included). I/O
   // failures drop the connection and throw TimeoutError or ConnectionError.

@@ -71,7 +71,7 @@ TensorHeader receive_value(Connection& connection, std::size_t value_bytes, cons
 } // namespace
 
 SetCommand::SetCommand(const std::string& key, const TensorHeader& header, const void* data,
-                       const Op& op)
+                       const Op& op, const char* verb, std::string prelude)
     : data_(data) {
   try {
     header_bytes_ = encode_header(header, header_);
@@ -82,8 +82,8 @@ SetCommand::SetCommand(const std::string& key, const TensorHeader& header, const
   if (data == nullptr && data_bytes_ > 0) {
     throw ConfigError(op.prefix() + "no data given for " + header.describe());
   }
-  prefix_ = "*3\r\n$3\r\nSET\r\n" + bulk(key) + "$" + std::to_string(header_bytes_ + data_bytes_) +
-            "\r\n";
+  prefix_ = "*3\r\n" + bulk(verb) + bulk(key) + "$" +
+            std::to_string(prelude.size() + header_bytes_ + data_bytes_) + "\r\n" + prelude;
 }
 
 void SetCommand::append_to(std::vector<iovec>& pieces) const {
@@ -122,6 +122,69 @@ GetResult receive_tensor(Connection& connection, const std::string& key, const A
   if (length < 0) throw KeyNotFoundError("key '" + key + "' does not exist");
   return {std::nullopt,
           receive_value(connection, static_cast<std::size_t>(length), key, allocate, op)};
+}
+
+namespace {
+
+// Reads "$<n>\r\n<n bytes>\r\n" into a string (small values: keys, error texts).
+std::string read_bulk(Connection& connection, const Op& op) {
+  const std::string line = connection.read_line(op);
+  if (line.empty() || line.front() != '$') {
+    protocol_error(connection, op, "unexpected reply line '" + line + "' (expected a bulk string)");
+  }
+  const long long length = bulk_length(connection, line, op);
+  if (length < 0) protocol_error(connection, op, "nil inside an array reply");
+  std::string text(static_cast<std::size_t>(length) + 2, '\0');
+  connection.read_exact(text.data(), text.size(), op);
+  text.resize(static_cast<std::size_t>(length));
+  return text;
+}
+
+} // namespace
+
+PopResult receive_message(Connection& connection, const std::string& key,
+                          std::size_t envelope_bytes,
+                          const std::function<bool(const std::string&)>& tensor_follows,
+                          const Allocate& allocate, const Op& op) {
+  const std::string line = connection.read_line(op);
+  PopResult result;
+  if (!line.empty() && line.front() == '-') {
+    result.error = line.substr(1);
+    return result;
+  }
+  if (line == "*-1") return result; // the wait ended without an element
+  if (line != "*2") protocol_error(connection, op, "unexpected reply line '" + line + "' to BLPOP");
+  read_bulk(connection, op); // the name of the list
+  const std::string value_line = connection.read_line(op);
+  if (value_line.empty() || value_line.front() != '$') {
+    protocol_error(connection, op, "unexpected reply line '" + value_line + "' to BLPOP");
+  }
+  const long long length = bulk_length(connection, value_line, op);
+  if (length < static_cast<long long>(envelope_bytes)) {
+    if (length >= 0) connection.skip(static_cast<std::size_t>(length) + 2);
+    throw TensorFormatError(op.prefix() + "list '" + key + "' holds an element of " +
+                            std::to_string(length) + " bytes, shorter than a message envelope");
+  }
+  const std::size_t rest = static_cast<std::size_t>(length) - envelope_bytes;
+  result.popped = true;
+  result.envelope.assign(envelope_bytes, '\0');
+  connection.read_exact(result.envelope.data(), envelope_bytes, op);
+  bool tensor = false;
+  try {
+    tensor = tensor_follows(result.envelope);
+  } catch (...) {
+    connection.skip(rest + 2);
+    throw;
+  }
+  if (tensor) {
+    result.has_tensor = true;
+    result.header = receive_value(connection, rest, key, allocate, op);
+  } else {
+    result.text.assign(rest + 2, '\0');
+    connection.read_exact(result.text.data(), result.text.size(), op);
+    result.text.resize(rest);
+  }
+  return result;
 }
 
 } // namespace nekrs_ml

@@ -88,6 +88,26 @@ public:
   std::vector<std::string> list_range(const std::string& key, long long start, long long stop);
   void list_trim(const std::string& key, long long start, long long stop);
 
+  // --- messages (docs/protocol.md, "Inference requests") ---------------------------------
+  // A list element made of a small envelope followed by a tensor or a text.
+  struct Message {
+    std::string envelope;
+    bool has_tensor = false;
+    TensorHeader header; // when has_tensor: the tensor, received through `allocate`
+    std::string text;    // otherwise: the rest of the element
+  };
+  // RPUSH key <envelope + tensor>; the tensor data is sent from the caller's memory without a
+  // copy. Returns the length of the list.
+  long long push_message(const std::string& key, const std::string& envelope,
+                         const TensorHeader& header, const void* data);
+  // BLPOP key, waiting at most `wait_s` seconds on the server (on top of the call timeout).
+  // Returns false when nothing arrived. The first `envelope_bytes` bytes of the element go to
+  // message.envelope; when `tensor_follows(envelope)` the rest is a tensor received straight
+  // into the buffer `allocate` returns, otherwise it is copied to message.text.
+  bool pop_message(const std::string& key, double wait_s, std::size_t envelope_bytes,
+                   const std::function<bool(const std::string& envelope)>& tensor_follows,
+                   const std::function<void*(const TensorHeader&)>& allocate, Message& message);
+
   // --- raw commands -----------------------------------------------------------------------
   // Runs one command routed by `key` (or to any node if key is empty). Returns an integer
   // reply as its decimal text, a status/bulk reply as is, nil as an empty optional-like "",

@@ -19,11 +19,16 @@ inline std::string snapshot_index(const std::string& ns, int rank) {
 inline std::string snapshot_dropped(const std::string& ns, int rank) {
   return ns + ":" + rank_tag(rank) + ":train:dropped";
 }
-inline std::string inference_request(const std::string& ns, int rank, const std::string& model) {
-  return ns + ":" + rank_tag(rank) + ":infer:" + model + ":req";
-}
+// Inference: rank R reads its replies from its own list; worker W serves one queue.
 inline std::string inference_reply(const std::string& ns, int rank, const std::string& model) {
   return ns + ":" + rank_tag(rank) + ":infer:" + model + ":rep";
+}
+inline std::string worker_tag(int worker) { return "{w" + std::to_string(worker) + "}"; }
+inline std::string inference_queue(const std::string& ns, int worker) {
+  return ns + ":" + worker_tag(worker) + ":infer:queue";
+}
+inline std::string worker_heartbeat(const std::string& ns, int worker) {
+  return ns + ":" + worker_tag(worker) + ":infer:alive";
 }
 inline std::string solver_members(const std::string& ns) { return ns + ":solver:members"; }
 inline std::string solver_step(const std::string& ns) { return ns + ":solver:step"; }

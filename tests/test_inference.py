@@ -1,0 +1,280 @@
+"""Online inference against real model workers (`nekrs-ml serve` processes) on every server kind:
+exact predictions, hot reload, concurrency, errors, deployment and rollback."""
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from nekrs_ml import _core, keys, registry
+from nekrs_ml.client import Client
+from nekrs_ml.errors import (
+    ConfigError,
+    KeyNotFoundError,
+    TensorFormatError,
+    WorkerUnavailableError,
+)
+from nekrs_ml.inference import InferenceClient
+from nekrs_ml.serve.deploy import deploy
+
+
+def scripted(module: torch.nn.Module, path) -> bytes:
+    module = torch.jit.script(module.eval())
+    torch.jit.save(module, str(path))
+    return path.read_bytes()
+
+
+def mlp(seed: int, n_in: int = 3, hidden: int = 64, n_out: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.SiLU(),
+                               torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+                               torch.nn.Linear(hidden, n_out))
+
+
+def doubling() -> torch.nn.Module:
+    """y = 2 x exactly: every reply can be checked against its own request."""
+    layer = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+        layer.bias.zero_()
+    return layer
+
+
+def reference(blob: bytes, inputs: np.ndarray) -> np.ndarray:
+    module = torch.jit.load(io.BytesIO(blob))
+    with torch.inference_mode():
+        return module(torch.from_numpy(inputs)).numpy()
+
+
+class Worker:
+    """A `nekrs-ml serve` process on the test server, in its own namespace."""
+
+    def __init__(self, server, ns: str, *extra):
+        self.ns = ns
+        self.env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1",
+             "--reload-interval", "0.05", *extra],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = Client(**server.client_args())
+        deadline = time.monotonic() + 60
+        while not client.exists(keys.worker_heartbeat(ns, 0)):
+            assert self.process.poll() is None, self.process.communicate()[0]
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out
+
+
+@pytest.fixture
+def served(server, tmp_path):
+    """(server, namespace, python client, {name: blob}, worker) with models deployed."""
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    client = Client(**server.client_args())
+    blobs = {"mlp": scripted(mlp(0), tmp_path / "mlp.pt"),
+             "double": scripted(doubling(), tmp_path / "double.pt")}
+    for name in blobs:
+        assert deploy(client, ns, name, tmp_path / f"{name}.pt") == 1
+    worker = Worker(server, ns)
+    try:
+        yield server, ns, client, blobs, worker
+    finally:
+        worker.stop()
+        client.close()
+
+
+def native_inference(server, ns, rank=0, timeout=10.0, heartbeat_check=1.0):
+    native = _core.Client(**server.client_args())
+    return native, _core.InferenceClient(native, ns, rank, 1, timeout, heartbeat_check)
+
+
+def test_predictions_equal_a_direct_forward(served):
+    server, ns, client, blobs, _ = served
+    inputs = np.random.default_rng(1).uniform(-2, 2, (25000, 3)).astype(np.float32)
+    expected = reference(blobs["mlp"], inputs)
+    _, inference = native_inference(server, ns)
+    out = np.empty((25000, 2), np.float32)
+    reply = inference.run("mlp", inputs, out)
+    assert reply["version"] == 1 and tuple(reply["shape"]) == (25000, 2)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    python = InferenceClient(client, ns, rank=1).run("mlp", inputs)
+    assert python.version == 1
+    np.testing.assert_allclose(python.outputs, expected, rtol=1e-6,
+                               atol=1e-6 * np.abs(expected).max())
+
+
+def test_hot_reload_switches_version_without_a_failed_call(served, tmp_path):
+    server, ns, client, blobs, _ = served
+    new_blob = scripted(mlp(1), tmp_path / "mlp_v2.pt")
+    inputs = np.random.default_rng(2).uniform(-1, 1, (500, 3)).astype(np.float32)
+    by_version = {1: reference(blobs["mlp"], inputs), 2: reference(new_blob, inputs)}
+    _, inference = native_inference(server, ns)
+    out = np.empty((500, 2), np.float32)
+    seen, failures = [], []
+    published = threading.Event()
+
+    def publish():
+        time.sleep(0.3)
+        deploy(client, ns, "mlp", tmp_path / "mlp_v2.pt")
+        published.set()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (published.is_set() and seen[-20:] == [2] * 20):
+        try:
+            version = inference.run("mlp", inputs, out)["version"]
+        except Exception as exc:  # any failure fails the test below
+            failures.append(repr(exc))
+            continue
+        np.testing.assert_allclose(out, by_version[version], rtol=1e-6, atol=1e-6)
+        seen.append(version)
+    thread.join()
+    assert not failures
+    assert seen[0] == 1 and seen[-1] == 2
+    assert seen == sorted(seen), "versions went back and forth"
+
+
+def test_eight_concurrent_clients_get_their_own_replies(served):
+    server, ns, _, _, _ = served
+    calls, points, errors = 1000, 16, []
+
+    def rank_loop(rank: int):
+        try:
+            _, inference = native_inference(server, ns, rank=rank)
+            out = np.empty((points, 1), np.float32)
+            for call in range(calls):
+                inputs = (rank * 100000 + call + np.arange(points, dtype=np.float32) / 64
+                          ).astype(np.float32).reshape(points, 1)
+                inference.run("double", inputs, out)
+                if not np.array_equal(out, 2 * inputs):
+                    errors.append(f"rank {rank} call {call}: wrong reply")
+                    return
+        except Exception as exc:
+            errors.append(f"rank {rank}: {exc!r}")
+
+    threads = [threading.Thread(target=rank_loop, args=(rank,)) for rank in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert not errors, errors[:3]
+
+
+def test_bad_requests_get_clear_errors(served):
+    server, ns, client, _, _ = served
+    _, inference = native_inference(server, ns)
+    out = np.empty((10, 2), np.float32)
+    with pytest.raises(TensorFormatError, match=r"expects float32\[points, 3\], got float32\[10, 2\]"):
+        inference.run("mlp", np.zeros((10, 2), np.float32), out)
+    with pytest.raises(TensorFormatError, match=r"expects float32\[points, 3\], got float64\[10, 3\]"):
+        inference.run("mlp", np.zeros((10, 3), np.float64), np.empty((10, 2), np.float64))
+    with pytest.raises(KeyNotFoundError, match="'nope' is not published.*mlp v1"):
+        inference.run("nope", np.zeros((10, 3), np.float32), out)
+    with pytest.raises(TensorFormatError, match="do not fit the output buffer"):
+        inference.run("mlp", np.zeros((10, 3), np.float32), np.empty((5, 2), np.float32))
+    with pytest.raises(TensorFormatError, match=r"\[points, features\]"):
+        inference.run("mlp", np.zeros(10, np.float32), out)
+    with pytest.raises(ConfigError, match="not valid"):
+        inference.run("a:b", np.zeros((10, 3), np.float32), out)
+    python = InferenceClient(client, ns, rank=3)
+    with pytest.raises(KeyNotFoundError, match="'nope' is not published"):
+        python.run("nope", np.zeros((10, 3), np.float32))
+    with pytest.raises(TensorFormatError, match="expects float32"):
+        python.run("mlp", np.zeros((10, 4), np.float32))
+    # the worker survived all of it
+    assert inference.run("mlp", np.ones((10, 3), np.float32), out)["version"] == 1
+
+
+def test_a_dead_worker_is_reported_before_the_timeout(served):
+    server, ns, client, _, worker = served
+    worker.stop()
+    _, inference = native_inference(server, ns, timeout=20.0, heartbeat_check=0.5)
+    start = time.monotonic()
+    with pytest.raises(WorkerUnavailableError, match="no model worker serves.*nekrs-ml serve"):
+        inference.run("mlp", np.zeros((10, 3), np.float32), np.empty((10, 2), np.float32))
+    assert time.monotonic() - start < 5
+    with pytest.raises(WorkerUnavailableError):
+        InferenceClient(client, ns, heartbeat_check=0.5, timeout=20).run(
+            "mlp", np.zeros((10, 3), np.float32))
+
+
+def test_no_worker_and_a_short_timeout_never_hangs(server):
+    _, inference = native_inference(server, f"t{uuid.uuid4().hex[:8]}", timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(WorkerUnavailableError):
+        inference.run("mlp", np.zeros((4, 3), np.float32), np.empty((4, 2), np.float32))
+    assert time.monotonic() - start < 3
+
+
+def cli(env, *argv, check=True):
+    result = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", *argv], env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_deploy_models_and_rollback_through_the_cli(served, tmp_path):
+    server, ns, client, blobs, worker = served
+    scripted(mlp(5), tmp_path / "v2.pt")
+    assert '"version": 2' in cli(worker.env, "deploy", str(tmp_path / "v2.pt"), "--name", "mlp").stdout
+    listing = cli(worker.env, "models").stdout
+    assert '"mlp": 2' in listing and '"double": 1' in listing
+    _, inference = native_inference(server, ns)
+    inputs = np.ones((8, 3), np.float32)
+    out = np.empty((8, 2), np.float32)
+    wait_version(inference, inputs, out, 2)
+    assert '"version": 1' in cli(worker.env, "rollback", "mlp").stdout
+    wait_version(inference, inputs, out, 1)
+    np.testing.assert_allclose(out, reference(blobs["mlp"], inputs), rtol=1e-6, atol=1e-6)
+    meta = registry.load(client, ns, "mlp", 2)[1]
+    assert meta["n_in"] == 3 and meta["n_out"] == 2 and meta["format"] == "torchscript"
+    assert meta["origin"] == "deploy:v2.pt" and meta["version"] == 2
+    assert "no version older" in cli(worker.env, "rollback", "double", check=False).stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    failed = cli(worker.env, "deploy", str(bad), "--name", "mlp", check=False)
+    assert failed.returncode != 0 and "bad.pt is neither a TorchScript" in failed.stderr
+    assert registry.latest_version(client, ns, "mlp") == 1  # nothing half-published
+
+
+def wait_version(inference, inputs, out, version, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while inference.run("mlp", inputs, out)["version"] != version:
+        assert time.monotonic() < deadline, f"the worker never switched to v{version}"
+        time.sleep(0.02)
+
+
+def test_export_programs_are_published_and_served(served, tmp_path):
+    server, ns, client, blobs, _ = served
+    module = mlp(7).eval()
+    program = torch.export.export(module, (torch.zeros(4, 3),),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    version = deploy(client, ns, "exported", tmp_path / "m.pt2")
+    assert registry.load(client, ns, "exported", version)[1]["format"] == "export"
+    _, inference = native_inference(server, ns)
+    inputs = np.random.default_rng(3).normal(size=(100, 3)).astype(np.float32)
+    out = np.empty((100, 2), np.float32)
+    inference.run("exported", inputs, out)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,111 @@
+// nekrs_ml._core: the solver side of online inference for Python (the reproducer uses it the
+// way the NekRS adapter does). Inputs are sent from and predictions received into numpy memory
+// without copies, with the GIL released.
+#include "nekrs_ml/client.hpp"
+#include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/inference.hpp"
+#include "py_client.hpp"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+namespace py = pybind11;
+using namespace nekrs_ml;
+using nekrs_ml::python::PyClient;
+
+namespace {
+
+std::string describe(const py::array& array) {
+  std::string shape;
+  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
+    shape += (axis ? ", " : "") + std::to_string(array.shape(axis));
+  }
+  return std::string(py::str(array.dtype())) + "[" + shape + "]";
+}
+
+// The header of a C-contiguous array of one of the wire dtypes, used in place.
+TensorHeader header_of(const py::array& array, const char* what) {
+  if (!(array.flags() & py::array::c_style)) {
+    throw ConfigError(std::string(what) + " " + describe(array) +
+                      " is not C-contiguous; pass numpy.ascontiguousarray(a)");
+  }
+  TensorHeader header;
+  header.dtype = dtype_from_name(std::string(py::str(array.dtype())));
+  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
+    header.shape.push_back(static_cast<std::uint64_t>(array.shape(axis)));
+  }
+  return header;
+}
+
+// An InferenceClient together with the client it talks through (kept alive by keep_alive).
+class PyInference {
+public:
+  PyInference(PyClient& client, InferenceOptions options)
+      : client_(client), inference_(client.call([&](Client& native) {
+          return std::make_unique<InferenceClient>(native, std::move(options));
+        })) {}
+
+  // Predictions into `out` (C-contiguous, writeable, large enough); returns the model version.
+  py::dict run(const std::string& model, const py::array& inputs, py::array out) {
+    const TensorHeader in = header_of(inputs, "inputs");
+    header_of(out, "out");
+    if (!out.writeable()) throw ConfigError("out " + describe(out) + " is not writeable");
+    const void* in_data = inputs.data();
+    void* out_data = out.mutable_data();
+    const auto capacity = static_cast<std::size_t>(out.nbytes());
+    const InferenceResult result = client_.call([&](Client&) {
+      return inference_->run(model, in, in_data, out_data, capacity);
+    });
+    py::dict reply;
+    reply["version"] = result.version;
+    reply["seconds"] = result.seconds;
+    reply["shape"] = py::tuple(py::cast(result.header.shape));
+    return reply;
+  }
+
+  bool worker_alive() {
+    return client_.call([&](Client&) { return inference_->worker_alive(); });
+  }
+
+  const InferenceClient& native() const { return *inference_; }
+
+private:
+  PyClient& client_;
+  std::unique_ptr<InferenceClient> inference_;
+};
+
+std::unique_ptr<PyInference> make_inference(PyClient& client, const std::string& ns, int rank,
+                                            int workers, double timeout, double heartbeat_check) {
+  InferenceOptions options;
+  options.ns = ns;
+  options.rank = rank;
+  options.workers = workers;
+  options.timeout_s = timeout;
+  options.heartbeat_check_s = heartbeat_check;
+  return std::make_unique<PyInference>(client, std::move(options));
+}
+
+} // namespace
+
+void bind_inference(py::module_& m) {
+  py::class_<PyInference>(m, "InferenceClient",
+                          "A solver rank's inference calls: request to its model worker, reply "
+                          "into the caller's array (docs/protocol.md)")
+      .def(py::init(&make_inference), py::keep_alive<1, 2>(), py::arg("client"),
+           py::arg("namespace") = "nkml", py::arg("rank") = 0, py::arg("workers") = 1,
+           py::arg("timeout") = 10.0, py::arg("heartbeat_check") = 1.0)
+      .def("run", &PyInference::run, py::arg("model"), py::arg("inputs"), py::arg("out"),
+           "Predicts `out` from `inputs` [points, features] with the current version of "
+           "`model`; returns {'version', 'seconds', 'shape'}")
+      .def("worker_alive", &PyInference::worker_alive,
+           "True when this rank's model worker has a live heartbeat")
+      .def_property_readonly("queue_key",
+                             [](const PyInference& self) { return self.native().queue_key(); })
+      .def("reply_key", [](const PyInference& self, const std::string& model) {
+        return self.native().reply_key(model);
+      }, py::arg("model"));
+}
