@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs nekrs_ml and everything it needs on Debian/Ubuntu, then runs the demo or the tests.
 #
-#   bash install.sh --demo   install, then run the online-training demo on the reproducer
+#   bash install.sh --demo   install, then run the demo (online training + inference) on the reproducer
 #   bash install.sh --test   install with the test dependencies, then run the test suite
 #   bash install.sh          install only
 #
@@ -66,8 +66,8 @@ case "$action" in
     if [ "$(id -u)" -eq 0 ]; then
       export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
     fi
-    echo "== nekrs-ml run cases/reproducer/channel.par --solver reproducer --run-dir runs/demo"
-    (cd /tmp && "$bin_dir/nekrs-ml" run "$repo/cases/reproducer/channel.par" --solver reproducer \
+    echo "== nekrs-ml run cases/reproducer/channel_train_infer.par --solver reproducer --run-dir runs/demo"
+    (cd /tmp && "$bin_dir/nekrs-ml" run "$repo/cases/reproducer/channel_train_infer.par" --solver reproducer \
        --run-dir "$repo/runs/demo")
     ;;
   --test)

@@ -8,7 +8,6 @@ of the rank's model worker, then BLPOP of the rank's reply list. Replies carry t
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import time
@@ -126,7 +125,7 @@ class InferenceClient:
         self.queue_key = keys.inference_queue(namespace, self.rank % workers)
         self.heartbeat_key = keys.worker_heartbeat(namespace, self.rank % workers)
         # random start: a restarted solver never takes an earlier incarnation's reply as its own
-        self._next_id = random.SystemRandom().getrandbits(62) + 1 + os.getpid() % 1000
+        self._next_id = random.SystemRandom().getrandbits(62) + 1
 
     def reply_key(self, model: str) -> str:
         return keys.inference_reply(self.ns, self.rank, model)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import nekrs_ml
-from nekrs_ml import _core, codec
+from nekrs_ml import _core
 from nekrs_ml.errors import TensorFormatError
 
 from test_codec import bad_values

@@ -7,8 +7,7 @@ import pytest
 
 import nekrs_ml
 from nekrs_ml import _core
-from nekrs_ml.errors import (AuthenticationError, KeyNotFoundError, ServerError,
-                             TensorFormatError)
+from nekrs_ml.errors import AuthenticationError, KeyNotFoundError, ServerError
 
 from test_codec import DTYPES, SHAPES, sample
 

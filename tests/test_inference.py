@@ -53,6 +53,10 @@ def reference(blob: bytes, inputs: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(inputs)).numpy()
 
 
+# The model workers' device: cpu here; a GPU machine runs this file with cuda:0 as well.
+WORKER_DEVICE = os.environ.get("NEKRS_ML_TEST_WORKER_DEVICE", "cpu")
+
+
 class Worker:
     """A `nekrs-ml serve` process on the test server, in its own namespace."""
 
@@ -60,8 +64,8 @@ class Worker:
         self.ns = ns
         self.env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1",
-             "--reload-interval", "0.05", *extra],
+            [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1", "--device",
+             WORKER_DEVICE, "--reload-interval", "0.05", *extra],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = Client(**server.client_args())
         deadline = time.monotonic() + 60

@@ -5,7 +5,6 @@ themselves run only where NEKRS_HOME points to a NekRS installation."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

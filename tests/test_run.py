@@ -174,3 +174,48 @@ def test_allocation_of_several_hosts_is_refused_clearly(run_dir):
     assert proc.returncode == 2
     assert "2 hosts" in proc.stderr and "db start --bind" in proc.stderr
     assert no_servers_left(run_dir)
+
+
+TRAIN_INFER = CASE.parent / "channel_train_infer.par"
+
+
+def test_train_and_infer_uses_the_newest_version_at_each_step(run_dir):
+    steps = 1200
+    case = write_case(run_dir, {"REPRODUCER": {"steps": steps}}, base=TRAIN_INFER)
+    code, out = finish(start_run(case, run_dir), timeout=300)
+    assert code == 0, out[-3000:]
+    inference = report(run_dir)["inference"]
+    assert inference["calls"] + inference["waiting_calls"] == 2 * steps  # 2 ranks, every step
+    segments = inference["version_by_step"]
+    versions = [version for _, _, version in segments]
+    assert len(versions) >= 2 and versions == sorted(versions), segments
+    assert segments[-1][1] == steps
+    assert all(later[0] > earlier[1] for earlier, later in zip(segments, segments[1:]))
+    assert inference["tau_w_rel_error_final"]["median"] < 0.02
+    assert (Path(run_dir) / "worker0.log").read_text().count("serving 'wall_model'") >= 2
+    assert no_servers_left(run_dir)
+
+
+def test_infer_runs_a_deployed_model_file(run_dir):
+    import torch
+
+    model_file = Path(run_dir) / "tau_model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(1, 1)), str(model_file))
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"'},
+                                "REPRODUCER": {"steps": 200}})
+    code, out = finish(start_run(case, run_dir), timeout=180)
+    assert code == 0, out[-3000:]
+    assert f"deployed {model_file}" in out
+    inference = report(run_dir)["inference"]
+    assert inference["calls"] == 400 and inference["waiting_calls"] == 0
+    assert inference["version_by_step"] == [[1, 200, 1]]
+    assert no_servers_left(run_dir)
+
+
+def test_infer_without_a_model_fails_before_the_solver_starts(run_dir):
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer"}, "REPRODUCER": {"steps": 50}})
+    code, out = finish(start_run(case, run_dir), timeout=120)
+    assert code != 0
+    assert "workflow = infer needs a model" in out and "deployModel" in out
+    assert not (Path(run_dir) / "solver.log").exists()
+    assert no_servers_left(run_dir)

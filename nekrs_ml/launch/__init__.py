@@ -154,7 +154,12 @@ class Run:
                                                     str(self.run_dir / f"worker{index}.log"))
             self.wait_for_workers()
         argv = solver_command(self.solver, self.par, self.ml["solverRanks"], hosts, self.run_dir)
-        self.parts["solver"] = Part("solver", argv, self.env, cwd, str(self.run_dir / "solver.log"))
+        solver_env = self.env
+        if self.solver == "nekrs":  # the case's udf.cmake finds nekrs_ml through these
+            from ..cli import udf_build_env
+
+            solver_env = {**udf_build_env(), **self.env}
+        self.parts["solver"] = Part("solver", argv, solver_env, cwd, str(self.run_dir / "solver.log"))
 
     def deploy_model(self) -> None:
         """deployModel (relative to the .par) becomes the current version before the solver

@@ -34,6 +34,7 @@ from ..inference import (
 )
 
 HEARTBEAT_TTL = 3.0          # s: a worker silent for this long counts as dead
+LOADING_TTL = 120.0          # s: the heartbeat's life while a model loads (no beats meanwhile)
 HEARTBEAT_INTERVAL = 0.5     # s
 IDLE_WAIT = 0.2              # s: longest blocking wait, so heartbeats and stops stay timely
 REPLY_MIN_TTL_MS = 5000      # replies nobody collects expire
@@ -85,8 +86,12 @@ def load_module(blob: bytes, meta: dict, device, prefer_export: bool = False,
     """The callable model of a registry version on ``device``."""
     torch = _torch()
     if meta.get("format") == "export" or (prefer_export and export_blob is not None):
+        from torch.export.passes import move_to_device_pass
+
         program = torch.export.load(io.BytesIO(export_blob if export_blob is not None else blob))
-        return program.module().to(device)
+        # an exported program is moved by rewriting its graph (module().to() keeps the
+        # devices recorded in the graph)
+        return move_to_device_pass(program, device).module()
     module = torch.jit.load(io.BytesIO(blob), map_location=device)
     module.eval()
     return module
@@ -146,14 +151,14 @@ class ModelWorker:
         self.answer(requests)
         return len(requests)
 
-    def beat(self, force: bool = False) -> None:
+    def beat(self, force: bool = False, ttl: float = HEARTBEAT_TTL) -> None:
         now = time.monotonic()
         if not force and now - self._last_heartbeat < HEARTBEAT_INTERVAL:
             return
         info = {"pid": os.getpid(), "host": socket.gethostname(), "device": str(self.device),
                 "models": {m.name: m.version for m in self.models.values()},
                 "requests": self.stats.requests, "batches": self.stats.batches}
-        self.client.redis.set(self.heartbeat, json.dumps(info), px=int(HEARTBEAT_TTL * 1000))
+        self.client.redis.set(self.heartbeat, json.dumps(info), px=int(ttl * 1000))
         self._last_heartbeat = now
 
     # --- requests ---------------------------------------------------------------------------
@@ -169,14 +174,16 @@ class ModelWorker:
             self._take([first[1]], requests)
             deadline = time.monotonic() + self.max_wait
             while len(requests) < self.max_batch:
+                now = time.monotonic()
+                if len({r.reply_key for r in requests}) >= self.active_ranks(now):
+                    break  # every rank heard from lately is in: no extra round trip
                 more = self._queue_redis.lpop(self.queue, self.max_batch - len(requests))
                 if more:
                     self._take(more, requests)
-                    continue
-                now = time.monotonic()
-                if now >= deadline or len({r.reply_key for r in requests}) >= self.active_ranks(now):
+                elif now >= deadline:
                     break
-                time.sleep(min(5e-5, deadline - now))
+                else:
+                    time.sleep(min(5e-5, deadline - now))
         return requests
 
     def _take(self, messages: List[bytes], requests: List[Request]) -> None:
@@ -329,6 +336,8 @@ class ModelWorker:
                 f"{', '.join(f'{n} v{v}' for n, v in published.items()) or 'none'}); deploy it "
                 "with `nekrs-ml deploy FILE --name NAME` or let the trainer publish it")
         blob, meta = registry.load(self.client, self.ns, name, version)
+        # loading (on a GPU: CUDA set-up, graph rewriting) may outlast HEARTBEAT_TTL
+        self.beat(force=True, ttl=LOADING_TTL)
         export_blob = None
         if self.prefer_export and meta.get("export"):
             export_blob = registry.load_export(self.client, self.ns, name, version)
@@ -337,6 +346,7 @@ class ModelWorker:
                              np.dtype(meta.get("dtype", "float32")))
         previous = self.models.get(name)
         self.models[name] = loaded
+        self.beat(force=True)
         if previous is not None:
             self.stats.reloads += 1
         self.log(f"worker {self.worker}: serving {name!r} v{version} on {self.device}"

@@ -13,7 +13,7 @@
 #include <exception>
 #include <map>
 #include <optional>
-#include <sstream>
+#include <charconv>
 #include <thread>
 
 namespace nekrs_ml {
@@ -40,11 +40,15 @@ struct Redirect {
 // "MOVED 3999 127.0.0.1:6381" or "ASK ...". IPv6 hosts come without brackets; an empty host
 // means the host of the node that replied.
 Redirect parse_redirect(const std::string& error, const Address& replied_from) {
-  std::istringstream words(error);
-  std::string kind;
+  const auto first_space = error.find(' ');
+  const auto second_space = error.find(' ', first_space + 1);
+  if (first_space == std::string::npos || second_space == std::string::npos) return {};
+  const std::string kind = error.substr(0, first_space);
+  std::string endpoint = error.substr(second_space + 1);
+  endpoint.erase(std::min(endpoint.find(' '), endpoint.size()));
   long slot = -1;
-  std::string endpoint;
-  words >> kind >> slot >> endpoint;
+  const char* slot_end = error.data() + second_space;
+  if (std::from_chars(error.data() + first_space + 1, slot_end, slot).ptr != slot_end) return {};
   const auto colon = endpoint.rfind(':');
   if ((kind != "MOVED" && kind != "ASK") || slot < 0 || slot >= static_cast<long>(kSlotCount) ||
       colon == std::string::npos) {
@@ -418,12 +422,13 @@ bool Client::pop_message(const std::string& key, double wait_s, std::size_t enve
                          Message& message) {
   check_seconds("wait", wait_s);
   const Op op{"pop_message", key};
-  std::ostringstream wait_text;
-  wait_text.precision(6);
-  wait_text << std::fixed << wait_s;
+  char wait_digits[64]; // to_chars: no locale, no iostreams
+  const std::string wait_text(
+      wait_digits, std::to_chars(wait_digits, wait_digits + sizeof wait_digits, wait_s,
+                                 std::chars_format::fixed, 6).ptr);
   const std::string command = "*3\r\n$5\r\nBLPOP\r\n$" + std::to_string(key.size()) + "\r\n" +
-                              key + "\r\n$" + std::to_string(wait_text.str().size()) + "\r\n" +
-                              wait_text.str() + "\r\n";
+                              key + "\r\n$" + std::to_string(wait_text.size()) + "\r\n" +
+                              wait_text + "\r\n";
   bool popped = false;
   impl_->route(op, [&](Connection& node) {
     node.prepare_raw(op);

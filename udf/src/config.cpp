@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 #include <locale>
+#include <charconv>
+#include <type_traits>
 #include <sstream>
 
 namespace nekrs_ml {
@@ -69,17 +71,27 @@ std::string join(const std::vector<std::string>& items) {
 
 // --- numbers ---------------------------------------------------------------------------------
 // The syntax is checked first, so that both languages accept exactly the same spellings
-// (no "inf", "nan", hex, digit separators or surrounding text). The conversion uses the
-// classic locale, so a host program's setlocale() cannot change how "0.5" reads.
+// (no "inf", "nan", hex, digit separators or surrounding text). The conversion ignores the
+// locale, so a host program's setlocale() cannot change how "0.5" reads.
 
 struct OutOfRange {};
 
 template <typename T> T read_number(const std::string& text) {
-  std::istringstream in(text);
-  in.imbue(std::locale::classic());
+  // std::from_chars: locale-independent and free of iostreams (whose locale facets break
+  // where a host links its own C++ runtime statically).
+  const char* first = text.data() + (!text.empty() && text.front() == '+' ? 1 : 0);
+  const char* last = text.data() + text.size();
   T value{};
-  in >> value;
-  if (in.fail()) throw OutOfRange{}; // the syntax was checked: only overflow fails here
+  const auto [end, error] = std::from_chars(first, last, value);
+  if constexpr (std::is_floating_point_v<T>) {
+    // A negative exponent out of range is an underflow: zero, as Python's float() reads it.
+    const auto exponent = text.find_first_of("eE");
+    if (error == std::errc::result_out_of_range && exponent != std::string::npos &&
+        text.find('-', exponent) != std::string::npos) {
+      return text.front() == '-' ? -T{0} : T{0};
+    }
+  }
+  if (error != std::errc() || end != last) throw OutOfRange{}; // syntax checked: overflow only
   return value;
 }
 

@@ -7,7 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
-#include <sstream>
+#include <charconv>
 
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -35,9 +35,9 @@ constexpr char kConnectionHint[] =
     "; check that the server is running (`nekrs-ml db start`) and the address is right";
 
 std::string format_seconds(double seconds) {
-  std::ostringstream text;
-  text << seconds << " s";
-  return text.str();
+  char text[64];
+  const auto result = std::to_chars(text, text + sizeof text, seconds);
+  return std::string(text, result.ptr) + " s";
 }
 
 } // namespace
