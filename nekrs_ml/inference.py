@@ -18,6 +18,7 @@ import numpy as np
 
 from . import codec, keys
 from .client import Client
+from .registry import check_name
 from .errors import (
     ConfigError,
     KeyNotFoundError,
@@ -49,14 +50,6 @@ class Request:
     model: str
     timeout_ms: int
     payload: memoryview  # the encoded input tensor
-
-
-def check_model_name(model: str) -> str:
-    if (not isinstance(model, str) or not model or len(model) > 200
-            or any(c in model for c in "{}:") or any(c.isspace() for c in model)):
-        raise ConfigError(f"model name {model!r} is not valid (1-200 characters, no '{{', '}}', "
-                          "':' or spaces)")
-    return model
 
 
 def request_prefix(request_id: int, reply_key: str, model: str, timeout: float) -> bytes:
@@ -137,7 +130,7 @@ class InferenceClient:
         """Predictions of ``model`` for ``inputs`` [points, features]; written into ``out``
         (C-contiguous, same dtype, same shape as the predictions) when given."""
         start = time.perf_counter()
-        check_model_name(model)
+        check_name(model)
         if not isinstance(inputs, np.ndarray) or inputs.ndim != 2:
             raise TensorFormatError(f"inference {model!r}: inputs must be a 2-D array "
                                     "[points, features]")
