@@ -196,16 +196,21 @@ def test_train_and_infer_uses_the_newest_version_at_each_step(run_dir):
     assert no_servers_left(run_dir)
 
 
-def test_infer_runs_a_deployed_model_file(run_dir):
+@pytest.mark.parametrize("deployment,workers", [("single", 1), ("colocated", 1), ("cluster", 2)])
+def test_infer_runs_a_deployed_model_file(run_dir, deployment, workers):
     import torch
 
     model_file = Path(run_dir) / "tau_model.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(1, 1)), str(model_file))
-    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"'},
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
+                                             "deployment": deployment, "workers": workers},
                                 "REPRODUCER": {"steps": 200}})
     code, out = finish(start_run(case, run_dir), timeout=180)
     assert code == 0, out[-3000:]
     assert f"deployed {model_file}" in out
+    for index in range(workers):  # each worker served its share of the 2 ranks' 400 calls
+        log = (Path(run_dir) / f"worker{index}.log").read_text()
+        assert f"stopped after {400 // workers} requests" in log, log
     inference = report(run_dir)["inference"]
     assert inference["calls"] == 400 and inference["waiting_calls"] == 0
     assert inference["version_by_step"] == [[1, 200, 1]]
