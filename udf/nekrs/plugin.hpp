@@ -135,7 +135,8 @@ public:
 
   // UDF_ExecuteStep.
   void execute_step(double time, int tstep) {
-    if (!active_ || tstep == last_tstep_) return; // 25.x may call it again for a corrector
+    // 25.x calls it once per corrector iteration: act once per step, and not after the last one
+    if (!active_ || done_ || tstep == last_tstep_) return;
     last_tstep_ = tstep;
     guard("step " + std::to_string(tstep), [&] {
       if (!sampler_) build_sampler();
@@ -158,6 +159,13 @@ public:
       } catch (...) {
       }
     }
+    // The plugin is a static object, destroyed after NekRS has called MPI_Finalize and released
+    // its OCCA device: the point interpolation (gslib findpts frees its MPI communicator) and the
+    // device buffers must not be destroyed then (Open MPI aborts on MPI_Comm_free after
+    // MPI_Finalize), so they are left to the process exit.
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) (void)sampler_.release();
   }
 
   const WallSampler* sampler() const { return sampler_.get(); }
@@ -302,6 +310,9 @@ private:
       TrainingStream::mark_done(*client_, ns_);
     }
     done_ = true;
+    // Release the point interpolation while MPI and the device are still up (collective: every
+    // rank sees the same last step).
+    sampler_.reset();
     if (stream_) {
       long long counts[2] = {stream_->snapshots_written(), stream_->snapshots_dropped()};
       MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG_LONG, MPI_SUM, comm_);
