@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import codec, keys
-from .client import Client
+from .client import Client, _resp_prefix
 from .registry import check_name
 from .errors import (
     ConfigError,
@@ -160,9 +160,7 @@ class InferenceClient:
         return Prediction(predictions, int(version), time.perf_counter() - start)
 
     def _push(self, head: bytes, data) -> None:
-        key = self.queue_key.encode()
-        length = len(head) + len(data)
-        command = b"*3\r\n$5\r\nRPUSH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, length)
+        command = _resp_prefix(b"RPUSH", self.queue_key.encode(), len(head) + len(data))
         with self.client._call("inference request", self.queue_key):
             self.client._roundtrip(self.queue_key, [command + head, data, b"\r\n"])
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import codec, keys, registry
-from ..client import Client
+from ..client import Client, _resp_prefix
 from ..errors import KeyNotFoundError, NekrsMLError, TensorFormatError
 from ..inference import (
     STATUS_BAD_INPUT,
@@ -305,8 +305,7 @@ class ModelWorker:
             for key, ttl, chunks in replies:
                 key_bytes, ttl_bytes = key.encode(), str(ttl).encode()
                 size = sum(len(chunk) for chunk in chunks)
-                packed.append(b"*3\r\n$5\r\nRPUSH\r\n$%d\r\n%s\r\n$%d\r\n" % (
-                    len(key_bytes), key_bytes, size))
+                packed.append(_resp_prefix(b"RPUSH", key_bytes, size))
                 packed.extend(chunks)
                 packed.append(b"\r\n*3\r\n$7\r\nPEXPIRE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
                     len(key_bytes), key_bytes, len(ttl_bytes), ttl_bytes))

@@ -4,6 +4,7 @@
 #include "nekrs_ml/client.hpp"
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/inference.hpp"
+#include "py_arrays.hpp"
 #include "py_client.hpp"
 
 #include <pybind11/numpy.h>
@@ -12,33 +13,20 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 using namespace nekrs_ml;
+using nekrs_ml::python::contiguous_shape;
+using nekrs_ml::python::describe;
 using nekrs_ml::python::PyClient;
 
 namespace {
 
-std::string describe(const py::array& array) {
-  std::string shape;
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    shape += (axis ? ", " : "") + std::to_string(array.shape(axis));
-  }
-  return std::string(py::str(array.dtype())) + "[" + shape + "]";
-}
-
 // The header of a C-contiguous array of one of the wire dtypes, used in place.
 TensorHeader header_of(const py::array& array, const char* what) {
-  if (!(array.flags() & py::array::c_style)) {
-    throw ConfigError(std::string(what) + " " + describe(array) +
-                      " is not C-contiguous; pass numpy.ascontiguousarray(a)");
-  }
-  TensorHeader header;
-  header.dtype = dtype_from_name(std::string(py::str(array.dtype())));
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    header.shape.push_back(static_cast<std::uint64_t>(array.shape(axis)));
-  }
-  return header;
+  std::vector<std::uint64_t> shape = contiguous_shape(array, what);
+  return TensorHeader{dtype_from_name(std::string(py::str(array.dtype()))), std::move(shape)};
 }
 
 // An InferenceClient together with the client it talks through (kept alive by keep_alive).

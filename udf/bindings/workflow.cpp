@@ -8,6 +8,7 @@
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/stream.hpp"
 #include "nekrs_ml/wall.hpp"
+#include "py_arrays.hpp"
 #include "py_client.hpp"
 
 #include <pybind11/numpy.h>
@@ -22,6 +23,8 @@
 
 namespace py = pybind11;
 using namespace nekrs_ml;
+using nekrs_ml::python::contiguous_shape;
+using nekrs_ml::python::describe;
 
 namespace {
 
@@ -53,34 +56,20 @@ py::dict config_dict(const Config& config) {
 
 // --- arrays ------------------------------------------------------------------------------------
 
-std::string describe(const py::array& array) {
-  std::string shape;
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    shape += (axis ? ", " : "") + std::to_string(array.shape(axis));
-  }
-  return std::string(py::str(array.dtype())) + "[" + shape + "]";
-}
-
 bool is_dtype(const py::array& array, DType dtype) {
   return array.dtype().is(py::dtype(dtype_name(dtype)));
 }
 
 // The header of an array used in place: float32 or float64, C-contiguous.
 TensorHeader header_of(const py::array& array, const char* what) {
-  if (!(array.flags() & py::array::c_style)) {
-    throw ConfigError(std::string(what) + " " + describe(array) +
-                      " is not C-contiguous; pass numpy.ascontiguousarray(a)");
-  }
   TensorHeader header;
+  header.shape = contiguous_shape(array, what);
   if (is_dtype(array, DType::float32)) {
     header.dtype = DType::float32;
   } else if (is_dtype(array, DType::float64)) {
     header.dtype = DType::float64;
   } else {
     throw ConfigError(std::string(what) + " " + describe(array) + ": use float32 or float64");
-  }
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    header.shape.push_back(static_cast<std::uint64_t>(array.shape(axis)));
   }
   return header;
 }

@@ -422,13 +422,6 @@ bool Client::pop_message(const std::string& key, double wait_s, std::size_t enve
                          Message& message) {
   check_seconds("wait", wait_s);
   const Op op{"pop_message", key};
-  char wait_digits[64]; // to_chars: no locale, no iostreams
-  const std::string wait_text(
-      wait_digits, std::to_chars(wait_digits, wait_digits + sizeof wait_digits, wait_s,
-                                 std::chars_format::fixed, 6).ptr);
-  const std::string command = "*3\r\n$5\r\nBLPOP\r\n$" + std::to_string(key.size()) + "\r\n" +
-                              key + "\r\n$" + std::to_string(wait_text.size()) + "\r\n" +
-                              wait_text + "\r\n";
   bool popped = false;
   impl_->route(op, [&](Connection& node) {
     node.prepare_raw(op);
@@ -443,8 +436,7 @@ bool Client::pop_message(const std::string& key, double wait_s, std::size_t enve
         }
       }
     } restore{node};
-    iovec piece{const_cast<char*>(command.data()), command.size()};
-    node.send(&piece, 1, op);
+    send_blpop(node, key, wait_s, op);
     PopResult result = receive_message(node, key, envelope_bytes, tensor_follows, allocate, op);
     if (result.error) return result.error;
     popped = result.popped;

@@ -4,6 +4,7 @@
 #include "nekrs_ml/errors.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 
@@ -101,6 +102,15 @@ void send_set(Connection& connection, const SetCommand& set, const Op& op) {
 
 void send_get(Connection& connection, const std::string& key, const Op& op) {
   std::string command = "*2\r\n$3\r\nGET\r\n" + bulk(key);
+  iovec piece{command.data(), command.size()};
+  connection.send(&piece, 1, op);
+}
+
+void send_blpop(Connection& connection, const std::string& key, double wait_s, const Op& op) {
+  char digits[64];
+  const std::string wait(digits, std::to_chars(digits, digits + sizeof digits, wait_s,
+                                               std::chars_format::fixed, 6).ptr);
+  std::string command = "*3\r\n$5\r\nBLPOP\r\n" + bulk(key) + bulk(wait);
   iovec piece{command.data(), command.size()};
   connection.send(&piece, 1, op);
 }

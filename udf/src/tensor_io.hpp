@@ -38,6 +38,8 @@ private:
 
 void send_set(Connection& connection, const SetCommand& set, const Op& op);
 void send_get(Connection& connection, const std::string& key, const Op& op);
+// "BLPOP key wait_s", the wait written without the locale (to_chars, 6 decimals).
+void send_blpop(Connection& connection, const std::string& key, double wait_s, const Op& op);
 
 // Reads the reply to send_get. Returns the header once the data is in the buffer given by
 // `allocate`, or the text of an error reply (e.g. a redirect) to be handled by the caller.
