@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -91,6 +92,17 @@ def inference_summary(logs) -> dict:
     return summary
 
 
+def report_step(client, ns: str, step: int) -> None:
+    """The progress key is informative: a full server (maxmemory) may refuse it."""
+    from .errors import ServerError
+
+    try:
+        client.set_string(keys.solver_step(ns), str(step))
+    except ServerError as exc:
+        if "OOM command not allowed" not in str(exc):
+            raise
+
+
 def run_solver(par: str) -> dict:
     from mpi4py import MPI
 
@@ -144,7 +156,7 @@ def run_solver(par: str) -> dict:
             infer_step(inference, ml, model_inputs, model_targets, predictions, step, log)
         if step % ml["sampleInterval"] == 0:
             if rank == 0:
-                client.set_string(keys.solver_step(ns), str(step))
+                report_step(client, ns, step)
             requested = _core.TrainingStream.stop_requested(client, ns)
             if comm.allreduce(int(requested), op=MPI.MAX):
                 stopped = True
@@ -152,7 +164,7 @@ def run_solver(par: str) -> dict:
     elapsed = time.perf_counter() - start
     comm.Barrier()
     if node_leader(comm):
-        client.set_string(keys.solver_step(ns), str(step))
+        report_step(client, ns, step)
         _core.TrainingStream.mark_done(client, ns)
     written = comm.allreduce(stream.snapshots_written if stream else 0)
     dropped = comm.allreduce(stream.snapshots_dropped if stream else 0)
@@ -194,7 +206,16 @@ def _reproduce(parser: argparse.ArgumentParser):
     parser.add_argument("--summary", help="write the run summary (JSON) to this file (rank 0)")
 
     def run(args) -> int:
-        summary = run_solver(args.par)
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        try:
+            summary = run_solver(args.par)
+        except Exception:  # noqa: BLE001 - this rank alone failed: the others must not hang
+            traceback.print_exc()
+            if comm.Get_size() > 1:
+                comm.Abort(1)  # the other ranks may wait in a collective call forever
+            return 1
         if summary:
             text = json.dumps(summary)
             print(f"reproducer: {text}", flush=True)
