@@ -75,5 +75,7 @@ def run_dir():
     try:
         yield path
     finally:
-        Orchestrator.stop_dir(path)
+        # servers started in the dir itself, or by a `nekrs-ml run` killed mid-run (run_dir/db)
+        for directory in (path, os.path.join(path, "db")):
+            Orchestrator.stop_dir(directory)
         shutil.rmtree(path, ignore_errors=True)
