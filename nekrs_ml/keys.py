@@ -61,6 +61,11 @@ def solver_step(ns: str) -> str:
     return f"{ns}:solver:step"
 
 
+def solver_time(ns: str) -> str:
+    """Solution time of the last control step (progress)."""
+    return f"{ns}:solver:time"
+
+
 def solver_snapshots(ns: str) -> str:
     """Counter of the snapshots announced by all solver ranks (progress display)."""
     return f"{ns}:solver:snapshots"
@@ -68,6 +73,20 @@ def solver_snapshots(ns: str) -> str:
 
 def solver_done(ns: str) -> str:
     return f"{ns}:solver:done"
+
+
+def solver_summary(ns: str) -> str:
+    """The solver's run summary (JSON, written by rank 0 of the coupling when it finishes)."""
+    return f"{ns}:solver:summary"
+
+
+def holdout_inputs(ns: str, rank: int) -> str:
+    """One held-out snapshot per rank (never announced): the a-priori test of the model."""
+    return f"{ns}:{rank_tag(rank)}:holdout:x"
+
+
+def holdout_targets(ns: str, rank: int) -> str:
+    return f"{ns}:{rank_tag(rank)}:holdout:y"
 
 
 def trainer_stop(ns: str) -> str:

@@ -31,6 +31,6 @@ def test_same_seed_gives_identical_data(run_dir):
                                 reproduce(run_dir, 2, env))
     finally:
         orch.stop()
-    assert first["data_sha256"] == second["data_sha256"]
-    assert first["data_sha256"] != other["data_sha256"]
+    assert first["data_digest"] == second["data_digest"]
+    assert first["data_digest"] != other["data_digest"]
     assert first["snapshots_written"] == 2 * 5 and first["steps"] == 50

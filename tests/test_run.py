@@ -57,7 +57,10 @@ def finish(proc: subprocess.Popen, timeout: float):
 
 
 def report(run_dir: str) -> dict:
-    return json.loads((Path(run_dir) / "report.json").read_text())
+    """report.json, which must be strict JSON (no NaN or Infinity)."""
+    def refuse(name):
+        raise AssertionError(f"report.json is not strict JSON: {name}")
+    return json.loads((Path(run_dir) / "report.json").read_text(), parse_constant=refuse)
 
 
 def no_servers_left(run_dir: str) -> bool:
@@ -153,14 +156,16 @@ def test_full_database_never_crashes_the_solver(run_dir, policy):
     assert no_servers_left(run_dir)
 
 
-def _processes_matching(fragment: str):
+def _processes_matching(fragment: str, run_dir: str = ""):
+    """nekrs_ml parts (not mpiexec) whose command line holds `fragment` (and `run_dir`)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "nekrs_ml.cli" in cmdline and fragment in cmdline and "mpiexec" not in cmdline:
+            if ("nekrs_ml.cli" in cmdline and fragment in cmdline and run_dir in cmdline
+                    and "mpiexec" not in cmdline):
                 yield entry.name
 
 
@@ -185,7 +190,8 @@ def test_train_and_infer_uses_the_newest_version_at_each_step(run_dir):
     code, out = finish(start_run(case, run_dir), timeout=300)
     assert code == 0, out[-3000:]
     inference = report(run_dir)["inference"]
-    assert inference["calls"] + inference["waiting_calls"] == 2 * steps  # 2 ranks, every step
+    # 2 ranks, every step from step 0 on
+    assert inference["calls"] + inference["waiting_calls"] == 2 * (steps + 1)
     segments = inference["version_by_step"]
     versions = [version for _, _, version in segments]
     assert len(versions) >= 2 and versions == sorted(versions), segments
@@ -201,19 +207,20 @@ def test_infer_runs_a_deployed_model_file(run_dir, deployment, workers):
     import torch
 
     model_file = Path(run_dir) / "tau_model.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(1, 1)), str(model_file))
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(model_file))
     case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
                                              "deployment": deployment, "workers": workers},
                                 "REPRODUCER": {"steps": 200}})
     code, out = finish(start_run(case, run_dir), timeout=180)
     assert code == 0, out[-3000:]
     assert f"deployed {model_file}" in out
-    for index in range(workers):  # each worker served its share of the 2 ranks' 400 calls
+    for index in range(workers):  # each worker served its share of the 2 ranks' 402 calls
         log = (Path(run_dir) / f"worker{index}.log").read_text()
-        assert f"stopped after {400 // workers} requests" in log, log
+        assert f"stopped after {402 // workers} requests" in log, log
     inference = report(run_dir)["inference"]
-    assert inference["calls"] == 400 and inference["waiting_calls"] == 0
-    assert inference["version_by_step"] == [[1, 200, 1]]
+    assert inference["calls"] == 402 and inference["waiting_calls"] == 0
+    assert inference["fallbacks"] == 0
+    assert inference["version_by_step"] == [[0, 200, 1]]
     assert no_servers_left(run_dir)
 
 
@@ -224,3 +231,50 @@ def test_infer_without_a_model_fails_before_the_solver_starts(run_dir):
     assert "workflow = infer needs a model" in out and "deployModel" in out
     assert not (Path(run_dir) / "solver.log").exists()
     assert no_servers_left(run_dir)
+
+
+def test_a_killed_worker_ends_the_run_cleanly_after_max_inference_failures(run_dir):
+    import torch
+
+    model_file = Path(run_dir) / "tau_model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(model_file))
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
+                                             "inferenceTimeout": 1, "maxInferenceFailures": 5,
+                                             "sampleInterval": 10},
+                                "REPRODUCER": {"steps": 5000, "stepCost": 0.01}})
+    proc = start_run(case, run_dir)
+    try:
+        wait_for(lambda: list(_processes_matching(" reproduce ", run_dir)), 120,
+                 "the solver to start")
+        time.sleep(2)
+        for pid in _processes_matching(" serve ", run_dir):
+            os.kill(int(pid), signal.SIGKILL)
+        code, out = finish(proc, timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    data = report(run_dir)
+    assert data["status"] == "inference" and code == 5, out[-3000:]
+    assert "maxInferenceFailures" in data["message"]
+    inference = data["inference"]
+    failures = inference["failures"]
+    assert failures["worker_unavailable"] + failures["timeout"] >= 2 * 5  # both ranks
+    assert inference["fallbacks"] == sum(failures.values())
+    assert data["solver_summary"]["ended_early"] == "inference_failures"
+    assert data["solver_summary"]["steps"] < 5000
+    assert no_servers_left(run_dir)
+
+
+@pytest.mark.parametrize("general, expected", [
+    ("stopAt = numSteps\nnumSteps = 20\ndt = 1e-3", (20, None)),
+    ("numSteps = 20", (20, None)),
+    ("stopAt = endTime\nendTime = 2\ndt = 1e-3", (2000, 2.0)),
+    ("stopAt = endTime\nendTime = 50\ndt = targetCFL=1 + max=2e-2", (None, 50.0)),
+    ("polynomialOrder = 7", (None, None)),
+])
+def test_the_progress_line_knows_a_nekrs_cases_length(tmp_path, general, expected):
+    from nekrs_ml.launch import nekrs_run_length
+
+    par = tmp_path / "case.par"
+    par.write_text(f"[GENERAL]\n{general}\n\n[VELOCITY]\nnumSteps = 99\n")
+    assert nekrs_run_length(par) == expected

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .. import environment, keys
 from ..cli import command
@@ -32,7 +32,38 @@ from .supervisor import Part
 STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "loss.png", "tau_w.png",
                  "solver.log", "trainer.log")
 
-EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
+    0, 1, 3, 4, 5, 130)
+
+
+def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
+    """(last step, end time) of a NekRS case from its [GENERAL] section: numSteps, or endTime
+    (with a fixed dt also the step). A variable dt (targetCFL=...) leaves only the end time."""
+    import math
+    import re
+
+    section, values = "", {}
+    for line in par.read_text().splitlines():
+        line = re.split(r"[#;]", line, maxsplit=1)[0].strip()
+        header = re.fullmatch(r"\[(.+)\]", line)
+        if header:
+            section = header.group(1).strip().lower()
+        elif section == "general" and "=" in line:
+            key, value = (part.strip().lower() for part in line.split("=", 1))
+            values[key] = value
+
+    def number(key):
+        try:
+            return float(values[key])
+        except (KeyError, ValueError):
+            return None
+
+    steps, end_time, dt = number("numsteps"), number("endtime"), number("dt")
+    if values.get("stopat", "numsteps" if steps else "endtime") == "numsteps" and steps:
+        return int(steps), None
+    if end_time is not None and dt:
+        return math.ceil(end_time / dt - 1e-9), end_time
+    return None, end_time
 
 
 def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
@@ -76,19 +107,29 @@ def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir
 
 
 class Progress:
-    """One status line, redrawn in place on a terminal, printed every few seconds otherwise."""
+    """One status line, redrawn in place on a terminal, printed every few seconds otherwise
+    (a log file gets one line per interval, not carriage returns)."""
 
-    def __init__(self, total_steps: Optional[int]):
+    def __init__(self, total_steps: Optional[int], end_time: Optional[float] = None):
         self.total = total_steps
+        self.end_time = end_time
         self.tty = sys.stdout.isatty()
         self.last_print = 0.0
 
-    def show(self, step: int, snapshots: int, status: Dict) -> None:
+    def show(self, step: int, sim_time: Optional[float], snapshots: int, status: Dict) -> None:
         width = 30
-        frac = min(1.0, step / self.total) if self.total else 0.0
+        if self.total:
+            frac = min(1.0, step / self.total)
+        elif self.end_time and sim_time is not None:
+            frac = min(1.0, sim_time / self.end_time)
+        else:
+            frac = 0.0
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         loss = status.get("val_loss") if status.get("val_loss") is not None else status.get("train_loss")
-        text = (f"[{bar}] step {step}/{self.total or '?'}  snapshots {snapshots}  "
+        where = f"step {step}/{self.total or '?'}"
+        if self.end_time and sim_time is not None:
+            where += f"  t {sim_time:.4g}/{self.end_time:g}"
+        text = (f"[{bar}] {where}  snapshots {snapshots}  "
                 f"epoch {status.get('epoch', '-')}  loss {loss if loss is None else f'{loss:.3e}'}  "
                 f"model v{status.get('model_version') or '-'}  {status.get('state', 'waiting')}")
         if self.tty:
@@ -196,8 +237,9 @@ class Run:
     # --- supervision ------------------------------------------------------------------------
     def supervise(self) -> str:
         """Returns "ok" or the name of the failing part."""
-        total = self.cfg["reproducer"]["steps"] if self.solver == "reproducer" else None
-        progress = Progress(total)
+        total, end_time = ((self.cfg["reproducer"]["steps"], None) if self.solver == "reproducer"
+                           else nekrs_run_length(self.par))
+        progress = Progress(total, end_time)
         solver, trainer = self.parts["solver"], self.parts.get("trainer")
         workers = [part for name, part in self.parts.items() if name.startswith("worker")]
         trainer_reported = trainer_stopped_here = False
@@ -234,18 +276,22 @@ class Run:
         # mpiexec reports a rank stopped by our SIGTERM as a failure: that one is not
         if trainer is not None and trainer.returncode != 0 and not trainer_stopped_here:
             return "trainer"
+        if (self.solver_summary() or {}).get("ended_early") == "inference_failures":
+            return "inference"
         return "ok"
 
     def poll_progress(self):
         ns = self.ml["namespace"]
         try:
             step = int(self.client.get_string(keys.solver_step(ns)) or 0)
+            raw_time = self.client.get_string(keys.solver_time(ns))
+            sim_time = float(raw_time) if raw_time else None
             snapshots = int(self.client.get_string(keys.solver_snapshots(ns)) or 0)
             raw = self.client.get_string(keys.trainer_status(ns))
             status = json.loads(raw) if raw else {}
         except (NekrsMLError, ValueError):
-            return 0, 0, {}
-        return step, snapshots, status
+            return 0, None, 0, {}
+        return step, sim_time, snapshots, status
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -255,19 +301,32 @@ class Run:
         return {name: part.stop() for name, part in self.parts.items()}
 
     # --- report -----------------------------------------------------------------------------
+    def solver_summary(self) -> Optional[Dict]:
+        """What the coupling's rank 0 stored when the solver finished (NekRS and the stand-in
+        alike); the stand-in's own file when the database no longer answers."""
+        if self.client is not None:
+            try:
+                text = self.client.get_string(keys.solver_summary(self.ml["namespace"]))
+                if text:
+                    return json.loads(text)
+            except (NekrsMLError, ValueError):
+                pass
+        return _read_json(self.run_dir / "solver.json")
+
     def write_report(self, status: str, exit_codes: Dict[str, Optional[int]], message: str) -> Dict:
         from . import report
 
         evaluation = None
-        # the held-out Reichardt check fits the stand-in solver's 1-D map, not a NekRS case
-        if self.client is not None and self.solver == "reproducer":
+        if self.client is not None and self.ml["workflow"] in ("train", "train+infer"):
             try:
-                evaluation = report.evaluate_model(self.client, self.ml["namespace"], self.cfg)
+                evaluation = report.evaluate_model(self.client, self.ml["namespace"],
+                                                   self.ml["modelName"], self.ml["solverRanks"])
             except Exception as exc:  # the report must be written even when evaluation fails
                 self.warn(f"model evaluation failed: {exc}")
         history = report.read_history(self.run_dir / "trainer_history.jsonl")
-        solver_summary = _read_json(self.run_dir / "solver.json")
+        solver_summary = self.solver_summary()
         plots = report.plot(self.run_dir, history, evaluation)
+        tested = evaluation is not None and "median" in evaluation
         data = {
             "status": status,
             "message": message,
@@ -278,7 +337,11 @@ class Run:
             "model_name": self.ml["modelName"],
             "model_version": evaluation["version"] if evaluation else None,
             "tau_w_rel_error": ({"median": evaluation["median"], "p95": evaluation["p95"],
-                                 "samples": int(evaluation["u"].size)} if evaluation else None),
+                                 "samples": evaluation["samples"], "data": "held-out snapshot"}
+                                if tested else None),
+            "snapshots": ({"written": solver_summary.get("snapshots_written"),
+                           "dropped": solver_summary.get("snapshots_dropped")}
+                          if solver_summary else None),
             "inference": (solver_summary or {}).get("inference"),
             "solver_summary": solver_summary,
             "trainer_last": history[-1] if history else None,
@@ -287,7 +350,8 @@ class Run:
             "plots": plots,
             "wall_seconds": time.time() - self.started,
         }
-        (self.run_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
+        (self.run_dir / "report.json").write_text(text + "\n")
         return data
 
 
@@ -340,6 +404,9 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
                        f"{part.log_path}:\n{part.log_tail()}")
         elif status == "interrupted":
             message = "interrupted; every part was stopped"
+        elif status == "inference":
+            message = ("the solver ended early: inference failed maxInferenceFailures times in a "
+                       "row (see inference.failures in report.json and the worker logs)")
         try:
             data = run.write_report(status, exit_codes, message)
         finally:
@@ -348,7 +415,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED
-    return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER}.get(status, EXIT_SOLVER)
+    return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
+            "inference": EXIT_INFERENCE}.get(status, EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:
@@ -360,9 +428,14 @@ def summarise(data: Dict, run_dir: Path) -> None:
         line += f"; tau_w relative error median {err['median']:.3%}, p95 {err['p95']:.3%}"
     inference = data.get("inference")
     if inference and inference.get("calls"):
-        final = inference["tau_w_rel_error_final"]
-        line += (f"; inference {inference['calls']} calls, p50 {inference['latency_ms_p50']:.2f} ms,"
-                 f" v{inference['final_version']} error median {final['median']:.3%}")
+        line += f"; inference {inference['calls']:.0f} calls"
+        if inference.get("latency_ms_p50") is not None:
+            line += f", p50 {inference['latency_ms_p50']:.2f} ms"
+        final = inference.get("tau_w_rel_error_final") or {}
+        if final.get("median") is not None:
+            line += f", v{inference['final_version']} error median {final['median']:.3%}"
+        if inference.get("fallbacks"):
+            line += f", {inference['fallbacks']:.0f} fallback steps"
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)

@@ -266,6 +266,7 @@ py::list dtype_names() {
 void bind_workflow(py::module_& m);    // workflow.cpp: config, wall physics, training stream
 void bind_inference(py::module_& m);   // inference.cpp: InferenceClient
 void bind_wall_points(py::module_& m); // wall_points.cpp: wall-point bookkeeping of the adapter
+void bind_coupling(py::module_& m);    // coupling.cpp: the coupling driver, the stand-in's wall
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "C++ core of nekrs_ml: the hiredis client and the tensor codec";
@@ -368,4 +369,5 @@ PYBIND11_MODULE(_core, m) {
   bind_workflow(m);
   bind_inference(m);
   bind_wall_points(m);
+  bind_coupling(m);
 }

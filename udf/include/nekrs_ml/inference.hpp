@@ -47,7 +47,17 @@ struct InferenceResult {
   double seconds = 0.0;      // wall time of the call
 };
 
-class InferenceClient {
+// Where a solver rank's predictions come from: the model workers (InferenceClient) or a backend
+// evaluating the model in the rank's own process. Coupling calls run() with inputs [n, n_in] and
+// a buffer for [n, n_out]; errors are those of InferenceClient::run.
+class InferenceBackend {
+public:
+  virtual ~InferenceBackend() = default;
+  virtual InferenceResult run(const std::string& model, const TensorHeader& inputs_header,
+                              const void* inputs, void* outputs, std::size_t capacity_bytes) = 0;
+};
+
+class InferenceClient : public InferenceBackend {
 public:
   // `client` must outlive this object. Throws ConfigError for invalid options.
   InferenceClient(Client& client, InferenceOptions options);
@@ -57,7 +67,7 @@ public:
   // WorkerUnavailableError, KeyNotFoundError (unknown model), TensorFormatError (wrong shape or
   // dtype, or predictions that do not fit the buffer), ModelError, ConnectionError.
   InferenceResult run(const std::string& model, const TensorHeader& inputs_header,
-                      const void* inputs, void* outputs, std::size_t capacity_bytes);
+                      const void* inputs, void* outputs, std::size_t capacity_bytes) override;
 
   template <typename T>
   InferenceResult run(const std::string& model, std::uint64_t rows, std::uint64_t columns,

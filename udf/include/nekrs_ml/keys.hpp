@@ -30,9 +30,19 @@ inline std::string inference_queue(const std::string& ns, int worker) {
 inline std::string worker_heartbeat(const std::string& ns, int worker) {
   return ns + ":" + worker_tag(worker) + ":infer:alive";
 }
+// One held-out snapshot per rank, written at the end of a training run and never announced:
+// the launcher's a-priori test of the published model.
+inline std::string holdout_inputs(const std::string& ns, int rank) {
+  return ns + ":" + rank_tag(rank) + ":holdout:x";
+}
+inline std::string holdout_targets(const std::string& ns, int rank) {
+  return ns + ":" + rank_tag(rank) + ":holdout:y";
+}
 inline std::string solver_members(const std::string& ns) { return ns + ":solver:members"; }
 inline std::string solver_step(const std::string& ns) { return ns + ":solver:step"; }
+inline std::string solver_time(const std::string& ns) { return ns + ":solver:time"; }
 inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
+inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
 inline std::string solver_done(const std::string& ns) { return ns + ":solver:done"; }
 inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
 inline std::string trainer_status(const std::string& ns) { return ns + ":trainer:status"; }

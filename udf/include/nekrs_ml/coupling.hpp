@@ -1,0 +1,218 @@
+// nekrs_ml::Coupling — the per-step policy of a solver coupled to nekrs_ml. Every solver drives
+// the same object: NekRS through the adapter (udf/nekrs/plugin.hpp), the stand-in solver through
+// nekrs_ml._core. The solver supplies two small interfaces — its collective operations and its
+// wall fields — and calls step() once per time step; everything else lives here:
+//
+//  - the cadence: a snapshot every sampleInterval steps (from step sampleInterval on), an
+//    inference call every inferenceInterval steps (from step 0 on), the control keys (progress,
+//    the trainer's stop request) every sampleInterval steps;
+//  - the training stream ([u.t1, u.t2, u.n] -> [tau.t1, tau.t2] snapshots);
+//  - the inference backend and its fallback: a failed call, a dead or missing worker, a model
+//    error, or predictions that are not finite (or negative magnitudes) make that step use the
+//    fallback wall law (Reichardt's, at the sample height, along the tangential sample velocity),
+//    with a rate-limited warning; onInferenceError = abort throws instead, and
+//    maxInferenceFailures consecutive failures end the run at the next control step;
+//  - the stop request (agreed by all ranks, then the solver's end_run_at) and the solver-done
+//    signal; the counters and the run summary (JSON, also stored under keys::solver_summary).
+//
+// Nothing non-finite ever reaches WallFields::apply_wall_stress.
+#pragma once
+
+#include "nekrs_ml/client.hpp"
+#include "nekrs_ml/config.hpp"
+#include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/inference.hpp"
+#include "nekrs_ml/stream.hpp"
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nekrs_ml {
+
+// Collective operations over the solver's ranks (MPI in a solver: the core has no MPI).
+class Collective {
+public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // True on exactly one rank of each node (it writes the per-server control keys).
+  virtual bool node_leader() const = 0;
+  // Element-wise sum over all ranks, in place.
+  virtual void sum(double* values, std::size_t count) = 0;
+  virtual void barrier() = 0;
+};
+
+// What the coupling needs of the solver's wall. Calls marked collective are made on every rank
+// at the same step; a rank without wall points answers 0 points and still takes part.
+class WallFields {
+public:
+  virtual ~WallFields() = default;
+  // Wall points of this rank (collective on the first call, at step 0; fixed afterwards).
+  virtual std::size_t wall_points() = 0;
+  // Model inputs [n][3]: the velocity at the sample points in the wall frame (collective).
+  virtual void sample_inputs(double* inputs) = 0;
+  // Training targets [n][2]: the resolved wall shear stress [tau.t1, tau.t2] (collective).
+  virtual void wall_targets(double* targets) = 0;
+  // The wall boundary condition of the next steps: the wall shear stress [n][2] in the wall
+  // frame (the stress the fluid exerts on the wall; the wall applies its opposite).
+  virtual void apply_wall_stress(const double* tau) = 0;
+  // Kinematic viscosity nu (for the fallback wall law).
+  virtual double kinematic_viscosity() const = 0;
+  // Makes `step` the last step of the run (the trainer's stop request, or too many failures).
+  virtual void end_run_at(long step) = 0;
+};
+
+// Why an inference call gave no usable predictions (report.json: inference.failures).
+enum class InferenceFailure : int {
+  timeout = 0,
+  worker_unavailable,
+  unknown_model,
+  model_error,
+  bad_output, // wrong shape or dtype of the reply
+  not_finite, // NaN or Inf predictions
+  negative_magnitude,
+  connection,
+  server_error,
+  count_ // number of causes
+};
+const char* failure_name(InferenceFailure cause);
+
+struct CouplingOptions {
+  enum class OnError { fallback, abort };
+
+  std::string ns = "nkml";
+  bool training = false, inferring = false;
+  bool infer_only = false; // workflow = infer: a model must exist from the start
+  int sample_interval = 10;
+  int inference_interval = 1;
+  std::string model = "wall_model";
+  double sample_height = 0.1;
+  bool float64 = false;     // snapshot precision
+  bool apply = true;        // applyPredictions
+  OnError on_error = OnError::fallback;
+  int max_failures = 50;    // consecutive failed calls that end the run
+  double timeout_s = 30.0;  // every database call
+  double inference_timeout_s = 10.0;
+  int workers = 1;
+
+  // The [NEKRS_ML] options; the namespace of the launcher's environment (NEKRS_ML_NAMESPACE)
+  // wins over the .par's. Throws ConfigError for workflow = off (nothing to couple).
+  static CouplingOptions from_config(const Config& config);
+};
+
+// Log-spaced histogram: exact counts that add across ranks, percentiles to ~5 %.
+class LogHistogram {
+public:
+  static constexpr int kBins = 240;
+  LogHistogram(double low, double high); // values outside [low, high) go to the end bins
+  void add(double value);
+  // p in [0, 100]; NaN when empty.
+  double percentile(double p) const;
+  double count() const;
+  std::vector<double>& bins() { return bins_; }
+  const std::vector<double>& bins() const { return bins_; }
+
+private:
+  double log_low_, log_high_;
+  std::vector<double> bins_;
+};
+
+class Coupling {
+public:
+  // Connects from the launcher's environment (Client::options_from_env). `comm` and `fields`
+  // must outlive the coupling. Throws ConfigError for invalid options.
+  Coupling(const Config& config, Collective& comm, WallFields& fields);
+  // With an existing connection (owned by the coupling from now on).
+  Coupling(const Config& config, Collective& comm, WallFields& fields,
+           std::unique_ptr<Client> client);
+  // An inference backend other than the model workers (e.g. in-process), replacing the worker
+  // client. Call before the first step.
+  void set_inference_backend(std::unique_ptr<InferenceBackend> backend);
+  ~Coupling();
+
+  Coupling(const Coupling&) = delete;
+  Coupling& operator=(const Coupling&) = delete;
+
+  // After solver step `tstep` (0: the initial state, before the first step) at time `time`.
+  // Steps must increase; a repeated step is ignored (NekRS may call twice per step). On the
+  // step the solver will end with, pass last_step = true (or call finish()). Collective.
+  void step(long tstep, double time, bool last_step);
+
+  // Ends the coupling (collective, idempotent): the last snapshots are announced on every rank
+  // before the node leaders mark the solver done; the counters are summed over the ranks.
+  // Returns the run summary (JSON) on rank 0, "" elsewhere; also stored in the database
+  // (keys::solver_summary). Later calls return the same summary.
+  std::string finish(long tstep);
+
+  bool finished() const { return finished_; }
+  // The step the run will end with after a stop request or too many failures (-1: none).
+  long end_step() const { return end_step_; }
+  // Why the run ends early: "" (it does not), "trainer", "inference_failures".
+  const std::string& end_reason() const { return end_reason_; }
+
+  const CouplingOptions& options() const { return options_; }
+  Client& client() { return *client_; }
+
+  // This rank's counters (before finish()'s sum).
+  long long inference_calls() const { return calls_; }
+  long long fallback_steps() const { return fallbacks_; }
+  long long failures(InferenceFailure cause) const {
+    return failures_[static_cast<std::size_t>(cause)];
+  }
+  std::uint64_t model_version() const { return version_; }
+  long long snapshots_written() const { return stream_ ? stream_->snapshots_written() : 0; }
+
+private:
+  void start();
+  void run_inference(long tstep);
+  bool check_predictions(const InferenceResult& result, InferenceFailure& cause);
+  void predictions_to_stress(std::size_t columns);
+  void fallback_stress();
+  void apply_stress(long tstep);
+  void record_failure(long tstep, InferenceFailure cause, const std::string& detail);
+  void put_snapshot(long tstep, double time, bool predicted_now);
+  void control(long tstep, double time);
+  void put_holdout();
+  std::string summary_json(const std::vector<double>& totals) const;
+  void warn(const std::string& text) const;
+  void log(const std::string& text) const;
+
+  CouplingOptions options_;
+  Collective& comm_;
+  WallFields& fields_;
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<TrainingStream> stream_;
+  std::unique_ptr<InferenceBackend> inference_;
+
+  bool started_ = false, finished_ = false;
+  long last_tstep_ = -1;
+  long end_step_ = -1;
+  std::string end_reason_;
+  std::string summary_;
+  double nu_ = 0.0;
+  std::size_t n_ = 0;
+
+  std::vector<double> inputs_, targets_, stress_;
+  std::vector<float> model_inputs_, predictions_;
+  std::vector<float> inputs32_, targets32_;
+  bool have_inputs_ = false;     // inputs_ hold this step's sample
+  bool have_targets_ = false;    // targets_ hold this step's resolved stress
+
+  // counters of this rank
+  long long calls_ = 0, waiting_calls_ = 0, fallbacks_ = 0, predicted_steps_ = 0;
+  long long consecutive_failures_ = 0, warnings_ = 0, nonfinite_inputs_ = 0, control_errors_ = 0;
+  std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> failures_{};
+  std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> warned_{};
+  std::uint64_t version_ = 0;
+  std::uint64_t data_digest_ = 1469598103934665603ULL; // FNV-1a of every streamed byte
+  LogHistogram latency_{1e-6, 1e3};   // seconds per inference call
+  LogHistogram error_{1e-9, 1e3};     // |pred - resolved| / |resolved| per point, current version
+  std::vector<std::array<long long, 3>> version_by_step_; // [first, last, version] (this rank)
+  std::vector<std::array<double, 3>> errors_by_step_;     // [step, version, relative L2] (rank 0)
+};
+
+} // namespace nekrs_ml

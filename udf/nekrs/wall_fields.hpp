@@ -1,0 +1,63 @@
+// NekRS's wall as the coupling sees it (nekrs_ml::WallFields): the sample-point velocity and the
+// resolved wall shear stress from WallSampler, the wall stress into the BC's usrwrk field.
+#pragma once
+
+#include "nekrs_ml/nekrs/bc.hpp"
+#include "nekrs_ml/nekrs/compat.hpp"
+#include "nekrs_ml/nekrs/wall_sampler.hpp"
+
+#include "nekrs_ml/coupling.hpp"
+
+#include <memory>
+#include <vector>
+
+namespace nekrs_ml::nekrs {
+
+class NekrsWallFields : public WallFields {
+public:
+  // The BC field exists from setup on (a wall-model BC must never read past usrwrk); the wall
+  // points are found at the first step, once NekRS has finalised the geometry.
+  NekrsWallFields(nrs_t* nrs, int usrwrk_field, std::vector<long long> wall_ids, double height)
+      : nrs_(nrs), wall_ids_(std::move(wall_ids)), height_(height),
+        stress_(std::make_unique<WallStressField>(nrs, usrwrk_field)) {
+    mu_ = compat::viscosity();
+    nu_ = mu_ / compat::density();
+  }
+
+  std::size_t wall_points() override {
+    if (!sampler_) sampler_ = std::make_unique<WallSampler>(nrs_, wall_ids_, height_);
+    return sampler_->size();
+  }
+
+  void sample_inputs(double* inputs) override {
+    sampler_->velocity(velocity_); // collective
+    sampler_->points().to_wall_frame(velocity_.data(), sampler_->size(), 1, inputs);
+  }
+
+  void wall_targets(double* targets) override {
+    sampler_->strain_rate(strain_); // collective
+    sampler_->points().wall_shear_stress(strain_.data(), strain_.size() / 6, mu_, targets);
+  }
+
+  void apply_wall_stress(const double* tau) override { stress_->set(sampler_->points(), tau); }
+
+  double kinematic_viscosity() const override { return nu_; }
+
+  void end_run_at(long step) override { compat::end_run_at(static_cast<int>(step)); }
+
+  // Releases the point interpolation while MPI and the device are still up (collective).
+  void release() { sampler_.reset(); }
+
+  const WallSampler* sampler() const { return sampler_.get(); }
+
+private:
+  nrs_t* nrs_;
+  std::vector<long long> wall_ids_;
+  double height_;
+  double mu_ = 0.0, nu_ = 0.0;
+  std::unique_ptr<WallSampler> sampler_;
+  std::unique_ptr<WallStressField> stress_;
+  std::vector<double> velocity_, strain_;
+};
+
+} // namespace nekrs_ml::nekrs

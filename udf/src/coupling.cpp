@@ -1,0 +1,631 @@
+// The per-step policy of a coupled solver (coupling.hpp).
+#include "nekrs_ml/coupling.hpp"
+
+#include "nekrs_ml/keys.hpp"
+#include "nekrs_ml/wall.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <set>
+#include <utility>
+
+namespace nekrs_ml {
+namespace {
+
+constexpr std::size_t kCauses = static_cast<std::size_t>(InferenceFailure::count_);
+constexpr int kInputs = 3;  // [u.t1, u.t2, u.n]
+constexpr int kTargets = 2; // [tau.t1, tau.t2]
+
+// Numbers in JSON without the locale; non-finite values become null (strict JSON).
+std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char text[32];
+  const auto result = std::to_chars(text, text + sizeof text, value);
+  return std::string(text, result.ptr);
+}
+
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+void fnv1a(std::uint64_t& hash, const void* data, std::size_t bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    hash ^= p[i];
+    hash *= 1099511628211ULL;
+  }
+}
+
+bool all_finite(const double* values, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(values[i])) return false;
+  }
+  return true;
+}
+
+// Reichardt's wall shear stress at the tangential sample velocity, along that velocity.
+void wall_law_stress(const double* inputs, std::size_t n, double h, double nu, double* tau) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const double u1 = inputs[kInputs * i], u2 = inputs[kInputs * i + 1];
+    const double speed = std::hypot(u1, u2);
+    double t1 = 0.0, t2 = 0.0;
+    if (speed > 0.0 && std::isfinite(speed)) {
+      const double magnitude = reichardt_wall_shear_stress(speed, h, nu);
+      t1 = magnitude * u1 / speed;
+      t2 = magnitude * u2 / speed;
+    }
+    tau[kTargets * i] = t1;
+    tau[kTargets * i + 1] = t2;
+  }
+}
+
+} // namespace
+
+const char* failure_name(InferenceFailure cause) {
+  switch (cause) {
+  case InferenceFailure::timeout: return "timeout";
+  case InferenceFailure::worker_unavailable: return "worker_unavailable";
+  case InferenceFailure::unknown_model: return "unknown_model";
+  case InferenceFailure::model_error: return "model_error";
+  case InferenceFailure::bad_output: return "bad_output";
+  case InferenceFailure::not_finite: return "not_finite";
+  case InferenceFailure::negative_magnitude: return "negative_magnitude";
+  case InferenceFailure::connection: return "connection";
+  case InferenceFailure::server_error: return "server_error";
+  case InferenceFailure::count_: break;
+  }
+  return "unknown";
+}
+
+// --- options -----------------------------------------------------------------------------------
+
+CouplingOptions CouplingOptions::from_config(const Config& config) {
+  const std::string section = "nekrs_ml";
+  CouplingOptions options;
+  const std::string workflow = config.get_string(section, "workflow");
+  if (workflow == "off") throw ConfigError(config.source() + ": workflow = off: nothing to couple");
+  options.training = workflow == "train" || workflow == "train+infer";
+  options.inferring = workflow == "infer" || workflow == "train+infer";
+  options.infer_only = workflow == "infer";
+  const char* ns = std::getenv("NEKRS_ML_NAMESPACE");
+  options.ns = (ns && *ns) ? ns : config.get_string(section, "namespace");
+  options.sample_interval = static_cast<int>(config.get_int(section, "sampleInterval"));
+  options.inference_interval = static_cast<int>(config.get_int(section, "inferenceInterval"));
+  options.model = config.get_string(section, "modelName");
+  options.sample_height = config.get_double(section, "sampleHeight");
+  options.float64 = config.get_string(section, "snapshotDtype") == "float64";
+  options.apply = config.get_bool(section, "applyPredictions");
+  options.on_error = config.get_string(section, "onInferenceError") == "abort" ? OnError::abort
+                                                                               : OnError::fallback;
+  options.max_failures = static_cast<int>(config.get_int(section, "maxInferenceFailures"));
+  options.timeout_s = config.get_double(section, "timeout");
+  options.inference_timeout_s = config.get_double(section, "inferenceTimeout");
+  options.workers = static_cast<int>(config.get_int(section, "workers"));
+  return options;
+}
+
+// --- histogram ---------------------------------------------------------------------------------
+
+LogHistogram::LogHistogram(double low, double high)
+    : log_low_(std::log10(low)), log_high_(std::log10(high)), bins_(kBins, 0.0) {}
+
+void LogHistogram::add(double value) {
+  if (std::isnan(value)) return;
+  const double position = value > 0 ? (std::log10(value) - log_low_) / (log_high_ - log_low_) : 0;
+  const int bin = std::clamp(static_cast<int>(position * kBins), 0, kBins - 1);
+  bins_[static_cast<std::size_t>(bin)] += 1.0;
+}
+
+double LogHistogram::count() const {
+  double total = 0;
+  for (const double c : bins_) total += c;
+  return total;
+}
+
+double LogHistogram::percentile(double p) const {
+  const double total = count();
+  if (total <= 0) return std::nan("");
+  const double wanted = std::clamp(p, 0.0, 100.0) / 100.0 * total;
+  double seen = 0;
+  for (int bin = 0; bin < kBins; ++bin) {
+    seen += bins_[static_cast<std::size_t>(bin)];
+    if (seen >= wanted && bins_[static_cast<std::size_t>(bin)] > 0) {
+      const double center = log_low_ + (bin + 0.5) * (log_high_ - log_low_) / kBins;
+      return std::pow(10.0, center);
+    }
+  }
+  return std::pow(10.0, log_high_);
+}
+
+// --- coupling ----------------------------------------------------------------------------------
+
+Coupling::Coupling(const Config& config, Collective& comm, WallFields& fields)
+    : Coupling(config, comm, fields, nullptr) {}
+
+Coupling::Coupling(const Config& config, Collective& comm, WallFields& fields,
+                   std::unique_ptr<Client> client)
+    : options_(CouplingOptions::from_config(config)), comm_(comm), fields_(fields),
+      client_(std::move(client)) {
+  if (!client_) client_ = std::make_unique<Client>(Client::options_from_env());
+  client_->set_timeout(options_.timeout_s);
+  if (options_.training) {
+    StreamOptions stream = StreamOptions::from_config(config, comm_.rank());
+    stream.ns = options_.ns;
+    stream_ = std::make_unique<TrainingStream>(*client_, stream);
+  }
+  if (options_.inferring) {
+    InferenceOptions inference;
+    inference.ns = options_.ns;
+    inference.rank = comm_.rank();
+    inference.workers = options_.workers;
+    inference.timeout_s = options_.inference_timeout_s;
+    inference_ = std::make_unique<InferenceClient>(*client_, inference);
+  }
+}
+
+Coupling::~Coupling() = default;
+
+void Coupling::set_inference_backend(std::unique_ptr<InferenceBackend> backend) {
+  if (started_) throw ConfigError("Coupling: set the inference backend before the first step");
+  if (!options_.inferring) throw ConfigError("Coupling: the workflow does not use inference");
+  inference_ = std::move(backend);
+}
+
+void Coupling::log(const std::string& text) const {
+  if (comm_.rank() == 0) std::cout << "nekrs_ml: " << text << std::endl;
+}
+
+void Coupling::warn(const std::string& text) const {
+  std::cerr << "nekrs_ml: rank " << comm_.rank() << ": warning: " << text << std::endl;
+}
+
+void Coupling::start() {
+  started_ = true;
+  n_ = fields_.wall_points();
+  double total = static_cast<double>(n_);
+  comm_.sum(&total, 1);
+  if (total == 0) throw ConfigError("no wall points: check wallBoundaryIds");
+  nu_ = fields_.kinematic_viscosity();
+  if (!(nu_ > 0)) throw ConfigError("the solver's kinematic viscosity must be positive");
+  inputs_.resize(kInputs * n_);
+  targets_.resize(kTargets * n_);
+  stress_.assign(kTargets * n_, 0.0);
+  model_inputs_.resize(kInputs * n_);
+  predictions_.resize(kTargets * n_);
+  log(std::to_string(static_cast<long long>(total)) + " wall points, sample height " +
+      json_number(options_.sample_height) + ", namespace " + options_.ns +
+      (options_.training ? ", training" : "") + (options_.inferring ? ", inference" : ""));
+}
+
+void Coupling::step(long tstep, double time, bool last_step) {
+  if (finished_ || tstep <= last_tstep_) return;
+  last_tstep_ = tstep;
+  if (!started_) start();
+  have_inputs_ = have_targets_ = false;
+  const bool sample = options_.training && tstep > 0 && stream_->due(tstep);
+  const bool infer = options_.inferring && tstep % options_.inference_interval == 0;
+  if (sample || infer) {
+    fields_.sample_inputs(inputs_.data());
+    have_inputs_ = true;
+  }
+  bool predicted = false;
+  if (infer) {
+    const long long before = predicted_steps_;
+    run_inference(tstep);
+    predicted = predicted_steps_ > before;
+  }
+  if (sample) put_snapshot(tstep, time, predicted);
+  if (tstep > 0 && tstep % options_.sample_interval == 0) control(tstep, time);
+  if (last_step || tstep == end_step_) finish(tstep);
+}
+
+// --- inference ---------------------------------------------------------------------------------
+
+void Coupling::run_inference(long tstep) {
+  ++calls_;
+  if (n_ == 0) return; // nothing to predict on this rank; it still takes part in collectives
+  for (std::size_t i = 0; i < inputs_.size(); ++i) model_inputs_[i] = static_cast<float>(inputs_[i]);
+  InferenceFailure cause = InferenceFailure::timeout;
+  std::string detail;
+  bool ok = false;
+  try {
+    const InferenceResult result = inference_->run(
+        options_.model, TensorHeader{DType::float32, {n_, static_cast<std::uint64_t>(kInputs)}},
+        model_inputs_.data(), predictions_.data(), predictions_.size() * sizeof(float));
+    latency_.add(result.seconds);
+    if (check_predictions(result, cause)) {
+      if (result.version != version_) {
+        if (version_ != 0 || comm_.rank() == 0) {
+          log("step " + std::to_string(tstep) + ": predictions of " + options_.model +
+              " version " + std::to_string(result.version));
+        }
+        version_ = result.version;
+        std::fill(error_.bins().begin(), error_.bins().end(), 0.0); // error of this version only
+      }
+      if (version_by_step_.empty() || version_by_step_.back()[2] != static_cast<long long>(version_)) {
+        version_by_step_.push_back({tstep, tstep, static_cast<long long>(version_)});
+      } else {
+        version_by_step_.back()[1] = tstep;
+      }
+      predictions_to_stress(result.header.shape.size() == 2 ? result.header.shape[1] : 0);
+      ok = true;
+    } else {
+      detail = "the predictions of " + options_.model + " version " +
+               std::to_string(result.version) + " are " +
+               (cause == InferenceFailure::not_finite ? "not finite" : "negative magnitudes");
+    }
+  } catch (const KeyNotFoundError& error) {
+    if (!options_.infer_only && version_ == 0) {
+      // train+infer before the trainer's first version: the wall law, as planned
+      ++waiting_calls_;
+      --calls_;
+      fallback_stress();
+      apply_stress(tstep);
+      return;
+    }
+    cause = InferenceFailure::unknown_model;
+    detail = error.what();
+  } catch (const WorkerUnavailableError& error) {
+    cause = InferenceFailure::worker_unavailable;
+    detail = error.what();
+  } catch (const TimeoutError& error) {
+    cause = InferenceFailure::timeout;
+    detail = error.what();
+  } catch (const ModelError& error) {
+    cause = InferenceFailure::model_error;
+    detail = error.what();
+  } catch (const TensorFormatError& error) {
+    cause = InferenceFailure::bad_output;
+    detail = error.what();
+  } catch (const ConnectionError& error) {
+    cause = InferenceFailure::connection;
+    detail = error.what();
+  } catch (const ServerError& error) {
+    cause = InferenceFailure::server_error;
+    detail = error.what();
+  }
+  if (ok) {
+    consecutive_failures_ = 0;
+    ++predicted_steps_;
+    if (!options_.apply) fallback_stress();
+  } else {
+    record_failure(tstep, cause, detail);
+    fallback_stress();
+  }
+  apply_stress(tstep);
+}
+
+bool Coupling::check_predictions(const InferenceResult& result, InferenceFailure& cause) {
+  const auto& shape = result.header.shape;
+  if (shape.size() != 2 || shape[0] != n_ || (shape[1] != 1 && shape[1] != 2)) {
+    throw TensorFormatError(options_.model + " answered " + result.header.describe() +
+                            "; expected [" + std::to_string(n_) + ", 2] (tau.t1, tau.t2) or [" +
+                            std::to_string(n_) + ", 1] (|tau|)");
+  }
+  const std::size_t count = n_ * shape[1];
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(predictions_[i])) {
+      cause = InferenceFailure::not_finite;
+      return false;
+    }
+    if (shape[1] == 1 && predictions_[i] < 0) {
+      cause = InferenceFailure::negative_magnitude;
+      return false;
+    }
+  }
+  return true;
+}
+
+// Predictions -> stress_: a vector model gives [tau.t1, tau.t2]; a magnitude model |tau|, applied
+// along the tangential velocity at the sample point.
+void Coupling::predictions_to_stress(std::size_t columns) {
+  for (std::size_t i = 0; i < n_; ++i) {
+    if (columns == 2) {
+      stress_[2 * i] = predictions_[2 * i];
+      stress_[2 * i + 1] = predictions_[2 * i + 1];
+    } else {
+      const double u1 = inputs_[3 * i], u2 = inputs_[3 * i + 1];
+      const double speed = std::hypot(u1, u2);
+      stress_[2 * i] = speed > 0 ? predictions_[i] * u1 / speed : 0.0;
+      stress_[2 * i + 1] = speed > 0 ? predictions_[i] * u2 / speed : 0.0;
+    }
+  }
+}
+
+void Coupling::fallback_stress() {
+  wall_law_stress(inputs_.data(), n_, options_.sample_height, nu_, stress_.data());
+}
+
+void Coupling::apply_stress(long tstep) {
+  if (!all_finite(stress_.data(), stress_.size())) {
+    // only a non-finite solver field gets here (the wall law of a NaN velocity)
+    for (double& value : stress_) {
+      if (!std::isfinite(value)) value = 0.0;
+    }
+    if (nonfinite_inputs_++ == 0) {
+      warn("step " + std::to_string(tstep) + ": the sampled velocity is not finite; zero wall "
+           "stress applied at those points");
+    }
+  }
+  fields_.apply_wall_stress(stress_.data());
+}
+
+void Coupling::record_failure(long tstep, InferenceFailure cause, const std::string& detail) {
+  if (options_.on_error == CouplingOptions::OnError::abort) {
+    throw Error("step " + std::to_string(tstep) + ": inference failed (" + failure_name(cause) +
+                "): " + detail + " (onInferenceError = abort)");
+  }
+  const auto index = static_cast<std::size_t>(cause);
+  ++failures_[index];
+  ++fallbacks_;
+  ++consecutive_failures_;
+  // rate limit: the first of each cause, then every 100th
+  if (warned_[index]++ % 100 == 0) {
+    warn("step " + std::to_string(tstep) + ": inference failed (" + failure_name(cause) + ", " +
+         std::to_string(failures_[index]) + " so far): " + detail +
+         "; this step uses the fallback wall law");
+  }
+}
+
+// --- training ----------------------------------------------------------------------------------
+
+void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
+  fields_.wall_targets(targets_.data());
+  have_targets_ = true;
+  PutResult result;
+  if (options_.float64) {
+    fnv1a(data_digest_, inputs_.data(), inputs_.size() * sizeof(double));
+    fnv1a(data_digest_, targets_.data(), targets_.size() * sizeof(double));
+    result = stream_->put(tstep, time, n_, kInputs, inputs_.data(), kTargets, targets_.data());
+  } else {
+    inputs32_.assign(inputs_.begin(), inputs_.end());
+    targets32_.assign(targets_.begin(), targets_.end());
+    fnv1a(data_digest_, inputs32_.data(), inputs32_.size() * sizeof(float));
+    fnv1a(data_digest_, targets32_.data(), targets32_.size() * sizeof(float));
+    result = stream_->put(tstep, time, n_, kInputs, inputs32_.data(), kTargets, targets32_.data());
+  }
+  if (!result.warning.empty() && ++warnings_ <= 3) warn(result.warning);
+
+  if (!predicted_now) return;
+  // train+infer: the predictions of this step against the resolved stress (a-posteriori check)
+  double sums[2] = {0.0, 0.0};
+  for (std::size_t i = 0; i < n_; ++i) {
+    const double d1 = stress_[2 * i] - targets_[2 * i], d2 = stress_[2 * i + 1] - targets_[2 * i + 1];
+    const double t = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
+    sums[0] += d1 * d1 + d2 * d2;
+    sums[1] += t * t;
+    if (options_.apply && t > 0) error_.add(std::hypot(d1, d2) / t);
+  }
+  if (!options_.apply) {
+    // the stress applied was the wall law: compare the model's predictions instead
+    sums[0] = 0.0;
+    for (std::size_t i = 0; i < n_; ++i) {
+      const double d1 = predictions_[2 * i] - targets_[2 * i],
+                   d2 = predictions_[2 * i + 1] - targets_[2 * i + 1];
+      const double t = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
+      sums[0] += d1 * d1 + d2 * d2;
+      if (t > 0) error_.add(std::hypot(d1, d2) / t);
+    }
+  }
+  if (comm_.rank() == 0) {
+    errors_by_step_.push_back({static_cast<double>(tstep), static_cast<double>(version_),
+                               sums[1] > 0 ? std::sqrt(sums[0] / sums[1]) : std::nan("")});
+  }
+}
+
+// A snapshot the trainer never sees: the launcher tests the published model on it.
+void Coupling::put_holdout() {
+  if (!options_.training || n_ == 0) return;
+  if (!have_inputs_) fields_.sample_inputs(inputs_.data());
+  if (!have_targets_) fields_.wall_targets(targets_.data());
+  have_inputs_ = have_targets_ = true;
+  const int rank = comm_.rank();
+  try {
+    if (options_.float64) {
+      client_->put_tensors({{keys::holdout_inputs(options_.ns, rank),
+                             TensorHeader{DType::float64, {n_, 3}}, inputs_.data()},
+                            {keys::holdout_targets(options_.ns, rank),
+                             TensorHeader{DType::float64, {n_, 2}}, targets_.data()}});
+    } else {
+      inputs32_.assign(inputs_.begin(), inputs_.end());
+      targets32_.assign(targets_.begin(), targets_.end());
+      client_->put_tensors({{keys::holdout_inputs(options_.ns, rank),
+                             TensorHeader{DType::float32, {n_, 3}}, inputs32_.data()},
+                            {keys::holdout_targets(options_.ns, rank),
+                             TensorHeader{DType::float32, {n_, 2}}, targets32_.data()}});
+    }
+  } catch (const ServerError& error) {
+    warn(std::string("the held-out snapshot was not stored: ") + error.what());
+  }
+}
+
+// --- control -----------------------------------------------------------------------------------
+
+void Coupling::control(long tstep, double time) {
+  // [stop requested, ranks past maxInferenceFailures]
+  double flags[2] = {0.0, 0.0};
+  if (comm_.rank() == 0) {
+    // The progress key is informative and the stop request is read again next time: a full,
+    // paused or briefly unreachable server delays them but does not end the run.
+    try {
+      client_->set_string(keys::solver_step(options_.ns), std::to_string(tstep));
+      client_->set_string(keys::solver_time(options_.ns), json_number(time));
+      if (options_.training && TrainingStream::stop_requested(*client_, options_.ns)) flags[0] = 1;
+    } catch (const Error& error) {
+      if (control_errors_++ % 100 == 0) {
+        warn("step " + std::to_string(tstep) + ": the control keys could not be read or " +
+             "written (" + std::to_string(control_errors_) + " times so far): " + error.what());
+      }
+    }
+  }
+  if (options_.inferring && consecutive_failures_ >= options_.max_failures) flags[1] = 1;
+  comm_.sum(flags, 2);
+  if (end_step_ >= 0 || (flags[0] == 0 && flags[1] == 0)) return;
+  end_step_ = tstep + 1;
+  if (flags[1] > 0) {
+    end_reason_ = "inference_failures";
+    log("inference failed " + std::to_string(options_.max_failures) +
+        " times in a row on " + json_number(flags[1]) + " rank(s) (maxInferenceFailures): step " +
+        std::to_string(end_step_) + " is the last one");
+  } else {
+    end_reason_ = "trainer";
+    log("the trainer asked to stop: step " + std::to_string(end_step_) + " is the last one");
+  }
+  fields_.end_run_at(end_step_);
+}
+
+// --- end of the run ----------------------------------------------------------------------------
+
+std::string Coupling::finish(long tstep) {
+  if (finished_) return summary_;
+  if (!started_) start();
+  finished_ = true;
+  put_holdout();
+
+  // One sum over the ranks: fixed counters, failures per cause, both histograms, digest pieces.
+  std::vector<double> totals = {
+      static_cast<double>(snapshots_written()),
+      static_cast<double>(stream_ ? stream_->snapshots_dropped() : 0),
+      static_cast<double>(calls_),
+      static_cast<double>(waiting_calls_),
+      static_cast<double>(fallbacks_),
+      static_cast<double>(predicted_steps_),
+      static_cast<double>(n_),
+      static_cast<double>(nonfinite_inputs_),
+  };
+  for (const long long count : failures_) totals.push_back(static_cast<double>(count));
+  for (int piece = 0; piece < 4; ++piece) {
+    totals.push_back(static_cast<double>((data_digest_ >> (16 * piece)) & 0xffff));
+  }
+  totals.insert(totals.end(), latency_.bins().begin(), latency_.bins().end());
+  totals.insert(totals.end(), error_.bins().begin(), error_.bins().end());
+  comm_.sum(totals.data(), totals.size());
+  comm_.barrier(); // every rank's last snapshot is announced before the solver is marked done
+
+  if (comm_.rank() == 0) {
+    summary_ = summary_json(totals);
+    try {
+      client_->set_string(keys::solver_summary(options_.ns), summary_);
+    } catch (const Error& error) {
+      warn(std::string("the run summary was not stored: ") + error.what());
+    }
+  }
+  if (comm_.node_leader()) {
+    try {
+      client_->set_string(keys::solver_step(options_.ns), std::to_string(tstep));
+    } catch (const ServerError&) {
+    }
+    TrainingStream::mark_done(*client_, options_.ns);
+  }
+  if (options_.training) {
+    log("done at step " + std::to_string(tstep) + ": " + json_number(totals[0]) +
+        " snapshots written, " + json_number(totals[1]) + " dropped");
+  } else {
+    log("done at step " + std::to_string(tstep));
+  }
+  if (options_.inferring && totals[4] > 0) {
+    log(json_number(totals[4]) + " of " + json_number(totals[2]) +
+        " inference calls fell back to the wall law");
+  }
+  return summary_;
+}
+
+std::string Coupling::summary_json(const std::vector<double>& totals) const {
+  std::size_t at = 8;
+  std::string failures = "{";
+  for (std::size_t cause = 0; cause < kCauses; ++cause, ++at) {
+    if (cause) failures += ", ";
+    failures += json_string(failure_name(static_cast<InferenceFailure>(cause))) + ": " +
+                json_number(totals[at]);
+  }
+  failures += "}";
+  std::uint64_t digest = 0;
+  for (int piece = 0; piece < 4; ++piece, ++at) {
+    digest |= (static_cast<std::uint64_t>(totals[at]) & 0xffff) << (16 * piece);
+  }
+  LogHistogram latency = latency_, error = error_;
+  std::copy(totals.begin() + at, totals.begin() + at + LogHistogram::kBins, latency.bins().begin());
+  at += LogHistogram::kBins;
+  std::copy(totals.begin() + at, totals.begin() + at + LogHistogram::kBins, error.bins().begin());
+
+  char hex[17];
+  const auto hex_end = std::to_chars(hex, hex + 16, digest, 16).ptr;
+  std::string s = "{";
+  s += "\"steps\": " + std::to_string(last_tstep_);
+  s += ", \"ranks\": " + std::to_string(comm_.size());
+  s += ", \"wall_points\": " + json_number(totals[6]);
+  s += ", \"workflow\": " + json_string(options_.training && options_.inferring ? "train+infer"
+                                         : options_.training                 ? "train"
+                                                                              : "infer");
+  s += ", \"ended_early\": " + (end_reason_.empty() ? std::string("null") : json_string(end_reason_));
+  s += ", \"stopped_by_trainer\": " + std::string(end_reason_ == "trainer" ? "true" : "false");
+  s += ", \"end_step\": " + (end_step_ >= 0 ? std::to_string(end_step_) : std::string("null"));
+  s += ", \"snapshots_written\": " + json_number(totals[0]);
+  s += ", \"snapshots_dropped\": " + json_number(totals[1]);
+  s += ", \"data_digest\": \"" + std::string(hex, hex_end) + "\"";
+  s += ", \"nonfinite_input_steps\": " + json_number(totals[7]);
+  if (options_.inferring) {
+    std::set<long long> versions;
+    std::string segments = "[";
+    for (const auto& segment : version_by_step_) {
+      versions.insert(segment[2]);
+      if (segments.size() > 1) segments += ", ";
+      segments += "[" + std::to_string(segment[0]) + ", " + std::to_string(segment[1]) + ", " +
+                  std::to_string(segment[2]) + "]";
+    }
+    segments += "]";
+    std::string version_list = "[";
+    for (const long long v : versions) {
+      if (version_list.size() > 1) version_list += ", ";
+      version_list += std::to_string(v);
+    }
+    version_list += "]";
+    std::string errors = "[";
+    for (const auto& row : errors_by_step_) {
+      if (errors.size() > 1) errors += ", ";
+      errors += "[" + json_number(row[0]) + ", " + json_number(row[1]) + ", " + json_number(row[2]) + "]";
+    }
+    errors += "]";
+    s += ", \"inference\": {";
+    s += "\"model\": " + json_string(options_.model);
+    s += ", \"calls\": " + json_number(totals[2]);
+    s += ", \"waiting_calls\": " + json_number(totals[3]);
+    s += ", \"predicted_calls\": " + json_number(totals[5]);
+    s += ", \"fallbacks\": " + json_number(totals[4]);
+    s += ", \"failures\": " + failures;
+    s += ", \"on_error\": " + json_string(options_.on_error == CouplingOptions::OnError::abort
+                                              ? "abort" : "fallback");
+    s += ", \"applied\": " + std::string(options_.apply ? "true" : "false");
+    s += ", \"latency_ms_p50\": " + json_number(latency.percentile(50) * 1e3);
+    s += ", \"latency_ms_p99\": " + json_number(latency.percentile(99) * 1e3);
+    s += ", \"versions\": " + version_list;
+    s += ", \"final_version\": " + (versions.empty() ? std::string("null")
+                                                     : std::to_string(*versions.rbegin()));
+    s += ", \"version_by_step\": " + segments;
+    s += ", \"tau_w_rel_error_final\": {\"median\": " + json_number(error.percentile(50)) +
+         ", \"p95\": " + json_number(error.percentile(95)) +
+         ", \"points\": " + json_number(error.count()) + "}";
+    s += ", \"rel_l2_error_by_step\": " + errors;
+    s += "}";
+  } else {
+    s += ", \"inference\": null";
+  }
+  s += "}";
+  return s;
+}
+
+} // namespace nekrs_ml
