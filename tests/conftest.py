@@ -15,13 +15,13 @@ import pytest
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
-def _import_built_package() -> None:
+def _import_built_package() -> str:
     """The tests run against the installed package. `python -m pytest` in the checkout puts the
     checkout first on sys.path, and its nekrs_ml/ has no compiled _core: use the installed
-    package instead, or stop with what to do."""
+    package instead. Returns what is wrong when there is none ("" when all is well)."""
     try:
         importlib.import_module("nekrs_ml._core")
-        return
+        return ""
     except ImportError:
         pass
     sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != CHECKOUT]
@@ -30,14 +30,20 @@ def _import_built_package() -> None:
     try:
         importlib.import_module("nekrs_ml._core")
     except ImportError as exc:
-        pytest.exit(f"nekrs_ml._core is not built ({exc}): run `pip install .` (or "
-                    "`bash install.sh`) in the checkout first; the tests use the installed "
-                    "package", returncode=4)
+        return (f"nekrs_ml._core is not built ({exc}): run `pip install .` (or `bash "
+                "install.sh`) in the checkout first; the tests use the installed package")
+    return ""
 
 
-_import_built_package()
+BUILD_PROBLEM = _import_built_package()
 
-from nekrs_ml.orchestrator import Orchestrator  # noqa: E402 - after the check above
+
+def pytest_configure(config):
+    if BUILD_PROBLEM:
+        pytest.exit(BUILD_PROBLEM, returncode=4)
+
+
+from nekrs_ml.orchestrator import Orchestrator  # noqa: E402 - after the search above
 
 # Subprocesses started from the source tree must import the installed package, not ./nekrs_ml.
 os.environ["PYTHONSAFEPATH"] = "1"
