@@ -246,3 +246,42 @@ def test_docs_file_is_up_to_date():
         pytest.skip("docs/configuration.md is not in this checkout")
     assert docs.read_text() == config.markdown(), \
         "regenerate it: python -m nekrs_ml.config > docs/configuration.md"
+
+
+# --- settings built from a case -------------------------------------------------------------
+def test_namespace_precedence():
+    """Every part resolves the namespace alike: option > $NEKRS_ML_NAMESPACE > .par > nkml."""
+    from nekrs_ml.environment import NAMESPACE, resolve_namespace
+
+    env = {NAMESPACE: "fromenv"}
+    assert resolve_namespace("fromcli", "frompar", env) == "fromcli"
+    assert resolve_namespace(None, "frompar", env) == "fromenv"
+    assert resolve_namespace(None, "frompar", {}) == "frompar"
+    assert resolve_namespace(None, None, {}) == "nkml"
+    with pytest.raises(ConfigError, match=r"\$NEKRS_ML_NAMESPACE = 'a:b' is not a valid namespace"):
+        resolve_namespace(None, "frompar", {NAMESPACE: "a:b"})
+
+
+def test_worker_and_deploy_settings_from_a_case(tmp_path, monkeypatch):
+    from nekrs_ml.environment import NAMESPACE
+    from nekrs_ml.serve.settings import DeploySettings, WorkerSettings
+
+    monkeypatch.delenv(NAMESPACE, raising=False)
+    par = tmp_path / "case" / "infer.par"
+    par.parent.mkdir()
+    par.write_text('[NEKRS_ML]\nnamespace = chan\nworkerDevice = cuda:1\nmaxBatch = 8\n'
+                   'maxWaitMs = 2\nmodelName = "Wall"\ndeployModel = "../runs/train/Wall.pt"\n')
+    worker = WorkerSettings.resolve(par, max_batch=16, worker=1)
+    assert (worker.namespace, worker.device, worker.max_batch, worker.max_wait_s) == \
+        ("chan", "cuda:1", 16, 0.002)
+    assert worker.reload_interval_s == 0.25 and worker.worker == 1
+    bare = WorkerSettings.resolve(None)
+    assert (bare.namespace, bare.device, bare.max_batch) == ("nkml", "cpu", 64)
+    deploy = DeploySettings.from_par(par, namespace="other")
+    assert deploy.model_file == (tmp_path / "runs" / "train" / "Wall.pt").resolve()
+    assert (deploy.model_name, deploy.namespace) == ("Wall", "other")
+    absolute = tmp_path / "m.pt"
+    par.write_text(f'[NEKRS_ML]\ndeployModel = "{absolute}"\n')
+    assert DeploySettings.from_par(par).model_file == absolute
+    par.write_text('[NEKRS_ML]\n')
+    assert DeploySettings.from_par(par).model_file is None
