@@ -103,6 +103,7 @@ def read(path: Union[str, Path]) -> ModelFile:
 
 
 def _read_metadata(path: Path, blob: bytes) -> Optional[dict]:
+    """NAME.json beside NAME.pt when it is the metadata of this very model file."""
     meta_file = metadata_path(path)
     if meta_file == path or not meta_file.exists():
         return None
@@ -111,9 +112,9 @@ def _read_metadata(path: Path, blob: bytes) -> Optional[dict]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model metadata {meta_file}: cannot be read ({exc}); remove it to "
                           f"deploy {path.name} without metadata") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"model metadata {meta_file}: expected a JSON object")
-    if meta.get("sha256") not in (None, sha256(blob)):
+    if not isinstance(meta, dict) or "sha256" not in meta:
+        return None  # some other JSON file: model metadata always carry the model's sha256
+    if meta["sha256"] != sha256(blob):
         raise ConfigError(f"model metadata {meta_file} belongs to another model file (its sha256 "
                           f"differs from {path.name}'s); export the model again or remove it")
     return meta

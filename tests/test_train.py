@@ -312,6 +312,7 @@ def check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, server
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_model_file_errors_name_the_file_and_the_fix(tcp_server, run_dir):
+    from nekrs_ml import model_file
     from nekrs_ml.errors import ConfigError
     from nekrs_ml.serve.deploy import deploy
 
@@ -328,10 +329,14 @@ def test_model_file_errors_name_the_file_and_the_fix(tcp_server, run_dir):
     Path(run_dir, "m.json").write_text(json.dumps({"n_in": 3, "n_out": 2, "sha256": "0" * 64}))
     with pytest.raises(ConfigError, match="m.json belongs to another model file"):
         deploy(client, ns, "wall", path)
-    Path(run_dir, "m.json").write_text(json.dumps({"n_in": 3, "n_out": 5}))
+    digest = model_file.sha256(path.read_bytes())
+    Path(run_dir, "m.json").write_text(json.dumps({"n_in": 3, "n_out": 5, "sha256": digest}))
     with pytest.raises(ConfigError, match="says n_out = 5, the model has 2"):
         deploy(client, ns, "wall", path)
     assert registry.latest_version(client, ns, "wall") is None  # nothing half-published
+    Path(run_dir, "m.json").write_text(json.dumps({"unrelated": "settings"}))  # not metadata
+    version = deploy(client, ns, "wall", path)
+    assert "unrelated" not in registry.load(client, ns, "wall", version)[1]
     env = trainer_env(tcp_server, ns)
     unknown = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "models", "export", "nothing",
                               "--to", str(Path(run_dir, "x.pt"))], env=env, capture_output=True,
