@@ -13,8 +13,13 @@ import sys
 from typing import List, Optional
 
 from ..errors import NekrsMLError
-from .commands import COMMANDS, command  # noqa: F401 - `command` for the command modules
-from .config import package_dir, udf_build_env  # noqa: F401 - used by the launcher
+from .commands import COMMANDS, command
+from .config import package_dir, udf_build_env
+
+# `command` for the modules that still register from outside this package; the two helpers for
+# the launcher (NekRS case builds).
+__all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command", "main", "package_dir",
+           "udf_build_env"]
 
 # The command modules, in the order of `nekrs-ml --help`. A module that does not exist is
 # skipped, so a command group can be added here before its module lands.
