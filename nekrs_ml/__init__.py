@@ -13,7 +13,10 @@ from .errors import (
     TimeoutError,
 )
 
-__version__ = "0.1.0"
+try:  # written by the build from pyproject.toml's version (CMakeLists.txt)
+    from ._version import __version__
+except ImportError:  # a source checkout that was never built
+    __version__ = "unknown (not built: pip install .)"
 
 __all__ = [
     "Client",

@@ -18,6 +18,28 @@ NAMESPACE = "NEKRS_ML_NAMESPACE"  # key prefix of this run (docs/protocol.md)
 TIMEOUT = "NEKRS_ML_TIMEOUT"  # per-call timeout of the clients, seconds
 
 MODES = ("single", "colocated", "cluster")
+DEFAULT_NAMESPACE = "nkml"
+
+
+def resolve_namespace(option: Optional[str] = None, par_value: Optional[str] = None,
+                      env: Optional[Mapping[str, str]] = None) -> str:
+    """The key prefix of a run, for every part alike: the command-line option, else
+    $NEKRS_ML_NAMESPACE (what the orchestrator exported, so every part of a run agrees), else
+    the case's ``namespace``, else "nkml"."""
+    env = os.environ if env is None else env
+    sources = (("--namespace", option), (f"${NAMESPACE}", env.get(NAMESPACE)),
+               ("[NEKRS_ML] namespace", par_value))
+    for source, value in sources:
+        if value:
+            return check_namespace(value, source)
+    return DEFAULT_NAMESPACE
+
+
+def check_namespace(namespace: str, source: str = "namespace") -> str:
+    if any(c in namespace for c in "{}:"):
+        raise ConfigError(f"{source} = {namespace!r} is not a valid namespace: use a non-empty "
+                          "name without '{', '}' or ':'")
+    return namespace
 
 
 def export(mode: str, addresses: List[str], password_file: str, run_dir: str,

@@ -8,16 +8,12 @@ follows ``latest`` always finds both.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from . import environment, keys
-from .cli import command
+from . import keys
 from .client import Client
 from .errors import ConfigError, KeyNotFoundError
 
@@ -151,25 +147,3 @@ def _glob_escape(text: str) -> str:
 
 def _describe(listing: Dict[str, Optional[int]]) -> str:
     return ", ".join(f"{name} (v{v})" for name, v in listing.items()) or "none"
-
-
-@command("models", "list the models published in the run's database, or save one to a file")
-def _models(parser: argparse.ArgumentParser):
-    parser.add_argument("name", nargs="?", help="show this model: its versions and metadata")
-    parser.add_argument("--version", type=int, help="with NAME: this version instead of the latest")
-    parser.add_argument("--output", help="with NAME: write the model blob to this file")
-    parser.add_argument("--namespace", help=f"key prefix of the run (default: "
-                        f"${environment.NAMESPACE}, else nkml)")
-
-    def run(args) -> int:
-        ns = args.namespace or os.environ.get(environment.NAMESPACE) or "nkml"
-        with Client.from_env() as client:
-            if args.name is None:
-                print(json.dumps(models(client, ns), indent=2))
-                return 0
-            blob, meta = load(client, ns, args.name, args.version)
-            if args.output:
-                Path(args.output).write_bytes(blob)
-            print(json.dumps(dict(meta, versions=versions(client, ns, args.name)), indent=2))
-        return 0
-    return run

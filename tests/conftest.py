@@ -3,13 +3,47 @@ through the orchestrator and always stopped (also when a test fails)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
-from nekrs_ml.orchestrator import Orchestrator
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _import_built_package() -> str:
+    """The tests run against the installed package. `python -m pytest` in the checkout puts the
+    checkout first on sys.path, and its nekrs_ml/ has no compiled _core: use the installed
+    package instead. Returns what is wrong when there is none ("" when all is well)."""
+    try:
+        importlib.import_module("nekrs_ml._core")
+        return ""
+    except ImportError:
+        pass
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != CHECKOUT]
+    for name in [name for name in sys.modules if name == "nekrs_ml" or name.startswith("nekrs_ml.")]:
+        del sys.modules[name]
+    try:
+        importlib.import_module("nekrs_ml._core")
+    except ImportError as exc:
+        return (f"nekrs_ml._core is not built ({exc}): run `pip install .` (or `bash "
+                "install.sh`) in the checkout first; the tests use the installed package")
+    return ""
+
+
+BUILD_PROBLEM = _import_built_package()
+
+
+def pytest_configure(config):
+    if BUILD_PROBLEM:
+        pytest.exit(BUILD_PROBLEM, returncode=4)
+
+
+from nekrs_ml.orchestrator import Orchestrator  # noqa: E402 - after the search above
 
 # Subprocesses started from the source tree must import the installed package, not ./nekrs_ml.
 os.environ["PYTHONSAFEPATH"] = "1"

@@ -1,5 +1,5 @@
-"""The .par configuration: nekrs_ml.config (Python) and nekrs_ml::Config (C++, through
-nekrs_ml._core) read the same schema and must agree on values and errors."""
+"""The .par configuration: one parser, nekrs_ml::Config (C++), which nekrs_ml.config reads case
+files through (nekrs_ml._core); values, errors and the generated documentation."""
 
 from __future__ import annotations
 
@@ -49,18 +49,16 @@ seed = +7
 """
 
 
-def both(text: str, source: str = "case.par"):
-    """(Python dict, C++ dict) of the same text."""
-    return config.Config.from_text(text, source).as_dict(), _core.config_from_text(text, source)
+def parse(text: str, source: str = "case.par"):
+    """{section: {key: value}} of .par text."""
+    return config.Config.from_text(text, source).as_dict()
 
 
-def errors(text: str, source: str = "case.par"):
-    """(Python message, C++ message) of text that must be refused by both."""
-    with pytest.raises(ConfigError) as python:
+def error(text: str, source: str = "case.par") -> str:
+    """The message of .par text that must be refused."""
+    with pytest.raises(ConfigError) as refused:
         config.Config.from_text(text, source)
-    with pytest.raises(ConfigError) as cpp:
-        _core.config_from_text(text, source)
-    return str(python.value), str(cpp.value)
+    return str(refused.value)
 
 
 # --- schema and defaults --------------------------------------------------------------------
@@ -73,8 +71,7 @@ def test_schema_rows_are_complete():
 
 
 def test_defaults_fill_every_key():
-    python, cpp = both("")
-    assert python == cpp
+    python = parse("")
     assert [(s, k) for s in python for k in python[s]] == \
         [(row.section, row.key) for row in config.schema()]
     nk = python["nekrs_ml"]
@@ -103,11 +100,11 @@ def test_config_api():
 
 
 # --- parsing ----------------------------------------------------------------------------------
-def test_case_file_cpp_and_python_agree(tmp_path):
+def test_case_file(tmp_path):
     path = tmp_path / "case.par"
     path.write_text(CASE_PAR)
     python = config.load_par(path).as_dict()
-    assert _core.load_config(str(path)) == python
+    assert config.load_par(str(path)).source == str(path)
     nk, rep = python["nekrs_ml"], python["reproducer"]
     assert nk["workflow"] == "train+infer" and nk["deployment"] == "cluster"
     assert nk["shards"] == 4 and nk["maxMemory"] == "512mb"
@@ -121,8 +118,7 @@ def test_case_file_cpp_and_python_agree(tmp_path):
 
 
 def test_keys_and_unquoted_values_are_case_insensitive():
-    python, cpp = both("[NEKRS_ml]\nMODELNAME = WallModel\nWHENFULL = DROP\n")
-    assert python == cpp
+    python = parse("[NEKRS_ml]\nMODELNAME = WallModel\nWHENFULL = DROP\n")
     assert python["nekrs_ml"]["modelName"] == "wallmodel"  # as NekRS lower-cases it
     assert python["nekrs_ml"]["whenFull"] == "drop"
 
@@ -134,8 +130,7 @@ def test_quotes_and_comments():
             'checkpointDir = "Run A ; #1"  ; comment after the quote\n'
             'namespace = run#1   # a comment needs whitespace before it\n'
             'maxMemory=2gb;not-a-comment\n')
-    python, cpp = both(text)
-    assert python == cpp
+    python = parse(text)
     assert python["nekrs_ml"]["checkpointDir"] == "Run A ; #1"
     assert python["nekrs_ml"]["namespace"] == "run#1"
     assert python["nekrs_ml"]["maxMemory"] == "2gb;not-a-comment"
@@ -143,18 +138,27 @@ def test_quotes_and_comments():
 
 @pytest.mark.parametrize("text", [".5", "5.", "+1e-3", "1E2", "0.0e+0", "1e-400"])
 def test_float_spellings(text):
-    python, cpp = both(f"[reproducer]\nfluctuation = {text}\n")
-    assert python == cpp
+    python = parse(f"[reproducer]\nfluctuation = {text}\n")
     assert python["reproducer"]["fluctuation"] == float(text)
 
 
 # --- errors ---------------------------------------------------------------------------------
 def test_unknown_key_names_key_file_line_and_suggests():
-    python, cpp = errors("[GENERAL]\nfoo = 1\n[NEKRS_ML]\nsampleIntervall = 5\n")
-    for message in (python, cpp):
-        assert message.startswith("case.par:4: [NEKRS_ML] unknown key 'sampleIntervall'")
-        assert "valid keys: workflow, deployment" in message
-    assert "did you mean 'sampleInterval'?" in python
+    message = error("[GENERAL]\nfoo = 1\n[NEKRS_ML]\nsampleIntervall = 5\n")
+    assert message.startswith("case.par:4: [NEKRS_ML] unknown key 'sampleIntervall'; did you "
+                              "mean 'sampleInterval'? valid keys: workflow, deployment")
+
+
+@pytest.mark.parametrize("key", ["sampleinterval2", "MAXSNAPSHOT", "hidenLayers", "xyz", "a"])
+def test_key_suggestion_is_difflibs(key):
+    """The C++ suggestion picks the key Python's difflib.get_close_matches picks."""
+    import difflib
+
+    keys = [row.key for row in config.schema() if row.section == "nekrs_ml"]
+    close = difflib.get_close_matches(key.lower(), [k.lower() for k in keys], n=1, cutoff=0.6)
+    expected = next((f"did you mean '{k}'? " for k in keys if close and k.lower() == close[0]), "")
+    message = error(f"[NEKRS_ML]\n{key} = 1\n")
+    assert message.startswith(f"case.par:2: [NEKRS_ML] unknown key '{key}'; {expected}valid keys")
 
 
 BAD_VALUES = [
@@ -185,10 +189,9 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("section,key,value,expected", BAD_VALUES,
                          ids=[f"{key}={value}" for _, key, value, _ in BAD_VALUES])
-def test_bad_value_same_error_in_both(section, key, value, expected):
-    python, cpp = errors(f"[{section.upper()}]\n\n{key} = {value}\n")
-    assert python == cpp
-    assert python.startswith(f"case.par:3: [{section.upper()}] {expected}")
+def test_bad_value_names_file_line_key_and_fix(section, key, value, expected):
+    message = error(f"[{section.upper()}]\n\n{key} = {value}\n")
+    assert message.startswith(f"case.par:3: [{section.upper()}] {expected}")
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -202,17 +205,25 @@ def test_bad_value_same_error_in_both(section, key, value, expected):
      "case.par:2: [NEKRS_ML] modelName: unexpected text after the closing quote"),
 ])
 def test_malformed_lines(text, expected):
-    python, cpp = errors(text)
-    assert python == cpp
-    assert python.startswith(expected)
+    assert error(text).startswith(expected)
 
 
 def test_unreadable_file(tmp_path):
     missing = tmp_path / "missing.par"
-    with pytest.raises(ConfigError, match="cannot read .*missing.par"):
+    with pytest.raises(ConfigError, match="cannot read .*missing.par: No such file"):
         config.load_par(missing)
-    with pytest.raises(ConfigError, match="cannot read .*missing.par"):
-        _core.load_config(str(missing))
+
+
+def test_python_reads_cases_with_the_cpp_parser(tmp_path):
+    """nekrs_ml.config is a view of nekrs_ml::Config: the same object the solver builds, and the
+    schema compiled into the library is the one in the package."""
+    path = tmp_path / "case.par"
+    path.write_text(CASE_PAR)
+    assert config.load_par(path).as_dict() == _core.load_config(str(path))
+    assert isinstance(config.load_par(path)._native, _core.Config)
+    tsv = (Path(config.__file__).with_name("config_schema.tsv")).read_text().splitlines()
+    rows = [tuple(line.split("\t")) for line in tsv if line.strip() and not line.startswith("#")]
+    assert [tuple(vars(option).values()) for option in config.schema()] == rows
 
 
 # --- documentation --------------------------------------------------------------------------
@@ -235,3 +246,42 @@ def test_docs_file_is_up_to_date():
         pytest.skip("docs/configuration.md is not in this checkout")
     assert docs.read_text() == config.markdown(), \
         "regenerate it: python -m nekrs_ml.config > docs/configuration.md"
+
+
+# --- settings built from a case -------------------------------------------------------------
+def test_namespace_precedence():
+    """Every part resolves the namespace alike: option > $NEKRS_ML_NAMESPACE > .par > nkml."""
+    from nekrs_ml.environment import NAMESPACE, resolve_namespace
+
+    env = {NAMESPACE: "fromenv"}
+    assert resolve_namespace("fromcli", "frompar", env) == "fromcli"
+    assert resolve_namespace(None, "frompar", env) == "fromenv"
+    assert resolve_namespace(None, "frompar", {}) == "frompar"
+    assert resolve_namespace(None, None, {}) == "nkml"
+    with pytest.raises(ConfigError, match=r"\$NEKRS_ML_NAMESPACE = 'a:b' is not a valid namespace"):
+        resolve_namespace(None, "frompar", {NAMESPACE: "a:b"})
+
+
+def test_worker_and_deploy_settings_from_a_case(tmp_path, monkeypatch):
+    from nekrs_ml.environment import NAMESPACE
+    from nekrs_ml.serve.settings import DeploySettings, WorkerSettings
+
+    monkeypatch.delenv(NAMESPACE, raising=False)
+    par = tmp_path / "case" / "infer.par"
+    par.parent.mkdir()
+    par.write_text('[NEKRS_ML]\nnamespace = chan\nworkerDevice = cuda:1\nmaxBatch = 8\n'
+                   'maxWaitMs = 2\nmodelName = "Wall"\ndeployModel = "../runs/train/Wall.pt"\n')
+    worker = WorkerSettings.resolve(par, max_batch=16, worker=1)
+    assert (worker.namespace, worker.device, worker.max_batch, worker.max_wait_s) == \
+        ("chan", "cuda:1", 16, 0.002)
+    assert worker.reload_interval_s == 0.25 and worker.worker == 1
+    bare = WorkerSettings.resolve(None)
+    assert (bare.namespace, bare.device, bare.max_batch) == ("nkml", "cpu", 64)
+    deploy = DeploySettings.from_par(par, namespace="other")
+    assert deploy.model_file == (tmp_path / "runs" / "train" / "Wall.pt").resolve()
+    assert (deploy.model_name, deploy.namespace) == ("Wall", "other")
+    absolute = tmp_path / "m.pt"
+    par.write_text(f'[NEKRS_ML]\ndeployModel = "{absolute}"\n')
+    assert DeploySettings.from_par(par).model_file == absolute
+    par.write_text('[NEKRS_ML]\n')
+    assert DeploySettings.from_par(par).model_file is None

@@ -3,6 +3,7 @@ find_package(nekrs_ml) with the directory `nekrs-ml config --cmake-dir` prints â
 NekRS case links libnekrsml."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,3 +47,19 @@ def test_cpp_client_against_each_server(cpp_tests, server):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "100% tests passed" in proc.stdout
     assert "Skipped" not in proc.stdout and "Not Run" not in proc.stdout
+
+
+def test_one_version_everywhere(cpp_tests):
+    """pyproject.toml is the only place the version is written."""
+    import nekrs_ml
+    from nekrs_ml import _core
+
+    pyproject = (SOURCE.parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
+    cpp = subprocess.run([str(cpp_tests / "print_version")], check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert cpp == [version, version, version]  # header, library, CMake package
+    assert nekrs_ml.__version__ == _core.__version__ == _core.header_version == version
+    shown = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "--version"], check=True,
+                           capture_output=True, text=True, cwd="/tmp").stdout
+    assert shown.strip() == f"nekrs_ml {version}"

@@ -278,3 +278,39 @@ def test_the_progress_line_knows_a_nekrs_cases_length(tmp_path, general, expecte
     par = tmp_path / "case.par"
     par.write_text(f"[GENERAL]\n{general}\n\n[VELOCITY]\nnumSteps = 99\n")
     assert nekrs_run_length(par) == expected
+
+
+def test_inference_run_deploys_the_training_runs_model(run_dir):
+    """The two commands of a case README, in one case directory: the training run (default run
+    directory runs/<par stem>) leaves <modelName>.pt there, and the inference case's deployModel
+    names it relative to its .par; nothing else to do in between."""
+    case_dir = Path(run_dir)
+    train = write_case(run_dir, {"REPRODUCER": {"steps": 300, "stepCost": 0.005}})
+    train = train.rename(case_dir / "train.par")
+    infer = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer",
+                                              "deployModel": '"runs/train/wall_model.pt"'},
+                                 "REPRODUCER": {"steps": 100}})
+    infer = infer.rename(case_dir / "infer.par")
+    try:
+        for par in (train, infer):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nekrs_ml.cli", "run", par.name, "--solver", "reproducer"],
+                cwd=case_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True)
+            code, out = finish(proc, timeout=300)
+            assert code == 0, out[-3000:]
+            if par is train:
+                summary = json.loads((case_dir / "runs" / "train" / "trainer.json").read_text())
+                model = case_dir / "runs" / "train" / "wall_model.pt"
+                assert summary["model_file"] == str(model) and model.stat().st_size > 0
+                metadata = json.loads(model.with_suffix(".json").read_text())
+                assert metadata["version"] == summary["model_version"] >= 1
+        assert f"deployed {model}" in out
+        inference = report(str(case_dir / "runs" / "infer"))["inference"]
+        assert inference["calls"] == 202 and inference["waiting_calls"] == 0
+        assert inference["version_by_step"] == [[0, 100, 1]]
+        assert inference["fallbacks"] == 0
+    finally:
+        for stem in ("train", "infer"):
+            Orchestrator.stop_dir(case_dir / "runs" / stem / "db")
+    assert no_servers_left(run_dir)

@@ -225,6 +225,7 @@ def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     assert np.median(relative) < 0.02, f"median relative error {np.median(relative):.3%}"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     ns = fresh_namespace()
     client = nekrs_ml.Client(**tcp_server.client_args())
@@ -247,3 +248,116 @@ def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["version"] == status["model_version"]
     assert saved.read_bytes() == registry.load(client, ns, "tau_model")[0]
+
+    check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, tcp_server)
+
+
+# --- the trained model carried to other runs ------------------------------------------------
+def forward(blob: bytes, meta: dict, inputs: np.ndarray) -> np.ndarray:
+    """Predictions of a registry version, evaluated as a model worker evaluates it."""
+    from nekrs_ml.serve.worker import load_module
+
+    module = load_module(blob, meta, torch.device("cpu"))
+    with torch.inference_mode():
+        return module(torch.from_numpy(inputs)).numpy()
+
+
+def check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, server):
+    """trainer.json names the final version's file; deploying it (here into another namespace,
+    as an inference run's fresh database would) serves the same predictions; `models export`
+    writes the same files from the live database."""
+    from nekrs_ml import model_file
+    from nekrs_ml.serve.deploy import deploy
+
+    summary = json.loads(Path(run_dir, "trainer.json").read_text())
+    version = status["model_version"]
+    assert summary["state"] == status["state"] and summary["model_version"] == version
+    assert summary["model_file"] == str(Path(run_dir, "tau_model.pt").absolute())
+    assert summary["model_file_error"] is None
+    blob, meta = registry.load(client, ns, "tau_model", version)
+    assert Path(summary["model_file"]).read_bytes() == blob
+    saved = json.loads(Path(summary["model_metadata"]).read_text())
+    for key in ("name", "version", "n_in", "n_out", "dtype", "input_mean", "input_std",
+                "target_mean", "target_std", "epoch", "val_loss", "time", "origin"):
+        assert saved[key] == meta[key], key
+    assert saved["epoch"] == summary["best_epoch"] and saved["origin"] == "trainer"
+    if meta["export"]:
+        assert Path(summary["model_export_file"]).read_bytes() == \
+            registry.load_export(client, ns, "tau_model", version)
+    inputs = np.linspace(0.6, 1.1, 50, dtype=np.float32)[:, None]
+
+    other = fresh_namespace()
+    deployed = deploy(client, other, "wall", summary["model_file"], origin="deployModel:test")
+    new_blob, new_meta = registry.load(client, other, "wall", deployed)
+    np.testing.assert_array_equal(forward(new_blob, new_meta, inputs),
+                                  forward(blob, meta, inputs))
+    assert new_meta["input_mean"] == meta["input_mean"] and new_meta["epoch"] == meta["epoch"]
+    assert new_meta["source"]["version"] == version and new_meta["origin"] == "deployModel:test"
+    assert new_meta["export"] == meta["export"]
+
+    exported = Path(run_dir, "exported", "again.pt")
+    cli = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "models", "export", "tau_model",
+                          "--version", str(version), "--to", str(exported)],
+                         env=trainer_env(server, ns), capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["file"] == str(exported)
+    assert exported.read_bytes() == blob
+    again = json.loads(model_file.metadata_path(exported).read_text())
+    assert {k: v for k, v in again.items() if "file" not in k} == \
+        {k: v for k, v in saved.items() if "file" not in k}
+    redeployed = deploy(client, other, "wall", exported)
+    np.testing.assert_array_equal(forward(*registry.load(client, other, "wall", redeployed),
+                                          inputs), forward(blob, meta, inputs))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_model_file_errors_name_the_file_and_the_fix(tcp_server, run_dir):
+    from nekrs_ml import model_file
+    from nekrs_ml.errors import ConfigError
+    from nekrs_ml.serve.deploy import deploy
+
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    ns = fresh_namespace()
+    missing = Path(run_dir, "runs", "channel_train", "wall_model.pt")
+    with pytest.raises(ConfigError, match=f"model file {missing} does not exist"):
+        deploy(client, ns, "wall", missing)
+    with pytest.raises(ConfigError, match=r"is not a file; is it the run directory .*trainer.json"):
+        deploy(client, ns, "wall", run_dir)
+    model = torch.jit.script(torch.nn.Linear(3, 2))
+    path = Path(run_dir, "m.pt")
+    torch.jit.save(model, str(path))
+    Path(run_dir, "m.json").write_text(json.dumps({"n_in": 3, "n_out": 2, "sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="m.json belongs to another model file"):
+        deploy(client, ns, "wall", path)
+    digest = model_file.sha256(path.read_bytes())
+    Path(run_dir, "m.json").write_text(json.dumps({"n_in": 3, "n_out": 5, "sha256": digest}))
+    with pytest.raises(ConfigError, match="says n_out = 5, the model has 2"):
+        deploy(client, ns, "wall", path)
+    assert registry.latest_version(client, ns, "wall") is None  # nothing half-published
+    Path(run_dir, "m.json").write_text(json.dumps({"unrelated": "settings"}))  # not metadata
+    version = deploy(client, ns, "wall", path)
+    assert "unrelated" not in registry.load(client, ns, "wall", version)[1]
+    env = trainer_env(tcp_server, ns)
+    unknown = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "models", "export", "nothing",
+                              "--to", str(Path(run_dir, "x.pt"))], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert unknown.returncode == 2 and "'nothing' has no published version" in unknown.stderr
+    no_to = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "models", "export", "nothing"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert no_to.returncode == 2 and "--to FILE" in no_to.stderr
+
+
+def test_inference_case_deploys_what_the_training_case_writes():
+    """The case README's two commands: `nekrs-ml run channel_train.par` in the case directory
+    writes runs/channel_train/<modelName>.pt, and channel_infer.par's deployModel names it."""
+    from nekrs_ml.config import load_par
+    from nekrs_ml.serve.settings import DeploySettings
+    from nekrs_ml.train.outputs import model_path
+
+    case = Path(__file__).resolve().parents[1] / "cases" / "turbChannel_wallModel"
+    for suffix in ("", "_v24"):
+        train = load_par(case / f"channel_train{suffix}.par")
+        deploy = DeploySettings.from_par(case / f"channel_infer{suffix}.par")
+        run_dir = case / "runs" / f"channel_train{suffix}"  # `nekrs-ml run`'s default run dir
+        assert deploy.model_file == model_path(run_dir, train.get("nekrs_ml", "modelName"))
+        assert deploy.model_name == train.get("nekrs_ml", "modelName")

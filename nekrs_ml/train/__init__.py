@@ -1,28 +1,7 @@
-"""`nekrs-ml train CASE.par`: the online trainer of the wall model, run under mpiexec.
+"""The online trainer of the wall model (`nekrs-ml train CASE.par`, nekrs_ml.cli.train), run
+under mpiexec.
 
 It consumes the snapshots the solver streams into the database, trains an MLP with
 DistributedDataParallel over its MPI ranks and publishes TorchScript versions to the model
-registry (nekrs_ml.registry). torch and mpi4py are imported only when the command runs.
+registry (nekrs_ml.registry). torch and mpi4py are imported only by its submodules.
 """
-
-from __future__ import annotations
-
-import argparse
-
-from ..cli import command
-
-
-@command("train", "train the wall model online from the solver's snapshots (run under mpiexec)")
-def _train(parser: argparse.ArgumentParser):
-    parser.add_argument("par", help="case .par file; its [NEKRS_ML] section configures training")
-    parser.add_argument("--run-dir", help="directory of the history file and checkpoints "
-                        "(default: $NEKRS_ML_RUN_DIR, else the current directory)")
-    parser.add_argument("--data-timeout", type=float, default=600.0, metavar="S",
-                        help="fail when a rank has no training data after S seconds (default 600)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in checkpointDir")
-
-    def run(args) -> int:
-        from .loop import main
-        return main(args)
-    return run

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import keys, registry
 from ..client import Client
-from . import checkpoints
+from . import checkpoints, outputs
 from .data import Samples, SnapshotReader, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
@@ -129,6 +129,7 @@ class Trainer:
         self.attach_export()
         if self.world.rank == 0:
             self.save_checkpoint()
+            self.save_trained_model(state, reason)
         if state == "converged" and self.settings.stop_solver:
             self.request_solver_stop()
         self.report(state)
@@ -347,6 +348,21 @@ class Trainer:
                                    program)
         except Exception as exc:  # TorchScript stays the deployable form
             self.say(f"no torch.export form of v{self.version}: {exc}")
+
+    def save_trained_model(self, state: str, reason: str) -> None:
+        """Rank 0: the final version into the run directory, named in trainer.json, so that a
+        later run deploys it after this run's database is gone."""
+        fields = outputs.save_model(self.client, self.ns, self.settings.model_name, self.version,
+                                    self.settings.run_dir)
+        best = self.best
+        outputs.write_summary(self.settings.run_dir, dict(
+            fields, state=state, reason=reason, best_epoch=best.epoch if best else None,
+            best_val_loss=_finite(best.loss) if best else None, epochs=self.epoch,
+            snapshots=self.snapshots, samples_seen=self.samples_seen))
+        if fields["model_file"]:
+            self.say(f"wrote {fields['model_file']} (v{self.version}; deployModel accepts it)")
+        else:
+            self.say(f"no model file in {self.settings.run_dir}: {fields['model_file_error']}")
 
     def request_solver_stop(self) -> None:
         if self.world.leader:

@@ -38,7 +38,7 @@ class Settings:
         run_dir = Path(args.run_dir or os.environ.get(environment.RUN_DIR) or ".").absolute()
         return cls(
             # the orchestrator's namespace wins: the solver writes under the one it exported
-            namespace=os.environ.get(environment.NAMESPACE) or ml["namespace"],
+            namespace=environment.resolve_namespace(None, ml["namespace"]),
             model_name=ml["modelName"],
             hidden_layers=tuple(ml["hiddenLayers"]),
             learning_rate=ml["learningRate"],

@@ -4,6 +4,7 @@
 #include "nekrs_ml/codec.hpp"
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/inference.hpp"
+#include "nekrs_ml/version.hpp"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -22,8 +23,6 @@ using namespace nekrs_ml;
 using nekrs_ml::python::PyClient;
 
 namespace {
-
-constexpr const char* kVersion = "0.1.0"; // the version in pyproject.toml
 
 constexpr DType kDTypes[] = {DType::float32, DType::float64, DType::int8,  DType::int16,
                              DType::int32,   DType::int64,   DType::uint8, DType::uint16};
@@ -270,7 +269,9 @@ void bind_coupling(py::module_& m);    // coupling.cpp: the coupling driver, the
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "C++ core of nekrs_ml: the hiredis client and the tensor codec";
-  m.attr("__version__") = kVersion;
+  // the library's version (built from pyproject.toml's) and the one of the headers compiled in
+  m.attr("__version__") = library_version();
+  m.attr("header_version") = nekrs_ml::version();
   py::register_exception_translator(&translate_errors);
 
   py::class_<PyClient>(m, "Client",

@@ -1,5 +1,5 @@
-// nekrs_ml._core: the workflow pieces of libnekrsml for Python — the .par configuration (to
-// check that C++ and Python read a case alike), the wall physics, the reproducer's synthetic
+// nekrs_ml._core: the workflow pieces of libnekrsml for Python — the .par configuration (the
+// one parser; nekrs_ml/config.py wraps it), the wall physics, the reproducer's synthetic
 // wall sampler and the solver-side training stream. Arrays are used in place (no copies) and
 // the GIL is released during computation and network I/O. Errors are libnekrsml exceptions,
 // translated to nekrs_ml.errors by the module (core.cpp).
@@ -189,6 +189,31 @@ std::unique_ptr<PyStream> make_stream(PythonClient& client, const std::string& n
 
 void bind_workflow(py::module_& m) {
   // --- configuration ---
+  py::class_<Config>(m, "Config", "The validated [NEKRS_ML] and [REPRODUCER] options of a case "
+                                  "(nekrs_ml::Config); nekrs_ml.config.Config wraps it")
+      .def(py::init<std::string>(), py::arg("source") = "", "Every option at its default")
+      .def_static("from_text", &Config::from_text, py::arg("text"), py::arg("source") = "<text>")
+      .def_static("from_par_file", &Config::from_par_file, py::arg("path"))
+      .def("set", &Config::set, py::arg("section"), py::arg("key"), py::arg("value_text"),
+           "Validates and sets one option from its text")
+      .def("get",
+           [](const Config& config, const std::string& section, const std::string& key) {
+             return to_python(config.get(section, key));
+           },
+           py::arg("section"), py::arg("key"))
+      .def("as_dict", &config_dict, "{section: {key: value}} in schema order")
+      .def_property_readonly("source", &Config::source);
+  m.def("config_schema",
+        [] {
+          py::list rows;
+          for (const auto& o : Config::schema()) {
+            rows.append(py::make_tuple(o.section, o.key, o.type, o.default_text, o.unit,
+                                       o.choices, o.description));
+          }
+          return rows;
+        },
+        "The rows of config_schema.tsv compiled into the library: (section, key, type, default, "
+        "unit, choices, description)");
   m.def("load_config",
         [](const std::string& path) { return config_dict(Config::from_par_file(path)); },
         py::arg("path"), "Reads and validates a case .par file: {section: {key: value}}");

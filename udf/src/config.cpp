@@ -1,6 +1,5 @@
-// The .par options of nekrs_ml (config.hpp). Mirrors nekrs_ml/config.py rule for rule and
-// message for message (the Python side also suggests the closest key); tests/test_config.py
-// checks that both parse the same file to the same values.
+// The .par options of nekrs_ml (config.hpp): the one .par parser, used by the NekRS plugin and,
+// through nekrs_ml._core, by the Python tools (nekrs_ml/config.py).
 #include "nekrs_ml/config.hpp"
 
 #include "nekrs_ml/errors.hpp"
@@ -328,6 +327,50 @@ const std::string& find_section(const std::string& section, const std::string& w
                     or_list(names));
 }
 
+// Characters two strings have in common by Ratcliff/Obershelp: the longest common block
+// (leftmost in a, then in b), then the same on each side of it, as Python's
+// difflib.SequenceMatcher counts them.
+std::size_t matching_characters(const std::string& a, std::size_t alo, std::size_t ahi,
+                                const std::string& b, std::size_t blo, std::size_t bhi) {
+  std::size_t best_i = alo, best_j = blo, best_k = 0;
+  for (std::size_t i = alo; i < ahi; ++i) {
+    for (std::size_t j = blo; j < bhi; ++j) {
+      std::size_t k = 0;
+      while (i + k < ahi && j + k < bhi && a[i + k] == b[j + k]) ++k;
+      if (k > best_k) {
+        best_i = i;
+        best_j = j;
+        best_k = k;
+      }
+    }
+  }
+  if (best_k == 0) return 0;
+  return best_k + matching_characters(a, alo, best_i, b, blo, best_j) +
+         matching_characters(a, best_i + best_k, ahi, b, best_j + best_k, bhi);
+}
+
+// "did you mean 'key'? " for the valid key most like `key` (similarity >= 0.6, ties to the
+// greater name, as difflib.get_close_matches picks), else "".
+std::string suggestion(const std::string& key, const std::vector<std::string>& keys) {
+  const std::string wanted = lower(key);
+  double best_score = 0.6;
+  std::string best, best_lower;
+  for (const auto& candidate : keys) {
+    const std::string name = lower(candidate);
+    const double total = static_cast<double>(name.size() + wanted.size());
+    const double score = total > 0 ? 2.0 * static_cast<double>(matching_characters(
+                                               name, 0, name.size(), wanted, 0, wanted.size())) /
+                                          total
+                                    : 0.0;
+    if (score > best_score || (score == best_score && name > best_lower)) {
+      best_score = score;
+      best = candidate;
+      best_lower = name;
+    }
+  }
+  return best.empty() ? "" : "did you mean '" + best + "'? ";
+}
+
 std::size_t find_option(const std::string& section, const std::string& key,
                         const std::string& where) {
   const std::string& name = find_section(section, where);
@@ -338,8 +381,8 @@ std::size_t find_option(const std::string& section, const std::string& key,
     if (lower(rows[i].key) == lower(key)) return i;
     keys.push_back(rows[i].key);
   }
-  throw ConfigError(where + "[" + upper(name) + "] unknown key '" + key + "'; valid keys: " +
-                    join(keys));
+  throw ConfigError(where + "[" + upper(name) + "] unknown key '" + key + "'; " +
+                    suggestion(key, keys) + "valid keys: " + join(keys));
 }
 
 // --- .par text -------------------------------------------------------------------------------

@@ -619,7 +619,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
     s += ", \"tau_w_rel_error_final\": {\"median\": " + json_number(error.percentile(50)) +
          ", \"p95\": " + json_number(error.percentile(95)) +
          ", \"points\": " + json_number(error.count()) + "}";
-    s += ", \"rel_l2_error_by_step\": " + errors;
+    s += ", \"rel_l2_error_by_step_rank0\": " + errors;
     s += "}";
   } else {
     s += ", \"inference\": null";

@@ -1,7 +1,8 @@
 // nekrs_ml::Config — the [NEKRS_ML] and [REPRODUCER] sections of a NekRS case .par file.
 //
-// The options are one table, nekrs_ml/config_schema.tsv, compiled into the library; the Python
-// side (nekrs_ml/config.py) reads the same table and applies the same rules:
+// The options are one table, nekrs_ml/config_schema.tsv, compiled into the library. This is the
+// one .par parser: the Python tools (nekrs_ml/config.py) read cases through it (nekrs_ml._core).
+// Rules:
 //  - section and key names are case-insensitive, and so are values unless double-quoted
 //    (NekRS lower-cases them); '#' or ';' at the start of a line or after whitespace starts a
 //    comment; only the schema's sections are validated, the NekRS ones are left alone;

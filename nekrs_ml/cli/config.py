@@ -1,0 +1,49 @@
+"""`nekrs-ml config`: what a case build needs to compile and link against nekrs_ml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .commands import command
+
+
+def package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def udf_build_env() -> dict:
+    """What a NekRS case's udf.cmake reads to find nekrs_ml (docs/nekrs.md)."""
+    cmake_dir = package_dir() / "lib" / "cmake" / "nekrs_ml"
+    return {"NEKRS_ML_UDF_CMAKE": str(cmake_dir / "udf.cmake"), "NEKRS_ML_CMAKE_DIR": str(cmake_dir)}
+
+
+@command("config", "print what a case build needs to compile and link against nekrs_ml")
+def _config(parser: argparse.ArgumentParser):
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--includes", action="store_true", help="compiler flags: -I<dir>")
+    group.add_argument("--libs", action="store_true",
+                       help="linker flags: -L<dir> -lnekrsml -Wl,-rpath")
+    group.add_argument("--cmake-dir", action="store_true",
+                       help="directory for find_package(nekrs_ml) (nekrs_ml_DIR)")
+    group.add_argument("--udf-cmake", action="store_true", help="path of the case helper udf.cmake")
+    group.add_argument("--udf-env", action="store_true",
+                       help="`export` lines of NEKRS_ML_UDF_CMAKE and NEKRS_ML_CMAKE_DIR for a "
+                            "NekRS case build")
+
+    def run(args) -> int:
+        base = package_dir()
+        lib = base / "lib"
+        if args.includes:
+            print(f"-I{base / 'include'}")
+        elif args.libs:
+            print(f"-L{lib} -lnekrsml -Wl,-rpath,{lib}")
+        elif args.cmake_dir:
+            print(lib / "cmake" / "nekrs_ml")
+        elif args.udf_env:
+            for name, value in udf_build_env().items():
+                print(f"export {name}={value}")
+        else:
+            print(lib / "cmake" / "nekrs_ml" / "udf.cmake")
+        return 0
+    return run

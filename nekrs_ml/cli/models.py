@@ -1,0 +1,108 @@
+"""`nekrs-ml models`, `models export`, `deploy` and `rollback`: the model registry of a run's
+database (nekrs_ml.registry), and model files (nekrs_ml.model_file, nekrs_ml.serve.deploy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import environment
+from ..errors import ConfigError
+from .commands import command
+from .options import add_namespace_option
+
+EXPORT = "export"
+
+
+@command("models", "list the models published in the run's database, show one, or export one "
+                   "to a deployable file (`models export NAME --to FILE`)")
+def _models(parser: argparse.ArgumentParser):
+    parser.add_argument("name", nargs="?", metavar="NAME | export",
+                        help="show this model: its versions and metadata; `export NAME` writes "
+                             "it to --to FILE")
+    parser.add_argument("export_name", nargs="?", metavar="NAME", help=argparse.SUPPRESS)
+    parser.add_argument("--version", type=int, help="with NAME: this version instead of the latest")
+    parser.add_argument("--output", help="with NAME: write the model blob (only) to this file")
+    parser.add_argument("--to", help="with `export NAME`: the deployable model file to write "
+                        "(metadata FILE.json and torch.export form FILE.pt2 beside it)")
+    add_namespace_option(parser)
+
+    def run(args) -> int:
+        from .. import registry
+        from ..client import Client
+
+        ns = environment.resolve_namespace(args.namespace)
+        exporting = args.name == EXPORT and args.export_name is not None
+        if args.export_name is not None and not exporting:
+            raise ConfigError(f"unexpected argument {args.export_name!r}; use `nekrs-ml models "
+                              "NAME` or `nekrs-ml models export NAME --to FILE`")
+        if exporting and not args.to:
+            raise ConfigError("models export: give the file to write with --to FILE")
+        with Client.from_env() as client:
+            if exporting:
+                return _export(client, ns, args.export_name, args.version, args.to)
+            if args.name is None:
+                print(json.dumps(registry.models(client, ns), indent=2))
+                return 0
+            blob, meta = registry.load(client, ns, args.name, args.version)
+            if args.output:
+                Path(args.output).write_bytes(blob)
+            print(json.dumps(dict(meta, versions=registry.versions(client, ns, args.name)),
+                             indent=2))
+        return 0
+    return run
+
+
+def _export(client, ns: str, name: str, version, path: str) -> int:
+    from ..model_file import export_version, metadata_path
+
+    meta = export_version(client, ns, name, version, path)
+    print(json.dumps({"name": name, "version": meta["version"], "file": str(Path(path).absolute()),
+                      "metadata": str(metadata_path(Path(path).absolute())),
+                      "export_file": meta["export_file"]}, indent=2))
+    return 0
+
+
+@command("deploy", "publish a model file (TorchScript or torch.export .pt2) as a new version")
+def _deploy(parser: argparse.ArgumentParser):
+    parser.add_argument("model", help="TorchScript archive (torch.jit.save), torch.export program, "
+                        "or a model file of a training run / `models export` (its metadata "
+                        "NAME.json beside it is published with it)")
+    parser.add_argument("--name", required=True, help="model name (the case's modelName)")
+    parser.add_argument("--inputs", type=int,
+                        help="number of input features (default: from the metadata, else read "
+                             "from the first layer)")
+    add_namespace_option(parser)
+
+    def run(args) -> int:
+        from ..client import Client
+        from ..serve.deploy import deploy
+
+        with Client.from_env() as client:
+            version = deploy(client, environment.resolve_namespace(args.namespace), args.name,
+                             args.model, args.inputs)
+        print(json.dumps({"name": args.name, "version": version}))
+        return 0
+    return run
+
+
+@command("rollback", "make an earlier version of a model the current one")
+def _rollback(parser: argparse.ArgumentParser):
+    parser.add_argument("name", help="model name")
+    parser.add_argument("--to", type=int, dest="version",
+                        help="version to serve (default: the one before the current)")
+    add_namespace_option(parser)
+
+    def run(args) -> int:
+        from .. import registry
+        from ..client import Client
+
+        with Client.from_env() as client:
+            version = registry.rollback(client, environment.resolve_namespace(args.namespace),
+                                        args.name, args.version)
+        print(json.dumps({"name": args.name, "version": version}))
+        print(f"nekrs-ml rollback: {args.name!r} now serves v{version}", file=sys.stderr)
+        return 0
+    return run

@@ -1,0 +1,63 @@
+"""`nekrs-ml serve`: a model worker next to the database (nekrs_ml.serve.worker)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from .commands import command
+from .options import add_namespace_option
+
+
+@command("serve", "run a model worker: evaluate the published models for the solver ranks")
+def _serve(parser: argparse.ArgumentParser):
+    parser.add_argument("par", nargs="?", help="case .par: defaults for the options below from "
+                        "its [NEKRS_ML] section (workerDevice, maxBatch, maxWaitMs, reloadInterval, "
+                        "namespace)")
+    parser.add_argument("--worker", type=int, default=0,
+                        help="worker index: serves the ranks R with R mod workers = index")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: workerDevice, else cpu)")
+    parser.add_argument("--max-batch", type=int, help="most requests in one forward pass")
+    parser.add_argument("--max-wait-ms", type=float, help="wait for more requests after the first")
+    parser.add_argument("--reload-interval", type=float, help="seconds between version checks")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--export", action="store_true",
+                        help="evaluate the torch.export form of a model when it was published")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    add_namespace_option(parser)
+
+    def run(args) -> int:
+        from ..client import Client
+        from ..serve.settings import WorkerSettings
+        from ..serve.worker import ModelWorker
+
+        settings = WorkerSettings.resolve(
+            args.par, namespace=args.namespace, worker=args.worker, device=args.device,
+            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+            reload_interval=args.reload_interval, prefer_export=args.export,
+            threads=args.threads, duration=args.duration)
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        with Client.from_env() as client:
+            worker = ModelWorker(
+                client, settings.namespace, worker=settings.worker, device=settings.device,
+                max_batch=settings.max_batch, max_wait=settings.max_wait_s,
+                reload_interval=settings.reload_interval_s, prefer_export=settings.prefer_export,
+                log=lambda text: print(f"nekrs-ml serve: {text}", flush=True))
+
+            def on_signal(signum, frame):
+                worker.stop()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            print(f"nekrs-ml serve: worker {settings.worker} on {worker.device}, queue "
+                  f"{worker.queue!r}", flush=True)
+            stats = worker.serve(settings.duration_s)
+        sizes = stats.batch_sizes
+        print(f"nekrs-ml serve: stopped after {stats.requests} requests in {stats.batches} "
+              f"batches (mean batch {sum(sizes) / len(sizes) if sizes else 0:.1f}), "
+              f"{stats.errors} error replies, {stats.reloads} reloads", flush=True)
+        return 0
+    return run

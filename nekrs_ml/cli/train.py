@@ -1,0 +1,24 @@
+"""`nekrs-ml train CASE.par`: the online trainer of the wall model (nekrs_ml.train), run under
+mpiexec. torch and mpi4py are imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from .commands import command
+
+
+@command("train", "train the wall model online from the solver's snapshots (run under mpiexec)")
+def _train(parser: argparse.ArgumentParser):
+    parser.add_argument("par", help="case .par file; its [NEKRS_ML] section configures training")
+    parser.add_argument("--run-dir", help="directory of the history file, the trained model and "
+                        "the checkpoints (default: $NEKRS_ML_RUN_DIR, else the current directory)")
+    parser.add_argument("--data-timeout", type=float, default=600.0, metavar="S",
+                        help="fail when a rank has no training data after S seconds (default 600)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in checkpointDir")
+
+    def run(args) -> int:
+        from ..train.loop import main
+        return main(args)
+    return run
