@@ -16,8 +16,7 @@ from ..errors import NekrsMLError
 from .commands import COMMANDS, command
 from .config import package_dir, udf_build_env
 
-# `command` for the modules that still register from outside this package; the two helpers for
-# the launcher (NekRS case builds).
+# The two helpers for the launcher (NekRS case builds).
 __all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command", "main", "package_dir",
            "udf_build_env"]
 
@@ -32,9 +31,6 @@ COMMAND_MODULES = (
     "nekrs_ml.cli.bench",
     "nekrs_ml.cli.reproduce",
     "nekrs_ml.cli.run",
-    # the `reproduce` and `run` commands, until they move into the two modules above
-    "nekrs_ml.reproduce",
-    "nekrs_ml.launch",
 )
 
 

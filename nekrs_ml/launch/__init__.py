@@ -7,7 +7,6 @@ Ctrl-C, or when a part dies; writes report.json and plots into the run directory
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import environment, keys
-from ..cli import command
 from ..client import Client
 from ..config import load_par
 from ..errors import ConfigError, NekrsMLError
@@ -29,8 +27,21 @@ from .nodes import allocation_hosts
 from .supervisor import Part
 
 # Outputs of an earlier run in the same directory, removed before a new run starts.
-STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "loss.png", "tau_w.png",
-                 "solver.log", "trainer.log")
+STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "trainer.json", "loss.png",
+                 "tau_w.png", "solver.log", "trainer.log")
+
+
+def stale_outputs(run_dir: Path) -> List[Path]:
+    """What an earlier run left in run_dir: its outputs, worker logs and the model files its
+    trainer.json names (so a failed rerun never leaves an old model looking current)."""
+    paths = [run_dir / name for name in STALE_OUTPUTS] + sorted(run_dir.glob("worker*.log"))
+    previous = _read_json(run_dir / "trainer.json") or {}
+    for key in ("model_file", "model_export_file"):
+        if previous.get(key):
+            model = Path(previous[key])
+            if model.parent == run_dir:
+                paths += [model, model.with_suffix(".json")]
+    return paths
 
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
     0, 1, 3, 4, 5, 130)
@@ -151,6 +162,7 @@ class Run:
         self.trainer_grace = trainer_grace
         self.cfg = load_par(str(par))
         self.ml = self.cfg["nekrs_ml"]
+        self.ns = environment.resolve_namespace(None, self.ml["namespace"])
         self.client: Optional[Client] = None  # set once the orchestrator answers
         self.hosts: List[str] = []
         self.parts: Dict[str, Part] = {}
@@ -170,7 +182,7 @@ class Run:
                 "with `nekrs-ml reproduce` / `nekrs-ml train` under your own mpiexec")
         self.orchestrator = Orchestrator(
             self.run_dir / "db", mode=self.ml["deployment"], transport=self.ml["transport"],
-            shards=self.ml["shards"], maxmemory=self.ml["maxMemory"], namespace=self.ml["namespace"])
+            shards=self.ml["shards"], maxmemory=self.ml["maxMemory"], namespace=self.ns)
         self.info = self.orchestrator.start()
         self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(self.ml["timeout"]))
         self.client = Client(**environment.connection_options(self.env))
@@ -207,12 +219,14 @@ class Run:
         starts; workflow = infer needs a model from somewhere."""
         from .. import registry
         from ..serve.deploy import deploy
+        from ..serve.settings import DeploySettings
 
-        name, ns, path = self.ml["modelName"], self.ml["namespace"], self.ml["deployModel"]
-        if path.lower() != "none":
-            model_file = (self.par.parent / path).resolve()
-            version = deploy(self.client, ns, name, model_file, origin=f"deployModel:{path}")
-            print(f"nekrs-ml run: deployed {model_file} as {name!r} v{version}", flush=True)
+        settings = DeploySettings.from_par(self.par, namespace=self.ns, case=self.cfg)
+        name, ns = settings.model_name, self.ns
+        if settings.model_file is not None:
+            version = deploy(self.client, ns, name, settings.model_file,
+                             origin=f"deployModel:{settings.model_file_text}")
+            print(f"nekrs-ml run: deployed {settings.model_file} as {name!r} v{version}", flush=True)
         elif self.ml["workflow"] == "infer" and registry.latest_version(self.client, ns, name) is None:
             raise ConfigError(
                 f"{self.par.name}: workflow = infer needs a model, and {name!r} is not published: "
@@ -220,7 +234,7 @@ class Run:
 
     def wait_for_workers(self, timeout: float = 120.0) -> None:
         """The solver's first call must find its worker alive (its heartbeat key set)."""
-        ns = self.ml["namespace"]
+        ns = self.ns
         deadline = time.monotonic() + timeout
         for index in range(self.ml["workers"]):
             part = self.parts[f"worker{index}"]
@@ -281,7 +295,7 @@ class Run:
         return "ok"
 
     def poll_progress(self):
-        ns = self.ml["namespace"]
+        ns = self.ns
         try:
             step = int(self.client.get_string(keys.solver_step(ns)) or 0)
             raw_time = self.client.get_string(keys.solver_time(ns))
@@ -306,7 +320,7 @@ class Run:
         alike); the stand-in's own file when the database no longer answers."""
         if self.client is not None:
             try:
-                text = self.client.get_string(keys.solver_summary(self.ml["namespace"]))
+                text = self.client.get_string(keys.solver_summary(self.ns))
                 if text:
                     return json.loads(text)
             except (NekrsMLError, ValueError):
@@ -319,7 +333,7 @@ class Run:
         evaluation = None
         if self.client is not None and self.ml["workflow"] in ("train", "train+infer"):
             try:
-                evaluation = report.evaluate_model(self.client, self.ml["namespace"],
+                evaluation = report.evaluate_model(self.client, self.ns,
                                                    self.ml["modelName"], self.ml["solverRanks"])
             except Exception as exc:  # the report must be written even when evaluation fails
                 self.warn(f"model evaluation failed: {exc}")
@@ -344,6 +358,8 @@ class Run:
                           if solver_summary else None),
             "inference": (solver_summary or {}).get("inference"),
             "solver_summary": solver_summary,
+            "trainer": _read_json(self.run_dir / "trainer.json"),
+            "trained_model": (_read_json(self.run_dir / "trainer.json") or {}).get("model_file"),
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
             "warnings": self.warnings,
@@ -368,10 +384,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
         raise ConfigError(f"case file {par} not found")
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
     run_path.mkdir(parents=True, exist_ok=True)
-    for stale in STALE_OUTPUTS:  # a reused run directory must not mix two runs' results
-        (run_path / stale).unlink(missing_ok=True)
-    for stale in run_path.glob("worker*.log"):
-        stale.unlink()
+    for stale in stale_outputs(run_path):  # a reused run directory must not mix two runs' results
+        stale.unlink(missing_ok=True)
     run = Run(par_path, solver, run_path, trainer_grace)
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
@@ -439,16 +453,3 @@ def summarise(data: Dict, run_dir: Path) -> None:
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)
-
-
-@command("run", "run a case: orchestrator + trainer + solver, with progress and a report")
-def _run(parser: argparse.ArgumentParser):
-    parser.add_argument("par", help="case .par file with a [NEKRS_ML] section")
-    parser.add_argument("--solver", choices=("reproducer", "nekrs"), default="reproducer")
-    parser.add_argument("--run-dir", help="run directory (default: runs/<case name>)")
-    parser.add_argument("--trainer-grace", type=float, default=120.0,
-                        help="seconds the trainer may keep going after the solver finished")
-
-    def run(args) -> int:
-        return execute(args.par, args.solver, args.run_dir, args.trainer_grace)
-    return run
