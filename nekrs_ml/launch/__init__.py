@@ -25,14 +25,19 @@ from ..client import Client
 from ..config import load_par
 from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator
+from ..rundir import RunLock
+from . import supervisor
 from .nodes import allocation_hosts
 from .supervisor import Part
+from .watchdog import Guard
 
 # Outputs of an earlier run in the same directory, removed before a new run starts.
 STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "loss.png", "tau_w.png",
                  "solver.log", "trainer.log")
 
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+RUN_LOCK = "run.lock"  # held by the live run of a run directory
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
@@ -304,6 +309,21 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
         raise ConfigError(f"case file {par} not found")
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
     run_path.mkdir(parents=True, exist_ok=True)
+    # --- one live run per directory: refused before anything in it is touched -------------
+    lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
+                   "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
+                   "another --run-dir").acquire()
+    guard = Guard(run_path, run_path / "db")  # stops everything if this process dies
+    supervisor.guard_with(guard)
+    try:
+        return _execute_locked(par_path, solver, run_path, trainer_grace)
+    finally:
+        supervisor.guard_with(None)
+        guard.close()
+        lock.release()
+
+
+def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     for stale in STALE_OUTPUTS:  # a reused run directory must not mix two runs' results
         (run_path / stale).unlink(missing_ok=True)
     for stale in run_path.glob("worker*.log"):
@@ -312,10 +332,19 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
 
+    # --- signals: the first one (Ctrl-C, SIGTERM, a closed terminal) stops the run; any
+    # later one only hurries the stop along, which still stops every part and writes the report
+    def while_stopping(signum, frame):
+        supervisor.hurry()
+        print(f"\nnekrs-ml run: {signal.Signals(signum).name} while stopping: stopping the parts "
+              "without waiting for a clean exit", file=sys.stderr, flush=True)
+
     def on_signal(signum, frame):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, while_stopping)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         try:
             run.start_orchestrator()
@@ -333,6 +362,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     except KeyboardInterrupt:
         interrupted, status = True, "interrupted"
     finally:
+        for sig in STOP_SIGNALS:  # from here on a signal must not cut the stop short
+            signal.signal(sig, while_stopping)
         exit_codes = run.stop_parts()
         if status in run.parts:
             part = run.parts[status]
@@ -344,7 +375,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             data = run.write_report(status, exit_codes, message)
         finally:
             Orchestrator.stop_dir(run_path / "db")
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED
