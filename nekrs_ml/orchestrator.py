@@ -393,6 +393,8 @@ class Orchestrator:
                 port = free_port(host, with_bus=self.mode == "cluster", taken=taken)
             taken.add(port)
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for loaded in ("nodes.conf", "dump.rdb", "appendonlydir"):  # what the server reads at start
+            rundir.check_ours(server_dir / loaded, "server file")
         config = server_dir / "redis.conf"
         log = server_dir / "redis.log"
         rundir.write_private(config, self._config_text(server_dir, host, port, sock, password, log))

@@ -37,9 +37,32 @@ def private_dir(path: Path) -> Path:
         raise OrchestratorError(
             f"run directory {path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}): "
             "its files could have been planted; choose a directory of your own")
+    if info.st_mode & 0o022:
+        raise OrchestratorError(
+            f"run directory {path} is writable by group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):o}): anything in it could have been planted; choose a "
+            "new directory (or check its files, then chmod 700 it)")
     if stat.S_IMODE(info.st_mode) != PRIVATE_DIR_MODE:
         os.chmod(path, PRIVATE_DIR_MODE)
     return path
+
+
+def check_ours(path: Path, what: str) -> None:
+    """An existing file the server will load (cluster state, persisted data) must be ours and
+    writable by no one else; a missing one is fine."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):o}: group or others may write it"
+    else:
+        return
+    raise OrchestratorError(f"{what} {path} {problem}: it may have been planted; remove it")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -117,6 +117,27 @@ def test_a_state_file_of_another_user_is_never_signalled(run_dir):
         victim.wait()
 
 
+def test_a_run_directory_others_could_write_is_refused(run_dir):
+    os.chmod(run_dir, 0o777)
+    Path(run_dir, "password").write_text(f"{TOKEN}\n")  # could be anyone's
+    proc = cli("db", "start", "--dir", run_dir)
+    assert proc.returncode == 2 and "writable by group or others" in proc.stderr, proc.stderr
+    assert no_server_configured(run_dir)
+
+
+@as_root
+@pytest.mark.parametrize("planted", ["nodes.conf", "dump.rdb"])
+def test_planted_server_files_are_refused(run_dir, planted):
+    node_dir = Path(run_dir, node_name())
+    node_dir.mkdir(mode=0o700)
+    Path(node_dir, planted).write_bytes(b"planted")
+    os.chown(Path(node_dir, planted), OTHER_UID, -1)
+    proc = cli("db", "start", "--dir", run_dir, "--persist")
+    assert proc.returncode == 2 and f"{planted} belongs to uid {OTHER_UID}" in proc.stderr, \
+        proc.stderr
+    assert no_server_configured(run_dir)
+
+
 def test_every_file_of_a_run_is_private(run_dir):
     os.chmod(run_dir, 0o755)  # an existing directory of ours is closed too
     orch = Orchestrator(run_dir, mode="single", transport="unix", maxmemory="32mb")

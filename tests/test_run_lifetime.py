@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nekrs_ml.orchestrator import Orchestrator
 from nekrs_ml.rundir import RunLock
-from test_run import CASE, finish, report, start_run, wait_for, write_case
+from test_run import CASE, TRAIN_INFER, finish, report, start_run, wait_for, write_case
 
 ORPHAN_BOUND = 30.0  # s within which every process of a run must be gone
 
@@ -54,8 +56,8 @@ def assert_nothing_left(run_dir: str, since: float) -> float:
     raise AssertionError(f"processes of the run still alive {ORPHAN_BOUND:g} s later: {left}")
 
 
-def long_run(run_dir: str) -> subprocess.Popen:
-    case = write_case(run_dir, {"REPRODUCER": {"steps": 20000}})
+def long_run(run_dir: str, base: Path = CASE) -> subprocess.Popen:
+    case = write_case(run_dir, {"REPRODUCER": {"steps": 20000}}, base=base)
     proc = start_run(case, run_dir)
     wait_for(lambda: Path(run_dir, "trainer_history.jsonl").exists(), 120, "the trainer to start")
     assert any("redis" in cmd for _, cmd in processes_of(run_dir))
@@ -121,8 +123,11 @@ def test_sighup_stops_the_run_like_sigterm(run_dir):
     assert_nothing_left(run_dir, stopped)
 
 
-def test_a_killed_launcher_leaves_no_process(run_dir):
-    proc = long_run(run_dir)
+@pytest.mark.parametrize("case", [CASE, TRAIN_INFER], ids=["train", "train+infer"])
+def test_a_killed_launcher_leaves_no_process(run_dir, case):
+    proc = long_run(run_dir, case)
+    if case == TRAIN_INFER:
+        assert any(" serve " in cmd for _, cmd in processes_of(run_dir))
     try:
         os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its parts are in other groups
         proc.wait(timeout=10)
