@@ -313,13 +313,15 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
                    "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
                    "another --run-dir").acquire()
-    guard = Guard(run_path, run_path / "db")  # stops everything if this process dies
-    supervisor.guard_with(guard)
     try:
-        return _execute_locked(par_path, solver, run_path, trainer_grace)
+        guard = Guard(run_path, run_path / "db")  # stops everything if this process dies
+        supervisor.guard_with(guard)
+        try:
+            return _execute_locked(par_path, solver, run_path, trainer_grace)
+        finally:
+            supervisor.guard_with(None)
+            guard.close()
     finally:
-        supervisor.guard_with(None)
-        guard.close()
         lock.release()
 
 

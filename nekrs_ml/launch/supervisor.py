@@ -19,9 +19,10 @@ _hurried = False
 
 
 def guard_with(guard: Optional[Guard]) -> None:
-    """Every part started from now on is watched by ``guard`` (None: by nothing)."""
-    global _guard
-    _guard = guard
+    """Every part started from now on is watched by ``guard`` (None: by nothing); a new run
+    starts unhurried."""
+    global _guard, _hurried
+    _guard, _hurried = guard, False
 
 
 def hurry() -> None:
