@@ -313,6 +313,7 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
                    "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
                    "another --run-dir").acquire()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         guard = Guard(run_path, run_path / "db")  # stops everything if this process dies
         supervisor.guard_with(guard)
@@ -323,6 +324,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             guard.close()
     finally:
         lock.release()
+        for sig, handler in previous.items():  # only now: a late signal must not interrupt
+            signal.signal(sig, handler)        # the stop, the report or the watchdog's end
 
 
 def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
@@ -346,7 +349,8 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
             signal.signal(sig, while_stopping)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         try:
             run.start_orchestrator()
@@ -377,8 +381,6 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
             data = run.write_report(status, exit_codes, message)
         finally:
             Orchestrator.stop_dir(run_path / "db")
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED
