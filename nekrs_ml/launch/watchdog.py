@@ -8,7 +8,7 @@ sends SIGTERM to every group still watched, SIGKILL after ``GRACE`` seconds, sto
 servers and writes a report saying so. Parts also get SIGTERM straight from the kernel when the
 launcher dies (``die_with_parent``).
 
-    python -m nekrs_ml.launch.watchdog RUN_DIR DB_DIR      (stdin: the pipe)
+    main([RUN_DIR, DB_DIR])      (stdin: the pipe; started by ``Guard``)
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class Guard:
         read_end, write_end = os.pipe()  # both close-on-exec: no part inherits the write end
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nekrs_ml.launch.watchdog", str(run_dir), str(db_dir)],
+                [sys.executable, "-c", "import sys; from nekrs_ml.launch.watchdog import main; "
+                 "sys.exit(main())", str(run_dir), str(db_dir)],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
                 start_new_session=True)  # Ctrl-C and a closing terminal are the launcher's
         finally:
@@ -123,9 +124,9 @@ def watch(lines, run_dir: Path, db_dir: Path) -> bool:
     normal = False
     for line in lines:
         words = line.split()
-        if words[:1] == ["watch"] and len(words) == 3:
+        if words[:1] == ["watch"] and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             groups[int(words[1])] = int(words[2])
-        elif words[:1] == ["forget"] and len(words) == 2:
+        elif words[:1] == ["forget"] and len(words) == 2 and words[1].isdigit():
             groups.pop(int(words[1]), None)
         elif words == ["done"]:
             normal = True
@@ -144,8 +145,11 @@ def watch(lines, run_dir: Path, db_dir: Path) -> bool:
 
 
 def log(run_dir: Path, text: str) -> None:
-    with open(run_dir / WATCHDOG_LOG, "a") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+    try:
+        with open(run_dir / WATCHDOG_LOG, "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+    except OSError:  # nothing may keep the watchdog from stopping the run
+        pass
 
 
 def write_report(run_dir: Path) -> None:
@@ -153,10 +157,13 @@ def write_report(run_dir: Path) -> None:
     report = run_dir / "report.json"
     if report.exists():
         return
-    report.write_text(json.dumps({
-        "status": "launcher",
-        "message": "the launcher was killed; its watchdog stopped every part and the servers",
-        "exit_codes": {}, "warnings": [], "wall_seconds": None}, indent=2) + "\n")
+    try:
+        report.write_text(json.dumps({
+            "status": "launcher",
+            "message": "the launcher was killed; its watchdog stopped every part and the servers",
+            "exit_codes": {}, "warnings": [], "wall_seconds": None}, indent=2) + "\n")
+    except OSError as exc:
+        log(run_dir, f"could not write {report}: {exc}")
 
 
 def main(argv=None) -> int:
