@@ -11,13 +11,22 @@ Every server gets the run's generated password, a ``maxmemory`` cap with ``noevi
 database refuses writes instead of silently dropping data) and no persistence unless asked.
 The run directory holds the password file, one folder per node with each server's config, log,
 socket and a ``state.json`` of what was started, so ``stop`` and ``status`` work from any shell.
+
+Nothing found in a run directory is trusted unless this user made it (nekrs_ml.rundir): the
+directories are 0700, the password, configs and state are 0600 files of ours, every value written
+into redis.conf is checked (a value that could end a line or a quote is refused, not escaped), and
+the servers run with umask 077 so that persistence files are private too. A per-node lock file,
+held by the servers themselves, keeps a second `db start` out of a live run's directory, and each
+server's start time is recorded so that `db stop` never signals a process that reused its pid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,14 +39,19 @@ from typing import List, Optional
 
 import redis
 
-from . import environment
+from . import environment, rundir
 from .errors import OrchestratorError
 
 CLUSTER_SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000
 STATE_FILE = "state.json"
 PASSWORD_FILE = "password"
+LOCK_FILE = "db.lock"
 MODES = environment.MODES
+SERVER_UMASK = 0o077  # dump/AOF files, sockets and logs of the servers are theirs alone
+# A password is one token of these characters (ours are 64 hex digits).
+PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9_+/=.~-]{16,512}")
+MEMORY_PATTERN = re.compile(r"[0-9]{1,15}(?:[kmg]b?|b)?", re.IGNORECASE)
 
 
 @dataclass
@@ -52,6 +66,7 @@ class Server:
     host: Optional[str] = None
     port: Optional[int] = None
     socket: Optional[str] = None
+    start_time: Optional[int] = None  # /proc start time: tells our server from a reused pid
 
 
 @dataclass
@@ -63,14 +78,13 @@ class State:
 
     @classmethod
     def load(cls, path: Path) -> "State":
-        raw = json.loads(path.read_text())
+        # the pids in it get signalled: only a state file of ours counts
+        raw = json.loads(rundir.read_private(path, "state file"))
         return cls(mode=raw["mode"], node=raw["node"], namespace=raw.get("namespace", "nkml"),
                    servers=[Server(**s) for s in raw["servers"]])
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)  # never leave a half-written state file
+        rundir.write_private(path, json.dumps(asdict(self), indent=2))
 
 
 def find_redis_server(path: Optional[str] = None) -> str:
@@ -97,6 +111,61 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return status != "Z"
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """When ``pid`` started (clock ticks since boot); None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_our_server(server: "Server") -> bool:
+    """True when the server's pid still is the process that was started for it."""
+    if not pid_alive(server.pid):
+        return False
+    return server.start_time is None or process_start_time(server.pid) == server.start_time
+
+
+def conf_path(path, what: str = "path") -> str:
+    """A path for redis.conf, where it is written in double quotes: refused (not escaped) when
+    it holds a quote, a backslash or a control character."""
+    text = str(path)
+    if any(c in "\"'\\" or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise OrchestratorError(
+            f"{what} {text!r} contains a quote, a backslash or a control character, which the "
+            "server configuration cannot hold safely; choose a plainer run directory")
+    return f'"{text}"'
+
+
+def check_password(text: str, path) -> str:
+    """The password file holds one token and nothing else (a second line would be server
+    configuration once written into redis.conf)."""
+    token = text[:-1] if text.endswith("\n") else text
+    if not PASSWORD_PATTERN.fullmatch(token):
+        raise OrchestratorError(
+            f"password file {path} does not hold a single password of 16-512 characters "
+            "[A-Za-z0-9_+/=.~-] on one line; remove it and a new one is generated at start")
+    return token
+
+
+def check_maxmemory(value: str) -> str:
+    if not MEMORY_PATTERN.fullmatch(str(value)):
+        raise OrchestratorError(
+            f"maxmemory {value!r} is not a Redis memory size; use a number with an optional unit "
+            "b, k, kb, m, mb, g, gb (e.g. 512mb, 4gb)")
+    return str(value)
+
+
+def check_bind(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise OrchestratorError(
+            f"bind address {value!r} is not an IP address; use e.g. 127.0.0.1 or this node's "
+            "address on the cluster network") from None
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -153,13 +222,16 @@ class Orchestrator:
             raise OrchestratorError("--port does not apply to colocated mode (Unix socket per node)")
         if "{" in namespace or "}" in namespace or ":" in namespace or not namespace:
             raise OrchestratorError(f"namespace {namespace!r}: use a non-empty name without '{{', '}}' or ':'")
+        if port is not None and not 0 < int(port) < 65536:
+            raise OrchestratorError(f"--port {port}: use a TCP port between 1 and 65535")
         self.run_dir = Path(run_dir).absolute()
+        conf_path(self.run_dir, "run directory")
         self.mode = mode
         self.transport = "unix" if mode == "colocated" else transport
         self.shards = shards if mode == "cluster" else 1
-        self.bind = bind
+        self.bind = check_bind(bind)
         self.port = port
-        self.maxmemory = maxmemory
+        self.maxmemory = check_maxmemory(maxmemory)
         self.persistence = persistence
         self.redis_server = redis_server
         self.namespace = namespace
@@ -177,7 +249,8 @@ class Orchestrator:
 
     @property
     def password(self) -> str:
-        return environment.read_password(str(self.password_file))
+        text = rundir.read_private(self.password_file, "password file")
+        return check_password(text, self.password_file)
 
     # --- queries over the whole run directory ----------------------------------------------
     @staticmethod
@@ -218,17 +291,31 @@ class Orchestrator:
     # --- start ------------------------------------------------------------------------------
     def start(self) -> dict:
         binary = find_redis_server(self.redis_server)
+        rundir.private_dir(self.run_dir)
+        rundir.private_dir(self.node_dir)
+        # Taken before anything in the directory is read or changed; the servers inherit it,
+        # so it stays held for as long as any of them lives.
+        lock = rundir.RunLock(
+            self.node_dir / LOCK_FILE, f"run directory {self.run_dir}",
+            f"stop its servers with `nekrs-ml db stop --dir {self.run_dir}` or choose another --dir"
+        ).acquire()
+        try:
+            return self._start_locked(binary, lock)
+        finally:
+            lock.release()
+
+    def _start_locked(self, binary: str, lock: rundir.RunLock) -> dict:
         self._check_run_dir()
-        self.node_dir.mkdir(parents=True, exist_ok=True)
         password = self._ensure_password()
         state = State(mode=self.mode, node=self.node, namespace=self.namespace)
         state_path = self.node_dir / STATE_FILE
         try:
             taken: set = set()
             for index in range(self.shards):
-                server = self._spawn(binary, index, password, taken)
+                server = self._spawn(binary, index, password, taken, lock.fd)
                 state.servers.append(server)
                 state.save(state_path)  # record each pid at once, so stop() finds it on failure
+            lock.note("redis-server pids " + " ".join(str(s.pid) for s in state.servers))
             for server in state.servers:
                 self._wait_ready(server, password)
             if self.mode == "cluster":
@@ -257,7 +344,7 @@ class Orchestrator:
         if state_path.exists():
             try:
                 state = State.load(state_path)
-                alive = [s.pid for s in state.servers if pid_alive(s.pid)]
+                alive = [s.pid for s in state.servers if is_our_server(s)]
             except (OSError, ValueError, KeyError, TypeError):
                 alive = []
             if alive:
@@ -275,19 +362,16 @@ class Orchestrator:
                 "use another --dir")
 
     def _ensure_password(self) -> str:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: several nodes of a colocated run share one password
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self.password
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
+        """A new password, or the existing one when it passes every check (several nodes of a
+        colocated run share one; a reused run directory keeps its own)."""
+        rundir.create_private(self.password_file, secrets.token_hex(32) + "\n")
         return self.password
 
-    def _spawn(self, binary: str, index: int, password: str, taken: set) -> Server:
+    def _spawn(self, binary: str, index: int, password: str, taken: set,
+               lock_fd: Optional[int]) -> Server:
         name = f"redis-{index}" if self.shards > 1 else "redis"
         server_dir = self.node_dir / name if self.shards > 1 else self.node_dir
-        server_dir.mkdir(parents=True, exist_ok=True)
+        rundir.private_dir(server_dir)
         host = port = sock = None
         if self.transport == "unix":
             sock = str(server_dir / "redis.sock")
@@ -309,27 +393,32 @@ class Orchestrator:
                 port = free_port(host, with_bus=self.mode == "cluster", taken=taken)
             taken.add(port)
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for loaded in ("nodes.conf", "dump.rdb", "appendonlydir"):  # what the server reads at start
+            rundir.check_ours(server_dir / loaded, "server file")
         config = server_dir / "redis.conf"
         log = server_dir / "redis.log"
-        config.write_text(self._config_text(server_dir, host, port, sock, password, log))
-        config.chmod(0o600)  # it holds the password
-        with open(log, "ab") as log_handle:
+        rundir.write_private(config, self._config_text(server_dir, host, port, sock, password, log))
+        log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(log_fd, "ab") as log_handle:
             process = subprocess.Popen(
                 [binary, str(config)], stdout=log_handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=server_dir,
+                stdin=subprocess.DEVNULL, cwd=server_dir, umask=SERVER_UMASK,
+                pass_fds=(lock_fd,) if lock_fd is not None else (),
                 start_new_session=True)  # outlives `db start`; stopped by `db stop`
         return Server(name=name, address=address, pid=process.pid, config=str(config),
-                      log=str(log), host=host, port=port, socket=sock)
+                      log=str(log), host=host, port=port, socket=sock,
+                      start_time=process_start_time(process.pid))
 
     def _config_text(self, server_dir: Path, host, port, sock, password: str, log: Path) -> str:
+        password = check_password(password, self.password_file)
         lines = [
-            f"port {port if port is not None else 0}",
-            f"bind {host}" if host else "bind 127.0.0.1",
+            f"port {int(port) if port is not None else 0}",
+            f"bind {check_bind(host)}" if host else "bind 127.0.0.1",
             f"requirepass {password}",
-            f"maxmemory {self.maxmemory}",
+            f"maxmemory {check_maxmemory(self.maxmemory)}",
             "maxmemory-policy noeviction",
-            f'dir "{server_dir}"',
-            f'logfile "{log}"',
+            f"dir {conf_path(server_dir)}",
+            f"logfile {conf_path(log)}",
             "daemonize no",
             "protected-mode yes",
             "timeout 0",
@@ -339,7 +428,7 @@ class Orchestrator:
             "client-query-buffer-limit 2gb",
         ]
         if sock:
-            lines += [f'unixsocket "{sock}"', "unixsocketperm 700"]
+            lines += [f"unixsocket {conf_path(sock)}", "unixsocketperm 700"]
         if self.persistence:
             lines += ["appendonly yes", 'save "900 1 300 100"']
         else:
@@ -439,8 +528,9 @@ class Orchestrator:
 
     @staticmethod
     def _terminate(servers: List[Server], timeout: float = 10.0) -> None:
-        """SIGTERM (redis shuts down cleanly, no save when persistence is off), then SIGKILL."""
-        live = [s for s in servers if pid_alive(s.pid)]
+        """SIGTERM (redis shuts down cleanly, no save when persistence is off), then SIGKILL;
+        only to pids that still are the servers started (a stale state never hits another)."""
+        live = [s for s in servers if is_our_server(s)]
         for server in live:
             try:
                 os.kill(server.pid, signal.SIGTERM)
@@ -456,7 +546,7 @@ class Orchestrator:
             while live and time.monotonic() < deadline:
                 for server in live:
                     _reap(server.pid)
-                live = [s for s in live if pid_alive(s.pid)]
+                live = [s for s in live if is_our_server(s)]
                 time.sleep(0.02)
         if live:
             raise OrchestratorError(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -120,11 +122,12 @@ def write_par(directory: str, **options) -> str:
 
 
 @contextlib.contextmanager
-def training(par: str, run_dir: str, env: dict, solver: StreamingSolver, ranks: int = 2):
+def training(par: str, run_dir: str, env: dict, solver: StreamingSolver, ranks: int = 2,
+             extra=()):
     """The trainer under mpiexec next to the solver thread; on the way out (also when the test
     fails) the trainer's whole process group is killed if still running and the solver halted."""
     argv = ["mpiexec", "-n", str(ranks), "--oversubscribe", sys.executable, "-m", "nekrs_ml.cli",
-            "train", par, "--run-dir", run_dir, "--data-timeout", "60"]
+            "train", par, "--run-dir", run_dir, "--data-timeout", "60", *extra]
     with open(Path(run_dir, "trainer.log"), "wb") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
@@ -361,3 +364,137 @@ def test_inference_case_deploys_what_the_training_case_writes():
         run_dir = case / "runs" / f"channel_train{suffix}"  # `nekrs-ml run`'s default run dir
         assert deploy.model_file == model_path(run_dir, train.get("nekrs_ml", "modelName"))
         assert deploy.model_name == train.get("nekrs_ml", "modelName")
+
+
+
+# --- bad data -------------------------------------------------------------------------------
+def _raw_tensor_value(dtype_code: int, shape, data: bytes) -> bytes:
+    """A value in the tensor wire format with whatever header and data we like."""
+    return struct.pack("<4sBBBB", b"NKML", 1, dtype_code, len(shape), 0) + \
+        struct.pack(f"<{len(shape)}Q", *shape) + data
+
+
+def _plant(client, ns: str, rank: int, seq: int, inputs, targets) -> None:
+    """One snapshot whose tensors are arrays, raw values, or lists (the wrong Redis type)."""
+    for key, value in ((keys.snapshot_inputs(ns, rank, seq), inputs),
+                       (keys.snapshot_targets(ns, rank, seq), targets)):
+        if isinstance(value, np.ndarray):
+            client.put_tensor(key, value)
+        elif isinstance(value, bytes):
+            client.command(["SET", key, value], key=key)
+        else:
+            client.command(["RPUSH", key, *value], key=key)
+    client.list_push(keys.snapshot_index(ns, rank), f"{seq} {seq * 10} {seq * 0.01:.6f}")
+
+
+def _good(n=400, n_in=1, dtype=np.float32):
+    u = np.random.default_rng(n).uniform(*U_RANGE, size=(n, n_in))
+    return u.astype(dtype), wall_shear_stress(u[:, :1]).astype(dtype)
+
+
+# every kind of bad record, with the reason the trainer counts it under
+BAD_RECORDS = [
+    ("dtype", lambda: (_good()[0].astype(np.int64), _good()[1])),
+    ("width", lambda: (_good(n_in=2)[0], _good()[1])),
+    ("rows", lambda: (_good()[0], _good()[1][:-1])),
+    ("nonfinite", lambda: (np.where(np.arange(400)[:, None] == 7, np.nan, _good()[0]), _good()[1])),
+    ("nonfinite", lambda: (_good()[0], np.where(np.arange(400)[:, None] == 9, np.inf, _good()[1]))),
+    ("nonfinite", lambda: (np.full((400, 1), 1e300), _good(dtype=np.float64)[1])),
+    ("shape", lambda: (_good()[0].reshape(400, 1, 1), _good()[1])),
+    ("format", lambda: (b"NKML\x01\x01", _good()[1])),  # truncated header
+    ("format", lambda: (_raw_tensor_value(1, (1 << 40, 1), b"\0" * 8), _good()[1])),  # huge shape
+    ("type", lambda: (["not", "a", "tensor"], _good()[1])),  # a list under the tensor's key
+]
+
+
+class BadDataSolver(StreamingSolver):
+    """Streams good snapshots, with one bad record of every kind on rank 0 among them (every
+    other snapshot from seq 4 on) and one malformed announcement; nothing is dropped."""
+
+    def write(self, rank: int, seq: int) -> None:
+        bad = (seq - 4) // 2
+        if rank == 0 and seq >= 4 and seq % 2 == 0 and bad < len(BAD_RECORDS):
+            _plant(self.client, self.ns, rank, seq, *BAD_RECORDS[bad][1]())
+            self.written += 1
+        elif rank == 0 and seq == 4 + 2 * len(BAD_RECORDS):
+            self.client.list_push(keys.snapshot_index(self.ns, rank), "not an announcement")
+        else:
+            super().write(rank, seq)
+
+
+def test_bad_records_are_skipped_counted_and_do_not_poison_the_model(tcp_server, run_dir):
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    solver = BadDataSolver(tcp_server.client_args(), ns, duration=20.0, keep=10 ** 6)
+    with training(write_par(run_dir), run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=120)
+    log = log_of(run_dir)
+    assert code == 0 and solver.error is None, log
+    expected = {}
+    for reason, _ in BAD_RECORDS:
+        expected[reason] = expected.get(reason, 0) + 1
+    expected["announcement"] = 1
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "done" and status["skipped"] == expected, status
+    assert "warning: skipping snapshot" in log and "int64" in log
+    history = [json.loads(line) for line in
+               Path(run_dir, "trainer_history.jsonl").read_text().splitlines()]
+    training_losses = [h["train_loss"] for h in history if h["state"] == "training"]
+    assert training_losses and all(loss is not None and math.isfinite(loss)
+                                   for loss in training_losses)
+    assert list(client.redis.scan_iter(match=f"{ns}:*:train:*")) == []  # bad ones consumed too
+
+    blob, meta = registry.load(client, ns, "tau_model")
+    assert math.isfinite(meta["val_loss"]) and meta["n_in"] == 1
+    model = torch.jit.load(io.BytesIO(blob))
+    u = np.linspace(0.61, 1.09, 97)[:, None]
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(u.astype(np.float32))).numpy()
+    assert np.isfinite(predicted).all()
+    # trained, not poisoned (a constant prediction is off by more; the accuracy itself is the
+    # business of the test above and depends on how long the machine lets the trainer run)
+    relative = np.abs(predicted[:, 0] / wall_shear_stress(u)[:, 0] - 1.0)
+    assert np.median(relative) < 0.1, f"median relative error {np.median(relative):.3%}"
+
+
+class Int64Solver(StreamingSolver):
+    """A few good snapshots, then only int64 ones."""
+
+    def write(self, rank: int, seq: int) -> None:
+        if seq < 3:
+            return super().write(rank, seq)
+        inputs, targets = _good()
+        _plant(self.client, self.ns, rank, seq, inputs.astype(np.int64), targets)
+        self.written += 1
+
+
+def test_too_many_bad_snapshots_in_a_row_end_the_trainer(tcp_server, run_dir):
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    solver = Int64Solver(tcp_server.client_args(), ns, duration=60.0, keep=10 ** 6)
+    with training(write_par(run_dir), run_dir, trainer_env(tcp_server, ns), solver,
+                  extra=("--max-skips", "5")) as process:
+        code = process.wait(timeout=90)
+    log = log_of(run_dir)
+    assert code != 0, log
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "failed" and "bad snapshots in a row" in status["error"], status
+    assert "--max-skips 5" in status["error"] and status["skipped"]["dtype"] >= 5
+    assert "bad snapshots in a row" in log
+
+
+def test_a_non_finite_loss_is_never_convergence_nor_published(tcp_server, run_dir):
+    """A diverging optimiser (absurd learning rate): the loss is infinite or NaN every epoch.
+    That must end as a failure, not as "converged" with a NaN model in the registry."""
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    par = write_par(run_dir, learningRate=1e30, patience=3, publishInterval=1)
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=60.0)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=90)
+    log = log_of(run_dir)
+    assert code != 0, log
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "failed" and "NaN or infinite" in status["error"], status
+    assert registry.latest_version(client, ns, "tau_model") is None
+    assert "converged" not in log

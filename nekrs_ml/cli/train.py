@@ -15,6 +15,9 @@ def _train(parser: argparse.ArgumentParser):
                         "the checkpoints (default: $NEKRS_ML_RUN_DIR, else the current directory)")
     parser.add_argument("--data-timeout", type=float, default=600.0, metavar="S",
                         help="fail when a rank has no training data after S seconds (default 600)")
+    parser.add_argument("--max-skips", type=int, default=20, metavar="N",
+                        help="fail after N bad snapshots in a row (wrong dtype, shape, NaN...; "
+                        "default 20); fewer are skipped with a warning and counted")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in checkpointDir")
 

@@ -23,12 +23,15 @@ from ..client import Client
 from ..config import load_par
 from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator
+from ..rundir import RunLock
+from . import supervisor
 from .nodes import allocation_hosts
 from .supervisor import Part
+from .watchdog import Guard
 
 # Outputs of an earlier run in the same directory, removed before a new run starts.
 STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "trainer.json", "loss.png",
-                 "tau_w.png", "solver.log", "trainer.log")
+                 "tau_w.png", "solver.log", "trainer.log", "watchdog.log")
 
 
 def stale_outputs(run_dir: Path) -> List[Path]:
@@ -75,6 +78,8 @@ def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
     if end_time is not None and dt:
         return math.ceil(end_time / dt - 1e-9), end_time
     return None, end_time
+RUN_LOCK = "run.lock"  # held by the live run of a run directory
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
@@ -341,6 +346,9 @@ class Run:
         solver_summary = self.solver_summary()
         plots = report.plot(self.run_dir, history, evaluation)
         tested = evaluation is not None and "median" in evaluation
+        trainer = _read_json(self.run_dir / "trainer.json")
+        if history and "skipped" in history[-1]:  # bad snapshots the trainer left out
+            trainer = dict(trainer or {}, skipped=history[-1]["skipped"])
         data = {
             "status": status,
             "message": message,
@@ -358,8 +366,8 @@ class Run:
                           if solver_summary else None),
             "inference": (solver_summary or {}).get("inference"),
             "solver_summary": solver_summary,
-            "trainer": _read_json(self.run_dir / "trainer.json"),
-            "trained_model": (_read_json(self.run_dir / "trainer.json") or {}).get("model_file"),
+            "trainer": trainer,
+            "trained_model": (trainer or {}).get("model_file"),
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
             "warnings": self.warnings,
@@ -384,16 +392,46 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
         raise ConfigError(f"case file {par} not found")
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
     run_path.mkdir(parents=True, exist_ok=True)
+    # --- one live run per directory: refused before anything in it is touched -------------
+    lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
+                   "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
+                   "another --run-dir").acquire()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        guard = Guard(run_path, run_path / "db")  # stops everything if this process dies
+        supervisor.guard_with(guard)
+        try:
+            return _execute_locked(par_path, solver, run_path, trainer_grace)
+        finally:
+            supervisor.guard_with(None)
+            guard.close()
+    finally:
+        lock.release()
+        for sig, handler in previous.items():  # only now: a late signal must not interrupt
+            signal.signal(sig, handler)        # the stop, the report or the watchdog's end
+
+
+def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     for stale in stale_outputs(run_path):  # a reused run directory must not mix two runs' results
         stale.unlink(missing_ok=True)
     run = Run(par_path, solver, run_path, trainer_grace)
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
 
+    # --- signals: the first one (Ctrl-C, SIGTERM, a closed terminal) stops the run; any
+    # later one only hurries the stop along, which still stops every part and writes the report
+    def while_stopping(signum, frame):
+        supervisor.hurry()
+        print(f"\nnekrs-ml run: {signal.Signals(signum).name} while stopping: stopping the parts "
+              "without waiting for a clean exit", file=sys.stderr, flush=True)
+
     def on_signal(signum, frame):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, while_stopping)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         try:
             run.start_orchestrator()
@@ -411,6 +449,8 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     except KeyboardInterrupt:
         interrupted, status = True, "interrupted"
     finally:
+        for sig in STOP_SIGNALS:  # from here on a signal must not cut the stop short
+            signal.signal(sig, while_stopping)
         exit_codes = run.stop_parts()
         if status in run.parts:
             part = run.parts[status]
@@ -425,7 +465,6 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             data = run.write_report(status, exit_codes, message)
         finally:
             Orchestrator.stop_dir(run_path / "db")
-            signal.signal(signal.SIGTERM, previous)
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED

@@ -1,5 +1,8 @@
 """Process supervision: each part (solver, trainer) runs in its own process group so that it and
-every rank under it can be stopped together, also when the launcher itself fails."""
+every rank under it can be stopped together, also when the launcher itself fails: the kernel
+sends each part SIGTERM when the launcher dies, and the launcher's watchdog (``guard_with``)
+stops every group still running when the launcher is gone. A second signal while the parts
+are stopping (``hurry``) cuts their grace period short."""
 
 from __future__ import annotations
 
@@ -8,6 +11,28 @@ import signal
 import subprocess
 import time
 from typing import Dict, List, Optional
+
+from .watchdog import Guard, die_with_parent
+
+_guard: Optional[Guard] = None
+_hurried = False
+
+
+def guard_with(guard: Optional[Guard]) -> None:
+    """Every part started from now on is watched by ``guard`` (None: by nothing); a new run
+    starts unhurried."""
+    global _guard, _hurried
+    _guard, _hurried = guard, False
+
+
+def hurry() -> None:
+    """Stops waiting for the parts' clean exit: the next stop kills at once."""
+    global _hurried
+    _hurried = True
+
+
+def hurried() -> bool:
+    return _hurried
 
 
 class Part:
@@ -20,8 +45,11 @@ class Part:
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent())
         self.started = time.monotonic()
+        self.guard = _guard
+        if self.guard is not None:
+            self.guard.watch(self.process.pid)  # its own group: the pid is the pgid
 
     @property
     def returncode(self) -> Optional[int]:
@@ -35,10 +63,9 @@ class Part:
         """SIGTERM to the whole group, SIGKILL after ``grace`` seconds; returns the exit code."""
         if self.running:
             self._signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.monotonic() + grace
+            while self.running and time.monotonic() < deadline and not hurried():
+                time.sleep(0.05)
         # ranks may outlive a dead mpiexec: always sweep the group
         self._signal(signal.SIGKILL)
         try:
@@ -46,6 +73,8 @@ class Part:
         except subprocess.TimeoutExpired:
             pass
         self._log.close()
+        if self.guard is not None and self.process.returncode is not None:
+            self.guard.forget(self.process.pid)
         return self.process.returncode
 
     def _signal(self, sig: int) -> None:

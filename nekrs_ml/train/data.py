@@ -1,19 +1,28 @@
 """Streaming ingest of the solver's training snapshots, the replay buffers and the running
-normalisation statistics. Plain numpy; the distributed parts live in the loop module."""
+normalisation statistics. Plain numpy; the distributed parts live in the loop module.
+
+Every snapshot is checked before it reaches a buffer: a bad one (not a tensor, a key of the
+wrong type, an integer dtype, a wrong shape, rows that differ between inputs and targets,
+another width than the first snapshot's, a NaN or infinity) is skipped with a warning naming its
+key and counted by reason (``Skips``), so one bad record neither kills the trainer nor poisons
+the model.
+"""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import keys
 from ..client import Client
-from ..errors import KeyNotFoundError, TensorFormatError
+from ..errors import KeyNotFoundError, ServerError, TensorFormatError
 
 STD_FLOOR = 1e-8  # a constant feature must not divide by zero
+MAX_SKIPS_IN_A_ROW = 20  # bad snapshots in a row that end training (the solver streams garbage)
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @dataclass
@@ -30,6 +39,47 @@ def parse_announcement(entry: bytes) -> Tuple[int, int, float]:
     """Parses the announcement "<seq> <step> <time>"; ValueError when malformed."""
     seq, step, when = entry.decode().split()
     return int(seq), int(step), float(when)
+
+
+@dataclass
+class Skips:
+    """The snapshots refused, counted by reason, and how many in a row (reset by a good one)."""
+
+    counts: Dict[str, int] = field(default_factory=dict)
+    in_a_row: int = 0
+    last: str = ""
+
+    def record(self, key: str, reason: str, detail: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.in_a_row += 1
+        self.last = f"{key!r} ({reason}: {detail})"
+        print(f"warning: skipping snapshot {key!r}: {detail}", file=sys.stderr, flush=True)
+
+    def accepted(self) -> None:
+        self.in_a_row = 0
+
+
+def snapshot_problem(inputs: np.ndarray, targets: np.ndarray,
+                     dims: Optional[Tuple[int, int]]) -> Optional[Tuple[str, str]]:
+    """(reason, detail) when a decoded snapshot cannot be trained on; None when it can.
+    ``dims`` is the (n_in, n_out) of the first snapshot taken, None before it."""
+    for name, array in (("inputs", inputs), ("targets", targets)):
+        if array.dtype not in FLOAT_DTYPES:
+            return "dtype", f"{name} are {array.dtype.name}; stream float32 or float64"
+        if array.ndim != 2 or 0 in array.shape[1:]:
+            return "shape", (f"{name} have shape {tuple(array.shape)}; expected [n, n_features] "
+                             "with n_features >= 1")
+    if inputs.shape[0] != targets.shape[0]:
+        return "rows", f"{inputs.shape[0]} input rows but {targets.shape[0]} target rows"
+    widths = (inputs.shape[1], targets.shape[1])
+    if dims is not None and widths != dims:
+        return "width", (f"{widths[0]} inputs / {widths[1]} targets per sample, the first "
+                         f"snapshot had {dims[0]} / {dims[1]}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range is an infinity here
+        for name, array in (("inputs", inputs), ("targets", targets)):
+            if not np.isfinite(array.astype(np.float32, copy=False)).all():
+                return "nonfinite", f"{name} hold NaN or infinite values (in float32)"
+    return None
 
 
 def validation_period(fraction: float) -> Optional[int]:
@@ -55,6 +105,8 @@ class SnapshotReader:
         self.ns = ns
         self.position = position
         self.share = share
+        self.skips = Skips()
+        self.dims: Optional[Tuple[int, int]] = None  # (n_in, n_out) of the first good snapshot
 
     def solver_ranks(self) -> List[int]:
         key = keys.solver_members(self.ns)
@@ -76,31 +128,35 @@ class SnapshotReader:
         index = keys.snapshot_index(self.ns, rank)
         try:
             seq, step, when = parse_announcement(entry)
-        except ValueError:
-            print(f"warning: skipping malformed entry {entry!r} of {index!r} (expected "
-                  "'<seq> <step> <time>')", file=sys.stderr)
+        except (ValueError, UnicodeDecodeError):
+            self.skips.record(index, "announcement",
+                              f"malformed entry {entry!r} (expected '<seq> <step> <time>')")
             self.client.command(["LREM", index, "1", entry], key=index)
             return None
         x_key = keys.snapshot_inputs(self.ns, rank, seq)
         y_key = keys.snapshot_targets(self.ns, rank, seq)
+        inputs = targets = None
+        problem = None
         try:
             inputs = self.client.get_tensor(x_key)
             targets = self.client.get_tensor(y_key)
         except KeyNotFoundError:
-            inputs = targets = None  # dropped by the solver's retention limit meanwhile
+            inputs = None  # dropped by the solver's retention limit meanwhile: not a bad record
+        except (TensorFormatError, ServerError) as exc:
+            # the server's WRONGTYPE: the key holds a list, a set... instead of a string
+            problem = ("type" if "WRONGTYPE" in str(exc) else "format", str(exc))
         self.client.command(["LREM", index, "1", entry], key=index)
         self.client.command(["DEL", x_key, y_key], key=x_key)
+        if problem is None and inputs is not None:
+            problem = snapshot_problem(inputs, targets, self.dims)
+        if problem is not None:
+            self.skips.record(x_key, *problem)
+            return None
         if inputs is None:
             return None
-        check_pair(inputs, targets, x_key, y_key)
+        self.dims = self.dims or (inputs.shape[1], targets.shape[1])
+        self.skips.accepted()
         return Snapshot(rank, seq, step, when, inputs, targets)
-
-
-def check_pair(inputs: np.ndarray, targets: np.ndarray, x_key: str, y_key: str) -> None:
-    if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
-        raise TensorFormatError(
-            f"snapshot {x_key!r} {tuple(inputs.shape)} / {y_key!r} {tuple(targets.shape)}: "
-            "expected inputs [n, n_in] and targets [n, n_out] with the same n")
 
 
 class ReplayBuffer:

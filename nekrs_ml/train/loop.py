@@ -108,6 +108,8 @@ class Trainer:
         self.samples_seen = 0
         self.best: Optional[Best] = None
         self.stale = 0  # epochs without a significant improvement
+        self.non_finite = 0  # epochs in a row whose loss was NaN or infinite
+        self.skipped: dict = {}  # bad snapshots skipped on all ranks, by reason
         self.idle = 0  # epochs without new data after the solver finished
         self.version: Optional[int] = None
         self.published_epoch: Optional[int] = None
@@ -144,6 +146,7 @@ class Trainer:
         while True:
             done = self.client.exists(keys.solver_done(self.ns))
             self.ingest()
+            self.check_skips()
             ranks = self.world.comm.allgather((self.samples.train_rows, done, self.stop.received))
             elapsed = time.monotonic() - started
             verdict = self.waiting_verdict(ranks, elapsed) if self.world.rank == 0 else None
@@ -195,6 +198,22 @@ class Trainer:
             self.samples.add(snapshot)
         return len(snapshots)
 
+    def check_skips(self) -> None:
+        """Collective: sums the skipped snapshots of all ranks; too many bad ones in a row on
+        any rank ends training (the solver streams garbage, the model would learn nothing)."""
+        gathered = self.world.comm.allgather(
+            (self.reader.skips.counts, self.reader.skips.in_a_row, self.reader.skips.last))
+        totals: dict = {}
+        for counts, _, _ in gathered:
+            for reason, count in counts.items():
+                totals[reason] = totals.get(reason, 0) + count
+        self.skipped = totals
+        in_a_row, last = max((row, last) for _, row, last in gathered)
+        if in_a_row >= self.settings.max_skips:
+            raise TrainingFailed(
+                f"{in_a_row} bad snapshots in a row (skipped so far: {totals}; last {last}); "
+                f"check what the solver streams (--max-skips {self.settings.max_skips})")
+
     # --- model ------------------------------------------------------------------------------
     def build_model(self) -> None:
         n_in, n_out = self.samples.dims
@@ -217,6 +236,8 @@ class Trainer:
             self.idle = self.idle + 1 if progress.solver_done and not progress.new_snapshots else 0
             state, reason = self.world.comm.bcast(
                 self.verdict(progress) if self.world.rank == 0 else None, root=0)
+            if state == "failed":
+                raise TrainingFailed(reason)
             if state != "training":
                 return state, reason
             if self.epoch % self.settings.publish_interval == 0:
@@ -229,6 +250,7 @@ class Trainer:
         """Ingests new data and sums the counts and statistics over the ranks."""
         done = self.client.exists(keys.solver_done(self.ns))
         new = self.ingest()
+        self.check_skips()
         comm, samples = self.world.comm, self.samples
         flags = comm.allreduce(np.array([new, done, self.stop.received], dtype=np.int64),
                                op=MPI.SUM)
@@ -278,6 +300,13 @@ class Trainer:
 
     def track_best(self, loss: float, norm: Normalisation) -> None:
         best = self.best
+        if not math.isfinite(loss):
+            # never a best state, never a step towards convergence; go back to the last good
+            # weights (a NaN in them would make every later loss NaN too)
+            self.non_finite += 1
+            self.roll_back()
+            return
+        self.non_finite = 0
         if best is None or loss < best.loss * (1.0 - self.settings.min_improvement):
             state = {k: v.detach().to("cpu", copy=True) for k, v in self.mlp.state_dict().items()}
             self.best = Best(loss, self.epoch, state, norm, self.samples_seen)
@@ -285,12 +314,34 @@ class Trainer:
         else:
             self.stale += 1
 
+    def roll_back(self) -> None:
+        """The best weights so far (or the initial ones) and a fresh optimiser state, on every
+        rank alike (they all saw the same summed loss)."""
+        if self.best is not None:
+            self.mlp.load_state_dict(self.best.state)
+        else:  # no good state yet: new weights, the same on every rank (same seed)
+            torch.manual_seed(self.epoch)
+            for layer in self.mlp.modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=self.settings.learning_rate)
+
     def verdict(self, progress: Progress) -> Tuple[str, str]:
         """Rank 0's decision after an epoch: (state, reason)."""
+        state, reason = self.stopping_reason(progress)
+        if state == "done" and self.best is None:  # nothing to publish: say why
+            return "failed", f"{reason}, and no epoch had a finite loss (lower learningRate)"
+        return state, reason
+
+    def stopping_reason(self, progress: Progress) -> Tuple[str, str]:
         s = self.settings
         if progress.signalled:
             return "done", "stopped by a signal"
-        if self.stale >= s.patience:
+        if self.non_finite >= s.patience:
+            return "failed", (f"the loss was NaN or infinite for {self.non_finite} epochs in a "
+                              "row (patience); lower learningRate or check the data")
+        # a NaN loss is no evidence of convergence
+        if self.stale >= s.patience and not self.non_finite:
             return "converged", (f"converged: no validation improvement of minImprovement = "
                                  f"{s.min_improvement:g} for patience = {s.patience} epochs")
         if self.idle >= IDLE_EPOCHS:
@@ -372,6 +423,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         n_in, n_out = self.samples.dims
         best = self.best
+        if best is None:  # every loss so far was NaN or infinite: nothing worth resuming from
+            return
         checkpoints.save(self.settings.checkpoint_dir, self.epoch, {
             "epoch": self.epoch, "n_in": n_in, "n_out": n_out,
             "hidden_layers": list(self.settings.hidden_layers),
@@ -404,7 +457,7 @@ class Trainer:
         return {"epoch": self.epoch, "train_loss": _finite(self.train_loss),
                 "val_loss": _finite(self.val_loss), "samples_seen": self.samples_seen,
                 "snapshots": self.snapshots, "model_version": self.version,
-                "time": time.time(), "state": state}
+                "skipped": dict(self.skipped), "time": time.time(), "state": state}
 
     def write_status(self, record: dict) -> None:
         """The status key (overwritten) and one line of the history file."""

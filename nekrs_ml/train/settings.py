@@ -9,6 +9,7 @@ from typing import Tuple
 
 from .. import environment
 from ..config import load_par
+from .data import MAX_SKIPS_IN_A_ROW
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Settings:
     checkpoint_dir: Path
     data_timeout: float
     resume: bool
+    max_skips: int = MAX_SKIPS_IN_A_ROW
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -56,6 +58,7 @@ class Settings:
             checkpoint_dir=run_dir / ml["checkpointDir"],
             data_timeout=args.data_timeout,
             resume=args.resume,
+            max_skips=getattr(args, "max_skips", MAX_SKIPS_IN_A_ROW),
         )
 
     @property
