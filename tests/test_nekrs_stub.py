@@ -210,7 +210,7 @@ def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: 
     out = workdir / "out"
     out.mkdir(exist_ok=True)
     command = ["mpiexec", "--oversubscribe", "-n", str(ranks), str(build / "nekrs_stub_run"),
-               "--setup", str(par), "--out", str(out), "--steps", str(steps), "--dt", str(DT),
+               "--setup", par.name, "--out", str(out), "--steps", str(steps), "--dt", str(DT),
                "--viscosity", str(MU), "--density", "1",
                "--field", ",".join(str(FIELD[k]) for k in "acebg")]
     for key, value in dict(options).items():

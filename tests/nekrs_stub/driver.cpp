@@ -10,9 +10,9 @@
 // At the end each rank writes <out>/rank<R>.json: steps run, the options, the kernel properties
 // UDF_LoadKernels set, and per volume node its coordinates and usrwrk field 0.
 //
-// Usage: nekrs_stub --setup CASE.par --out DIR [--steps N] [--dt DT] [--viscosity MU]
-//                   [--density RHO] [--field a,c,e,b,g] [--correctors K] [--order N]
-//                   [--option "KEY=VALUE"]... [--udf LIBUDF]
+// Usage (in the case directory): nekrs_stub_run --setup CASE.par --out DIR [--steps N] [--dt DT] [--viscosity MU]
+//                       [--density RHO] [--field a,c,e,b,g] [--correctors K] [--order N]
+//                       [--option "KEY=VALUE"]... [--udf LIBUDF]
 #include "nekrs_stub.hpp"
 #include "udf.hpp"
 
@@ -182,7 +182,9 @@ int run(int argc, char** argv) {
 
   // the options NekRS derives from the .par
   static setupAide options;
-  options.setArgs("CASENAME", args.setup.substr(0, args.setup.size() - 4));
+  // NekRS runs in the case directory; CASENAME is the .par's stem
+  const std::string par_name = args.setup.substr(args.setup.find_last_of('/') + 1);
+  options.setArgs("CASENAME", par_name.substr(0, par_name.size() - 4));
   options.setArgs("NUMBER TIMESTEPS", std::to_string(args.steps));
   options.setArgs("FLUID VISCOSITY", number(args.viscosity));
   options.setArgs("FLUID DENSITY", number(args.density));

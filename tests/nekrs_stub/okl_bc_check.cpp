@@ -120,6 +120,7 @@ int main() {
   std::vector<std::vector<double>> velocities = {
       {0, 0, 0},        // zero slip
       {0, 0.7, 0},      // normal to the channel walls: zero slip there
+      {std::nan(""), 0, 0}, // no direction: no traction
       {1, 0, 0}, {-1, 0, 0}, {0, 0, 1}, {0.3, -0.2, -0.4}, {1e-12, 0, 3e-12}, {25, 1, -7}};
   std::uniform_real_distribution<double> uniform(-2.0, 2.0);
   for (int i = 0; i < 30; ++i) velocities.push_back({uniform(rng), uniform(rng), uniform(rng)});
