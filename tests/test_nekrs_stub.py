@@ -147,8 +147,10 @@ def locate_rows(inputs: np.ndarray, t: float):
     return walls, x, z
 
 
-def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float) -> None:
-    assert inputs.dtype == np.float32 and targets.dtype == np.float32
+def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float,
+                   dtype=np.float32) -> None:
+    assert inputs.dtype == dtype and targets.dtype == dtype
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
     assert inputs.shape == (WALL_POINTS_PER_RANK, 3) and targets.shape == (WALL_POINTS_PER_RANK, 2)
     walls, x, z = locate_rows(inputs.astype(np.float64), t)
     np.testing.assert_allclose(2 * x, np.round(2 * x), atol=1e-4, err_msg="sample x off the wall nodes")
@@ -159,9 +161,9 @@ def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float)
         seen = Counter(zip(np.round(2 * x[rows]).astype(int).tolist(), np.round(2 * z[rows]).astype(int).tolist()))
         assert seen == wall_face_nodes(rank), f"{wall} wall: not one row per wall face node"
         np.testing.assert_allclose(inputs[rows], expected_inputs(wall, x[rows], z[rows], t),
-                                   rtol=2e-6, atol=1e-7, err_msg=f"{wall} wall inputs")
+                                   rtol=rtol, atol=rtol / 10, err_msg=f"{wall} wall inputs")
         np.testing.assert_allclose(targets[rows], np.tile(expected_targets(wall, t), (rows.sum(), 1)),
-                                   rtol=2e-6, atol=1e-10, err_msg=f"{wall} wall targets")
+                                   rtol=rtol, atol=rtol * 1e-4, err_msg=f"{wall} wall targets")
 
 
 # --- running the stand-in NekRS -------------------------------------------------------------------
@@ -250,11 +252,12 @@ def test_okl_traction_equals_wall_model_traction(stub_build, usrwrk_field):
 
 
 # --- training -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks):
+@pytest.mark.parametrize("ranks,dtype", [(1, "float32"), (2, "float32"), (2, "float64")])
+def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks, dtype):
     ns, steps, interval = new_namespace(), 6, 2
     run = run_stub(stub_build, tcp_server, ns, tmp_path, ranks,
-                   {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50}, steps)
+                   {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50,
+                    "snapshotDtype": dtype}, steps)
     run.assert_ok()
     assert [r["last_step"] for r in run.ranks] == [steps] * ranks
     # UDF_LoadKernels handed the OKL snippet its version, usrwrk field and include path
@@ -271,7 +274,7 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
         (rank, step) for rank in range(ranks) for step in range(interval, steps + 1, interval)]
     for snapshot in snapshots:
         assert snapshot.time == pytest.approx(snapshot.step * DT)
-        check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time)
+        check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time, np.dtype(dtype))
     assert client.exists(keys.solver_done(ns))
     assert int(client.get_string(keys.solver_step(ns))) == steps
     members = client.command(["SMEMBERS", keys.solver_members(ns)], key=keys.solver_members(ns))
@@ -289,7 +292,6 @@ def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_serve
     # read at step `interval`: step interval + 1 is the last (NUMBER TIMESTEPS read back by NekRS)
     assert [r["last_step"] for r in run.ranks] == [interval + 1] * 2
     assert all(r["number_timesteps"] == str(interval + 1) and r["end_time"] == "-1" for r in run.ranks)
-    assert "the trainer asked to stop" in run.output
     assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, interval), (1, interval)]
     assert client.exists(keys.solver_done(ns))
     assert int(client.get_string(keys.solver_step(ns))) == interval + 1
@@ -371,7 +373,6 @@ def test_inference_puts_the_predicted_magnitude_into_usrwrk(stub_build, tcp_serv
     run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
                    {"workflow": "infer", "modelName": "stub_model", "inferenceInterval": 1}, 3)
     run.assert_ok()
-    assert "predictions of stub_model version 1" in run.output
     expected_bc(run, known_model_magnitude)
 
 
@@ -387,7 +388,6 @@ def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, s
                    {"workflow": "train+infer", "modelName": "not_yet_trained", "sampleInterval": 2,
                     "maxSnapshots": 50}, 2)
     run.assert_ok()
-    assert "uses Reichardt's law until one is published" in run.output
     expected_bc(run, reichardt_magnitude)
     assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, 2), (1, 2)]
 
