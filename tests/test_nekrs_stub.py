@@ -10,8 +10,8 @@ NekRS's face tangents: t1 = +x on the bottom wall, -x on the top wall, t2 = +z o
 "solver" sets the velocity (1 + t) * U0 with
     U0 = (a (1 - y^2) + e z,  c x,  b (1 - y^2) + g y),
 so that the inputs at the sample points and the wall shear stress are known exactly here.
-The wall-model BC function (udf/nekrs/wall_model.okl) is compiled as C++ and compared with
-nekrs_ml::wall_model_traction. Needs cmake, mpicxx and mpiexec."""
+The wall-model BC function (udf/nekrs/wall_model.okl) is compiled as C++ (25.x and 24.x
+bcData) and compared with nekrs_ml::wall_model_traction. Needs cmake, mpicxx and mpiexec."""
 
 from __future__ import annotations
 
@@ -242,13 +242,16 @@ def read_snapshots(client: Client, ns: str):
 
 
 # --- the wall-model BC, compiled as C++ --------------------------------------------------------------
-@pytest.mark.parametrize("usrwrk_field", [0, 2])
-def test_okl_traction_equals_wall_model_traction(stub_build, usrwrk_field):
-    proc = subprocess.run([str(stub_build / f"okl_bc_check_{usrwrk_field}")], capture_output=True,
-                          text=True, timeout=60)
+@pytest.mark.parametrize("version,usrwrk_field", [(25, 0), (25, 2), (24, 0)])
+def test_okl_traction_equals_wall_model_traction(stub_build, version, usrwrk_field):
+    proc = subprocess.run([str(stub_build / f"okl_bc_check_v{version}_f{usrwrk_field}")],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    match = re.search(r"checked (\d+) cases \(usrwrk field (\d+)\): 0 mismatches", proc.stdout)
-    assert match and int(match.group(1)) > 5000 and int(match.group(2)) == usrwrk_field, proc.stdout
+    match = re.search(r"checked (\d+) cases \(NekRS (\d+) API, usrwrk field (\d+)\): 0 mismatches",
+                      proc.stdout)
+    assert match, proc.stdout
+    assert int(match.group(1)) > 5000
+    assert (int(match.group(2)), int(match.group(3))) == (version, usrwrk_field)
 
 
 # --- training -------------------------------------------------------------------------------------

@@ -1,17 +1,23 @@
 // The wall-model boundary condition udf/nekrs/wall_model.okl compiled as C++ (with the
-// stand-in bcData of NekRS 25.x) and compared with nekrs_ml::wall_model_traction, the traction
+// stand-in bcData of NekRS 25.x, or of 24.x when built with NEKRS_ML_NEKRS_VERSION=24) and compared with nekrs_ml::wall_model_traction, the traction
 // the core documents and the Python side tests: over a sweep of |tau| (also negative values in
 // usrwrk, whose magnitude counts), wall frames (both channel walls as NekRS orients them, and
 // random ones), slip velocities (also zero slip and a purely normal velocity), and with the
-// usrwrk field NEKRS_ML_USRWRK_FIELD (0 by default; the build also compiles it with 2).
+// usrwrk field NEKRS_ML_USRWRK_FIELD (0 by default; the build also compiles it with 2); 25.x
+// also for other fields' Neumann conditions, which it must leave alone.
 // Exits 1 on a mismatch; prints the number of cases checked.
 #include <cmath>
 #include <cstdio>
+#include <cctype>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#if NEKRS_ML_NEKRS_VERSION >= 25
 #include "app/nrs/bdry/bcData.h"
+#else
+#include "nrs/bdry/bcData.h"
+#endif
 
 // OKL math builtins as the serial backend sees them.
 using std::fabs;
@@ -27,9 +33,40 @@ using std::sqrt;
 
 namespace {
 
+bool nekrs_ml_field_is(const char* a, const char* b) {
+  for (; *a && *b; ++a, ++b) {
+    if (std::tolower(static_cast<unsigned char>(*a)) != std::tolower(static_cast<unsigned char>(*b))) return false;
+  }
+  return *a == *b;
+}
+
 struct Frame {
   double t1[3], t2[3], n[3]; // n: outward normal
 };
+
+// The version-specific parts of bcData and of the call NekRS makes.
+#if NEKRS_ML_NEKRS_VERSION >= 25
+void set_wall_node(bcData& data, int idx, const double u[3]) {
+  data.idxVol = idx;
+  data.uxFluid = u[0], data.uyFluid = u[1], data.uzFluid = u[2];
+}
+// udfNeumann is called for every field with a Neumann condition.
+bool call_bc(bcData& data, const char* field_name) {
+  std::snprintf(data.fieldName, sizeof(data.fieldName), "%s", field_name);
+  udfNeumann(&data);
+  return true;
+}
+#else
+void set_wall_node(bcData& data, int idx, const double u[3]) {
+  data.idM = idx;
+  data.u = u[0], data.v = u[1], data.w = u[2];
+}
+// codedFixedGradientVelocity is called for the velocity only.
+bool call_bc(bcData& data, const char* field_name) {
+  if (nekrs_ml_field_is(field_name, "fluid velocity")) codedFixedGradientVelocity(&data);
+  return nekrs_ml_field_is(field_name, "fluid velocity");
+}
+#endif
 
 int failures = 0;
 int cases = 0;
@@ -55,22 +92,20 @@ void check(const Frame& f, const double u[3], double tau, const char* field_name
 
   bcData data;
   std::memset(&data, 0, sizeof(data));
-  std::snprintf(data.fieldName, sizeof(data.fieldName), "%s", field_name);
-  data.idxVol = idx;
+  set_wall_node(data, idx, u);
   data.fieldOffset = field_offset;
   data.id = 1;
   data.nx = f.n[0], data.ny = f.n[1], data.nz = f.n[2];
   data.t1x = f.t1[0], data.t1y = f.t1[1], data.t1z = f.t1[2];
   data.t2x = f.t2[0], data.t2y = f.t2[1], data.t2z = f.t2[2];
-  data.uxFluid = u[0], data.uyFluid = u[1], data.uzFluid = u[2];
   data.usrwrk = usrwrk.data();
   const double untouched = 12345.0;
   data.tr1 = data.tr2 = untouched;
 
-  udfNeumann(&data);
+  if (!call_bc(data, field_name)) return; // 24.x: not called for other fields
   ++cases;
 
-  const bool velocity = nekrs_strcmp(field_name, "fluid velocity") == 0;
+  const bool velocity = nekrs_ml_field_is(field_name, "fluid velocity");
   if (!velocity) { // other fields' Neumann conditions are left alone
     if (data.tr1 != untouched || data.tr2 != untouched) report("non-velocity field", data.tr1, untouched, tau, u);
     return;
@@ -136,7 +171,7 @@ int main() {
   check(bottom, velocities[5].data(), 1.0, "scalar00");
   check(bottom, velocities[5].data(), 1.0, "geom");
 
-  std::printf("checked %d cases (usrwrk field %d): %d mismatches\n", cases, NEKRS_ML_USRWRK_FIELD,
-              failures);
+  std::printf("checked %d cases (NekRS %d API, usrwrk field %d): %d mismatches\n", cases,
+              NEKRS_ML_NEKRS_VERSION, NEKRS_ML_USRWRK_FIELD, failures);
   return failures ? 1 : 0;
 }
