@@ -176,10 +176,12 @@ class StubRun:
     def assert_ok(self) -> None:
         assert self.returncode == 0, self.output[-6000:]
 
-    def wall_nodes(self):
-        """(wall, x, z, usrwrk field 0) of the volume nodes on the walls, all ranks."""
+    def wall_nodes(self, wall_ranks=None):
+        """(wall, x, z, usrwrk field 0) of the volume nodes on the walls of `wall_ranks` (all)."""
         rows = []
         for result in self.ranks:
+            if wall_ranks is not None and result["rank"] not in wall_ranks:
+                continue
             y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
             x, z = np.array(result["x"]), np.array(result["z"])
             for wall, wall_y in WALL_Y.items():
@@ -187,11 +189,15 @@ class StubRun:
                 rows.append((wall, x[on], z[on], usrwrk[on]))
         return rows
 
-    def interior_usrwrk(self) -> np.ndarray:
+    def off_wall_usrwrk(self, wall_ranks=None) -> np.ndarray:
+        """usrwrk field 0 of the volume nodes that are not wall nodes."""
         values = []
         for result in self.ranks:
             y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
-            values.append(usrwrk[np.abs(np.abs(y) - 1) > 1e-12])
+            if wall_ranks is not None and result["rank"] not in wall_ranks:
+                values.append(usrwrk)
+            else:
+                values.append(usrwrk[np.abs(np.abs(y) - 1) > 1e-12])
         return np.concatenate(values)
 
 
@@ -203,9 +209,11 @@ def write_par(path: Path, settings: Dict[str, object]) -> Path:
 
 
 def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: Dict[str, object],
-             steps: int, options: Dict[str, str] = (), timeout: float = 120) -> StubRun:
+             steps: int, options: Dict[str, str] = (), ranks_without_walls=(),
+             timeout: float = 120) -> StubRun:
     """Runs the stand-in NekRS on `ranks` MPI ranks with a .par whose [NEKRS_ML] section holds
-    `settings`; returns what it printed and each rank's result file, without judging them."""
+    `settings` (and NekRS `options`; `ranks_without_walls`: ranks whose boxes have no wall
+    faces); returns what it printed and each rank's result file, without judging them."""
     workdir.mkdir(parents=True, exist_ok=True)
     par = write_par(workdir / "stub_channel.par", {"sampleHeight": HEIGHT, "wallBoundaryIds": 1,
                                                    **settings})
@@ -217,6 +225,8 @@ def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: 
                "--field", ",".join(str(FIELD[k]) for k in "acebg")]
     for key, value in dict(options).items():
         command += ["--option", f"{key}={value}"]
+    for rank in ranks_without_walls:
+        command += ["--no-walls-on-rank", str(rank)]
     env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=workdir)
@@ -235,6 +245,16 @@ def client(tcp_server):
         yield native
     finally:
         native.close()
+
+
+def clear_run_keys(client: Client, ns: str) -> None:
+    """Removes what an earlier solver run left in a namespace (snapshots, step, done, stop),
+    keeping the models and the worker's keys: runs that share the module's worker start clean."""
+    kept = (f"{ns}:{{m:", f"{ns}:{{w", keys.model_names(ns))
+    for key in client.redis.scan_iter(match=f"{ns}:*"):
+        name = key.decode()
+        if not name.startswith(kept):
+            client.delete(name)
 
 
 def read_snapshots(client: Client, ns: str):
@@ -360,19 +380,21 @@ def served(stub_build, tcp_server, tmp_path_factory):
         worker.stop()
 
 
-def expected_bc(run: StubRun, magnitude) -> None:
+def expected_bc(run: StubRun, magnitude, wall_ranks=None) -> None:
     """usrwrk field 0 at every wall node = magnitude(inputs of that node at the last step);
     zero elsewhere."""
     t = run.ranks[0]["time"]
-    for wall, x, z, usrwrk in run.wall_nodes():
+    for wall, x, z, usrwrk in run.wall_nodes(wall_ranks):
         assert len(usrwrk) > 0
         np.testing.assert_allclose(usrwrk, magnitude(expected_inputs(wall, x, z, t)), rtol=1e-5,
                                    err_msg=f"|tau| on the {wall} wall")
-    assert np.all(run.interior_usrwrk() == 0)
+    assert np.all(run.off_wall_usrwrk(wall_ranks) == 0)
 
 
-def test_inference_puts_the_predicted_magnitude_into_usrwrk(stub_build, tcp_server, served, tmp_path):
+def test_inference_puts_the_predicted_magnitude_into_usrwrk(stub_build, tcp_server, served, client,
+                                                            tmp_path):
     ns, _ = served
+    clear_run_keys(client, ns)
     run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
                    {"workflow": "infer", "modelName": "stub_model", "inferenceInterval": 1}, 3)
     run.assert_ok()
@@ -387,12 +409,34 @@ def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, s
     """train+infer before the trainer has published: the BC uses Reichardt's law at the sample
     point's tangential velocity, and the run streams samples meanwhile."""
     ns, _ = served
+    clear_run_keys(client, ns)
     run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
                    {"workflow": "train+infer", "modelName": "not_yet_trained", "sampleInterval": 2,
                     "maxSnapshots": 50}, 2)
     run.assert_ok()
     expected_bc(run, reichardt_magnitude)
     assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, 2), (1, 2)]
+
+
+def test_rank_without_wall_faces_takes_part_in_every_collective(stub_build, tcp_server, served,
+                                                               client, tmp_path):
+    """A partition can leave a rank without wall faces: it must still join the collective
+    point search, evaluation, stop check and last-step barrier, and stream nothing but empty
+    snapshots, while the other rank trains and infers as usual."""
+    ns, _ = served
+    clear_run_keys(client, ns)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train+infer", "modelName": "stub_model", "sampleInterval": 2,
+                    "maxSnapshots": 50}, 2, ranks_without_walls=[1])
+    run.assert_ok()
+    assert [r["last_step"] for r in run.ranks] == [2, 2]
+    expected_bc(run, known_model_magnitude, wall_ranks=[0])
+    snapshots = read_snapshots(client, ns)
+    walled = [s for s in snapshots if s.rank == 0]
+    assert [s.step for s in walled] == [2]
+    check_snapshot(walled[0].inputs, walled[0].targets, 0, walled[0].time)
+    assert all(s.inputs.shape == (0, 3) and s.targets.shape == (0, 2) for s in snapshots if s.rank == 1)
+    assert client.exists(keys.solver_done(ns))
 
 
 def leave_dead_worker(client: Client, ns: str, how: str) -> None:

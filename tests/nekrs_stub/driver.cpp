@@ -10,9 +10,10 @@
 // At the end each rank writes <out>/rank<R>.json: steps run, the options, the kernel properties
 // UDF_LoadKernels set, and per volume node its coordinates and usrwrk field 0.
 //
-// Usage (in the case directory): nekrs_stub_run --setup CASE.par --out DIR [--steps N] [--dt DT] [--viscosity MU]
-//                       [--density RHO] [--field a,c,e,b,g] [--correctors K] [--order N]
-//                       [--option "KEY=VALUE"]... [--udf LIBUDF]
+// Usage, in the case directory:
+//   nekrs_stub_run --setup CASE.par --out DIR [--steps N] [--dt DT] [--viscosity MU]
+//                  [--density RHO] [--field a,c,e,b,g] [--correctors K] [--order N]
+//                  [--option "KEY=VALUE"]... [--no-walls-on-rank R]... [--udf LIBUDF]
 #include "nekrs_stub.hpp"
 #include "udf.hpp"
 
@@ -43,6 +44,7 @@ struct Arguments {
   double dt = 0.1, viscosity = 1e-3, density = 1.0;
   double field[5] = {1.0, 0.2, 0.1, 0.5, 0.3}; // a, c, e, b, g
   std::vector<std::pair<std::string, std::string>> options;
+  std::vector<int> ranks_without_walls; // their y = +-1 faces carry no boundary ID
 };
 
 Arguments parse(int argc, char** argv) {
@@ -67,6 +69,8 @@ Arguments parse(int argc, char** argv) {
         if (!std::getline(list, item, ',')) throw std::invalid_argument("--field needs a,c,e,b,g");
         args.field[k] = std::stod(item);
       }
+    } else if (key == "--no-walls-on-rank") {
+      args.ranks_without_walls.push_back(std::stoi(value));
     } else if (key == "--option") {
       const auto eq = value.find('=');
       if (eq == std::string::npos) throw std::invalid_argument("--option needs KEY=VALUE");
@@ -193,6 +197,9 @@ int run(int argc, char** argv) {
 
   nekrs_stub::BoxSpec spec;
   spec.order = args.order;
+  for (int r : args.ranks_without_walls) {
+    if (r == rank) spec.wall_id = -1; // a rank whose part of the mesh touches no wall
+  }
   mesh_t* mesh = nekrs_stub::build_box(spec, rank);
   nrs_t* nrs = nekrs_stub::build_nrs(mesh);
   platform->app = nrs;

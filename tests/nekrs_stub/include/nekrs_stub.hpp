@@ -16,6 +16,7 @@ struct BoxSpec {
   double y_range[2] = {-1.0, 1.0};    // walls at both ends
   double z_length = 2.0;
   int wall_id = 1;                    // boundary ID of the faces at y = y_range[0], y_range[1]
+                                      // (-1: none, as on a rank that touches no wall)
 };
 
 // The box of `rank`: GLL nodes, EToB (wall_id on the y faces at the walls, -1 elsewhere: the
