@@ -304,6 +304,16 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
     assert sorted(int(m) for m in members) == list(range(ranks))
 
 
+def test_sample_points_outside_the_mesh_are_refused(stub_build, tcp_server, tmp_path):
+    """sampleHeight beyond the channel: the point search reports the points as not found and
+    the run stops with an error that says so, before streaming anything."""
+    ns = new_namespace()
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train", "sampleInterval": 1, "sampleHeight": 2.5}, 2)
+    assert run.returncode != 0 and not run.ranks
+    assert "sample points (sampleHeight = 2.5" in run.output and "outside the mesh" in run.output
+
+
 def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_server, client, tmp_path):
     ns, interval = new_namespace(), 2
     client.set_string(keys.trainer_stop(ns), "1")
