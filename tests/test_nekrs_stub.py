@@ -57,11 +57,12 @@ WALL_Y = {"bottom": -1.0, "top": 1.0}
 WALL_POINTS_PER_RANK = 2 * ELEMENTS[0] * ELEMENTS[2] * len(GLL_ORDER_2) ** 2
 
 
-# --- build ---------------------------------------------------------------------------------------
+# --- build ----------------------------------------------------------------------------------------
 def missing_tools() -> Optional[str]:
     for tool in ("cmake", "mpicxx", "mpiexec"):
         if not shutil.which(tool):
-            return f"{tool} is not installed (the NekRS stand-in test needs cmake, mpicxx and mpiexec)"
+            return (f"{tool} is not installed (the NekRS stand-in test needs cmake, mpicxx and "
+                    "mpiexec)")
     return None
 
 
@@ -84,16 +85,18 @@ def stub_build(tmp_path_factory) -> Path:
     assert configure.returncode == 0, configure.stdout + configure.stderr
     # udf.cmake told the NekRS version from the stand-in's header layout
     assert "nekrs_ml: NekRS 25.x API" in configure.stdout
-    compile_ = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
+    compile_ = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True,
+                              text=True)
     assert compile_.returncode == 0, compile_.stdout[-5000:] + compile_.stderr[-5000:]
     return build
 
 
-# --- the analytic field --------------------------------------------------------------------------
+# --- the analytic field ---------------------------------------------------------------------------
 def velocity(x, y, z, t):
     s = 1.0 + t
     a, c, e, b, g = (FIELD[k] for k in "acebg")
-    return np.stack([s * (a * (1 - y * y) + e * z), s * c * x + 0 * y, s * (b * (1 - y * y) + g * y)], -1)
+    return np.stack([s * (a * (1 - y * y) + e * z), s * c * x + 0 * y,
+                     s * (b * (1 - y * y) + g * y)], -1)
 
 
 def velocity_gradient(y, t):
@@ -153,16 +156,19 @@ def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float,
     rtol = 2e-6 if dtype == np.float32 else 1e-12
     assert inputs.shape == (WALL_POINTS_PER_RANK, 3) and targets.shape == (WALL_POINTS_PER_RANK, 2)
     walls, x, z = locate_rows(inputs.astype(np.float64), t)
-    np.testing.assert_allclose(2 * x, np.round(2 * x), atol=1e-4, err_msg="sample x off the wall nodes")
-    np.testing.assert_allclose(2 * z, np.round(2 * z), atol=1e-4, err_msg="sample z off the wall nodes")
+    np.testing.assert_allclose(2 * x, np.round(2 * x), atol=1e-4, err_msg="x off the wall nodes")
+    np.testing.assert_allclose(2 * z, np.round(2 * z), atol=1e-4, err_msg="z off the wall nodes")
     x, z = np.round(2 * x) / 2, np.round(2 * z) / 2
     for wall in FRAMES:
         rows = walls == wall
-        seen = Counter(zip(np.round(2 * x[rows]).astype(int).tolist(), np.round(2 * z[rows]).astype(int).tolist()))
+        grid = zip(np.round(2 * x[rows]).astype(int).tolist(),
+                   np.round(2 * z[rows]).astype(int).tolist())
+        seen = Counter(grid)
         assert seen == wall_face_nodes(rank), f"{wall} wall: not one row per wall face node"
         np.testing.assert_allclose(inputs[rows], expected_inputs(wall, x[rows], z[rows], t),
                                    rtol=rtol, atol=rtol / 10, err_msg=f"{wall} wall inputs")
-        np.testing.assert_allclose(targets[rows], np.tile(expected_targets(wall, t), (rows.sum(), 1)),
+        expected = np.tile(expected_targets(wall, t), (rows.sum(), 1))
+        np.testing.assert_allclose(targets[rows], expected,
                                    rtol=rtol, atol=rtol * 1e-4, err_msg=f"{wall} wall targets")
 
 
@@ -231,7 +237,8 @@ def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: 
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=workdir)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
-    return StubRun(proc.returncode, proc.stdout + proc.stderr, sorted(results, key=lambda r: r["rank"]))
+    results.sort(key=lambda r: r["rank"])
+    return StubRun(proc.returncode, proc.stdout + proc.stderr, results)
 
 
 def new_namespace() -> str:
@@ -261,7 +268,7 @@ def read_snapshots(client: Client, ns: str):
     return SnapshotReader(client, ns, 0, 1).read_available()
 
 
-# --- the wall-model BC, compiled as C++ --------------------------------------------------------------
+# --- the wall-model BC, compiled as C++ -----------------------------------------------------------
 @pytest.mark.parametrize("version,usrwrk_field", [(25, 0), (25, 2), (24, 0)])
 def test_okl_traction_equals_wall_model_traction(stub_build, version, usrwrk_field):
     proc = subprocess.run([str(stub_build / f"okl_bc_check_v{version}_f{usrwrk_field}")],
@@ -276,7 +283,8 @@ def test_okl_traction_equals_wall_model_traction(stub_build, version, usrwrk_fie
 
 # --- training -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ranks,dtype", [(1, "float32"), (2, "float32"), (2, "float64")])
-def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks, dtype):
+def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks,
+                                             dtype):
     ns, steps, interval = new_namespace(), 6, 2
     run = run_stub(stub_build, tcp_server, ns, tmp_path, ranks,
                    {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50,
@@ -285,7 +293,8 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
     assert [r["last_step"] for r in run.ranks] == [steps] * ranks
     # UDF_LoadKernels handed the OKL snippet its version, usrwrk field and include path
     for result in run.ranks:
-        assert result["kernel_defines"] == {"NEKRS_ML_NEKRS_VERSION": "25", "NEKRS_ML_USRWRK_FIELD": "0"}
+        assert result["kernel_defines"] == {"NEKRS_ML_NEKRS_VERSION": "25",
+                                            "NEKRS_ML_USRWRK_FIELD": "0"}
         assert any((Path(p) / "nekrs_ml" / "nekrs" / "wall_model.okl").is_file()
                    for p in result["okl_include_paths"])
         # the BC field exists in every workflow and holds zeros when nothing is predicted
@@ -297,7 +306,8 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
         (rank, step) for rank in range(ranks) for step in range(interval, steps + 1, interval)]
     for snapshot in snapshots:
         assert snapshot.time == pytest.approx(snapshot.step * DT)
-        check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time, np.dtype(dtype))
+        check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time,
+                       np.dtype(dtype))
     assert client.exists(keys.solver_done(ns))
     assert int(client.get_string(keys.solver_step(ns))) == steps
     members = client.command(["SMEMBERS", keys.solver_members(ns)], key=keys.solver_members(ns))
@@ -314,7 +324,8 @@ def test_sample_points_outside_the_mesh_are_refused(stub_build, tcp_server, tmp_
     assert "sample points (sampleHeight = 2.5" in run.output and "outside the mesh" in run.output
 
 
-def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_server, client, tmp_path):
+def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_server, client,
+                                                           tmp_path):
     ns, interval = new_namespace(), 2
     client.set_string(keys.trainer_stop(ns), "1")
     # an elapsed-time limit in force as well: the stop must override it (NekRS checks it first)
@@ -324,13 +335,15 @@ def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_serve
     run.assert_ok()
     # read at step `interval`: step interval + 1 is the last (NUMBER TIMESTEPS read back by NekRS)
     assert [r["last_step"] for r in run.ranks] == [interval + 1] * 2
-    assert all(r["number_timesteps"] == str(interval + 1) and r["end_time"] == "-1" for r in run.ranks)
-    assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, interval), (1, interval)]
+    for result in run.ranks:
+        assert (result["number_timesteps"], result["end_time"]) == (str(interval + 1), "-1")
+    snapshots = read_snapshots(client, ns)
+    assert sorted((s.rank, s.step) for s in snapshots) == [(0, interval), (1, interval)]
     assert client.exists(keys.solver_done(ns))
     assert int(client.get_string(keys.solver_step(ns))) == interval + 1
 
 
-# --- inference --------------------------------------------------------------------------------------
+# --- inference ------------------------------------------------------------------------------------
 class KnownModel(torch.nn.Module):
     """Predictions [2 u_t1, u_t2 + u_n]: |tau| at each wall node is known from the field."""
 
@@ -415,7 +428,8 @@ def reichardt_magnitude(inputs: np.ndarray) -> np.ndarray:
     return _core.reichardt_wall_shear_stress(np.hypot(inputs[:, 0], inputs[:, 1]), HEIGHT, MU)
 
 
-def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, served, client, tmp_path):
+def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, served, client,
+                                                       tmp_path):
     """train+infer before the trainer has published: the BC uses Reichardt's law at the sample
     point's tangential velocity, and the run streams samples meanwhile."""
     ns, _ = served
@@ -445,7 +459,8 @@ def test_rank_without_wall_faces_takes_part_in_every_collective(stub_build, tcp_
     walled = [s for s in snapshots if s.rank == 0]
     assert [s.step for s in walled] == [2]
     check_snapshot(walled[0].inputs, walled[0].targets, 0, walled[0].time)
-    assert all(s.inputs.shape == (0, 3) and s.targets.shape == (0, 2) for s in snapshots if s.rank == 1)
+    for snapshot in (s for s in snapshots if s.rank == 1):
+        assert snapshot.inputs.shape == (0, 3) and snapshot.targets.shape == (0, 2)
     assert client.exists(keys.solver_done(ns))
 
 
@@ -458,8 +473,9 @@ def leave_dead_worker(client: Client, ns: str, how: str) -> None:
                        key=keys.worker_heartbeat(ns, 0))
 
 
-@pytest.mark.xfail(strict=True, reason="the inference fallback policy (onInferenceError = fallback) "
-                                       "is not implemented yet: an inference error aborts the run")
+@pytest.mark.xfail(strict=True, reason="the inference fallback policy (onInferenceError = "
+                                       "fallback) is not implemented yet: an inference error "
+                                       "aborts the run")
 @pytest.mark.parametrize("how", ["missing", "crashed"])
 def test_dead_worker_falls_back_to_reichardts_law(stub_build, tcp_server, client, tmp_path, how):
     ns = new_namespace()

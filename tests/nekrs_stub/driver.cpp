@@ -160,7 +160,9 @@ void write_result(const Arguments& args, nrs_t* nrs, int rank, int size, int las
   std::vector<dfloat> work(usrwrk.size());
   if (!work.empty()) usrwrk.copyTo(work);
   std::vector<double> field0(mesh->Nlocal, std::nan(""));
-  for (dlong i = 0; i < mesh->Nlocal && static_cast<std::size_t>(i) < work.size(); ++i) field0[i] = work[i];
+  for (dlong i = 0; i < mesh->Nlocal && static_cast<std::size_t>(i) < work.size(); ++i) {
+    field0[i] = work[i];
+  }
 
   std::ofstream out(args.out + "/rank" + std::to_string(rank) + ".json");
   out << "{\"rank\":" << rank << ",\"size\":" << size << ",\"last_step\":" << last_step
@@ -171,7 +173,8 @@ void write_result(const Arguments& args, nrs_t* nrs, int rank, int size, int las
       << ",\"usrwrk_size\":" << work.size() << "," << kernels << ",\"x\":"
       << array(std::vector<double>(x.begin(), x.end()))
       << ",\"y\":" << array(std::vector<double>(y.begin(), y.end()))
-      << ",\"z\":" << array(std::vector<double>(z.begin(), z.end())) << ",\"usrwrk0\":" << array(field0)
+      << ",\"z\":" << array(std::vector<double>(z.begin(), z.end()))
+      << ",\"usrwrk0\":" << array(field0)
       << "}\n";
   if (!out) throw std::runtime_error("cannot write the result into " + args.out);
 }
@@ -238,7 +241,9 @@ int run(int argc, char** argv) {
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, comm); // every rank decides alike
     last = nrs->setLastStep(timeNew, tstep, elapsed);
     set_velocity(nrs, args.field, timeNew);
-    for (int corrector = 0; corrector < args.correctors; ++corrector) udf_execute_step(timeNew, tstep);
+    for (int corrector = 0; corrector < args.correctors; ++corrector) {
+      udf_execute_step(timeNew, tstep);
+    }
     time = timeNew;
     if (tstep > 100000) throw std::runtime_error("no last step after 100000 steps");
   }

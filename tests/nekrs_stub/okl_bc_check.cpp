@@ -1,8 +1,9 @@
 // The wall-model boundary condition udf/nekrs/wall_model.okl compiled as C++ (with the
-// stand-in bcData of NekRS 25.x, or of 24.x when built with NEKRS_ML_NEKRS_VERSION=24) and compared with nekrs_ml::wall_model_traction, the traction
-// the core documents and the Python side tests: over a sweep of |tau| (also negative values in
-// usrwrk, whose magnitude counts), wall frames (both channel walls as NekRS orients them, and
-// random ones), slip velocities (also zero slip and a purely normal velocity), and with the
+// stand-in bcData of NekRS 25.x, or of 24.x when built with NEKRS_ML_NEKRS_VERSION=24) and
+// compared with nekrs_ml::wall_model_traction, the traction the core documents and the Python
+// side tests: over a sweep of |tau| (also negative values in usrwrk, whose magnitude counts),
+// wall frames (both channel walls as NekRS orients them, and random ones), slip velocities
+// (also zero slip, a purely normal velocity and NaN), and with the
 // usrwrk field NEKRS_ML_USRWRK_FIELD (0 by default; the build also compiles it with 2); 25.x
 // also for other fields' Neumann conditions, which it must leave alone.
 // Exits 1 on a mismatch; prints the number of cases checked.
@@ -35,7 +36,9 @@ namespace {
 
 bool nekrs_ml_field_is(const char* a, const char* b) {
   for (; *a && *b; ++a, ++b) {
-    if (std::tolower(static_cast<unsigned char>(*a)) != std::tolower(static_cast<unsigned char>(*b))) return false;
+    const int ca = std::tolower(static_cast<unsigned char>(*a));
+    const int cb = std::tolower(static_cast<unsigned char>(*b));
+    if (ca != cb) return false;
   }
   return *a == *b;
 }
@@ -107,7 +110,9 @@ void check(const Frame& f, const double u[3], double tau, const char* field_name
 
   const bool velocity = nekrs_ml_field_is(field_name, "fluid velocity");
   if (!velocity) { // other fields' Neumann conditions are left alone
-    if (data.tr1 != untouched || data.tr2 != untouched) report("non-velocity field", data.tr1, untouched, tau, u);
+    if (data.tr1 != untouched || data.tr2 != untouched) {
+      report("non-velocity field", data.tr1, untouched, tau, u);
+    }
     return;
   }
   const double s1 = u[0] * f.t1[0] + u[1] * f.t1[1] + u[2] * f.t1[2];
@@ -119,8 +124,11 @@ void check(const Frame& f, const double u[3], double tau, const char* field_name
   // the traction opposes the slip and has the magnitude |tau|
   const double magnitude = std::hypot(data.tr1, data.tr2);
   const double slip = std::hypot(s1, s2);
-  if (slip > 0 && !close(magnitude, std::fabs(tau))) report("|tr|", magnitude, std::fabs(tau), tau, u);
-  if (slip > 0 && data.tr1 * s1 + data.tr2 * s2 > 0) report("tr . slip", data.tr1 * s1 + data.tr2 * s2, 0, tau, u);
+  const double along_slip = data.tr1 * s1 + data.tr2 * s2;
+  if (slip > 0 && !close(magnitude, std::fabs(tau))) {
+    report("|tr|", magnitude, std::fabs(tau), tau, u);
+  }
+  if (slip > 0 && along_slip > 0) report("tr . slip", along_slip, 0, tau, u);
   if (slip == 0 && (data.tr1 != 0 || data.tr2 != 0)) report("zero slip", magnitude, 0, tau, u);
 }
 

@@ -14,8 +14,11 @@ template <typename T = std::byte> class deviceMemory {
 
 public:
   deviceMemory() = default;
-  explicit deviceMemory(size_type count) : memory_{occa::memory::allocate(count, occa::dtype::get<T>())} {}
-  explicit deviceMemory(const std::vector<T>& values) : deviceMemory{values.size()} { copyFrom(values); }
+  explicit deviceMemory(size_type count)
+      : memory_{occa::memory::allocate(count, occa::dtype::get<T>())} {}
+  explicit deviceMemory(const std::vector<T>& values) : deviceMemory{values.size()} {
+    copyFrom(values);
+  }
   explicit deviceMemory(const occa::memory& memory) : memory_{memory} {
     if (memory_.byte_size() && memory_.dtype() != occa::dtype::get<T>()) {
       throw std::runtime_error("deviceMemory: data type does not match");
@@ -76,7 +79,8 @@ private:
     if (offset + count > host_size) {
       throw std::runtime_error(std::string("deviceMemory::") + what + ": host vector of " +
                                std::to_string(host_size) + " elements, access [" +
-                               std::to_string(offset) + ", " + std::to_string(offset + count) + ")");
+                               std::to_string(offset) + ", " +
+                               std::to_string(offset + count) + ")");
     }
   }
 

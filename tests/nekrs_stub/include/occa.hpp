@@ -84,7 +84,8 @@ public:
     check_range("slice", offset, count < 0 ? static_cast<dim_t>(count_) - offset : count);
     memory m = *this;
     m.offset_ = offset_ + static_cast<std::size_t>(offset) * type_.bytes();
-    m.count_ = count < 0 ? count_ - static_cast<std::size_t>(offset) : static_cast<std::size_t>(count);
+    m.count_ = count < 0 ? count_ - static_cast<std::size_t>(offset)
+                         : static_cast<std::size_t>(count);
     return m;
   }
 

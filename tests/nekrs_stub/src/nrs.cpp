@@ -53,7 +53,9 @@ std::vector<double> derivative_matrix(const mesh_t& mesh) {
 
 } // namespace
 
-occa::memory nrs_t::strainRate(bool smooth) { return strainRate(fluid->fieldOffset, fluid->o_U, smooth); }
+occa::memory nrs_t::strainRate(bool smooth) {
+  return strainRate(fluid->fieldOffset, fluid->o_U, smooth);
+}
 
 // `smooth` (NekRS averages the element-wise values across shared nodes) is not needed here:
 // the stand-in fields are globally smooth polynomials, whose element-wise derivatives agree.
@@ -106,7 +108,8 @@ nrs_t* build_nrs(mesh_t* mesh) {
   nrs->fluid = std::make_unique<fluidSolver_t>();
   nrs->fluid->mesh = mesh;
   nrs->fluid->fieldOffset = mesh->fieldOffset;
-  nrs->fluid->o_U = platform->device.malloc<dfloat>(3 * static_cast<std::size_t>(mesh->fieldOffset));
+  const std::size_t velocity_size = 3 * static_cast<std::size_t>(mesh->fieldOffset);
+  nrs->fluid->o_U = platform->device.malloc<dfloat>(velocity_size);
   nrs->bc = new bdryBase();
   return nrs;
 }

@@ -116,15 +116,18 @@ void pointInterpolation_t::eval(dlong nFields, dlong inputFieldOffset, const occ
   if (nFields == 1) outputFieldOffset = n;
   if (!findCalled) fail("eval: find has not been called prior to eval");
   if (nFields > 1 && mesh->Nlocal > inputFieldOffset) {
-    fail("eval: inputFieldOffset (" + std::to_string(inputFieldOffset) + ") is less than mesh->Nlocal (" +
-         std::to_string(mesh->Nlocal) + ")");
+    fail("eval: inputFieldOffset (" + std::to_string(inputFieldOffset) +
+         ") is less than mesh->Nlocal (" + std::to_string(mesh->Nlocal) + ")");
   }
   if (nFields > 1 && n > outputFieldOffset) {
-    fail("eval: outputFieldOffset (" + std::to_string(outputFieldOffset) + ") is less than nPoints (" +
-         std::to_string(n) + ")");
+    fail("eval: outputFieldOffset (" + std::to_string(outputFieldOffset) +
+         ") is less than nPoints (" + std::to_string(n) + ")");
   }
-  if (o_in.byte_size() < nFields * inputFieldOffset * sizeof(dfloat)) fail("eval: input size is smaller than expected");
-  if ((o_out.byte_size() == 0 && n) || o_out.byte_size() < nFields * outputFieldOffset * sizeof(dfloat)) {
+  if (o_in.byte_size() < nFields * inputFieldOffset * sizeof(dfloat)) {
+    fail("eval: input size is smaller than expected");
+  }
+  const std::size_t out_bytes = nFields * outputFieldOffset * sizeof(dfloat);
+  if ((o_out.byte_size() == 0 && n) || o_out.byte_size() < out_bytes) {
     fail("eval: output size is smaller than expected");
   }
   if (findPtsOffset + n > nPoints) fail("eval: points beyond those set");

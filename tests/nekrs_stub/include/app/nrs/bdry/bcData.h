@@ -9,7 +9,9 @@ using dfloat = double; // NekRS's default build (as nekrsSys.hpp)
 // Case-insensitive comparison, as NekRS's OKL helper.
 inline int nekrs_strcmp(const char* a, const char* b)
 {
-  auto lower = [](char ch) { return (ch >= 'A' && ch <= 'Z') ? static_cast<char>(ch - 'A' + 'a') : ch; };
+  auto lower = [](char ch) {
+    return (ch >= 'A' && ch <= 'Z') ? static_cast<char>(ch - 'A' + 'a') : ch;
+  };
   while (*a != '\0' && *b != '\0' && lower(*a) == lower(*b)) {
     ++a;
     ++b;
