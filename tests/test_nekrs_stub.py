@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -234,11 +235,32 @@ def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: 
     for rank in ranks_without_walls:
         command += ["--no-walls-on-rank", str(rank)]
     env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=workdir)
+    returncode, output = run_process_group(command, env, workdir, timeout)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
     results.sort(key=lambda r: r["rank"])
-    return StubRun(proc.returncode, proc.stdout + proc.stderr, results)
+    return StubRun(returncode, output, results)
+
+
+def run_process_group(command: List[str], env: dict, cwd: Path, timeout: float):
+    """(return code, stdout + stderr) of `command`; on timeout mpiexec and every rank it
+    started (its own process group) are stopped and the test fails with their output."""
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                output, _ = proc.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                output = ""
+        pytest.fail(f"{command[0]} ran longer than {timeout} s:\n{output[-6000:]}")
 
 
 def new_namespace() -> str:
