@@ -403,9 +403,11 @@ def test_traction_without_slip_is_zero():
 
 
 def test_bc_kernel_sees_the_prediction_at_its_volume_index(mesh):
-    """What the OKL function does at each wall face node: read |tau| at usrwrk[field *
-    fieldOffset + idM], take the slip velocity of the wall node on (t1, t2), apply
-    -|tau| u_slip/|u_slip|. The prediction of a wall point must reach its own face node."""
+    """The core side of the BC hand-off, face node by face node as the BC kernel visits them:
+    |tau| at usrwrk[field * fieldOffset + idM] and the traction -|tau| u_slip/|u_slip| of
+    wall_model_traction. The prediction of a wall point must reach its own face node. (The OKL
+    function itself is compiled as C++ and compared with wall_model_traction in
+    test_nekrs_stub.py, which also runs the adapter's hand-off end to end.)"""
     points = mesh.wall_points()
     rng = np.random.default_rng(3)
     predictions = rng.uniform(0.001, 0.004, size=(points.size, 2))

@@ -1,0 +1,511 @@
+"""The NekRS adapter (udf/nekrs/) compiled as a case compiles it — the case .udf included into
+udf.cpp, built with CMake and the nekrs_ml udf.cmake against the installed package — but
+against the stand-in NekRS 25.x headers of tests/nekrs_stub/ instead of a NekRS installation,
+and run by a stand-in NekRS executable under mpiexec (1 and 2 ranks) against a real
+redis-server, a real trainer-side reader and a real `nekrs-ml serve` worker.
+
+The stand-in mesh is a channel box per rank (2 x 2 x 2 elements of order 2 on
+x in [2r, 2r + 2], y in [-1, 1], z in [0, 2]; walls y = -1 and y = +1 with boundary ID 1,
+NekRS's face tangents: t1 = +x on the bottom wall, -x on the top wall, t2 = +z on both). Its
+"solver" sets the velocity (1 + t) * U0 with
+    U0 = (a (1 - y^2) + e z,  c x,  b (1 - y^2) + g y),
+so that the inputs at the sample points and the wall shear stress are known exactly here.
+The wall-model BC function (udf/nekrs/wall_model.okl) is compiled as C++ (25.x and 24.x
+bcData) and compared with nekrs_ml::wall_model_traction. Needs cmake, mpicxx and mpiexec."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytest
+import torch
+
+from nekrs_ml import _core, keys
+from nekrs_ml.client import Client
+from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.train.data import SnapshotReader
+
+STUB = Path(__file__).resolve().parent / "nekrs_stub"
+
+# The stand-in run: velocity coefficients, viscosity (rho = 1), time step, sample height.
+FIELD = {"a": 1.0, "c": 0.2, "e": 0.1, "b": 0.5, "g": 0.3}
+MU = 1e-3
+DT = 0.1
+HEIGHT = 0.1
+# The stand-in box per rank (tests/nekrs_stub/include/nekrs_stub.hpp, BoxSpec defaults).
+ELEMENTS = (2, 2, 2)
+X_LENGTH, Z_LENGTH = 2.0, 2.0
+GLL_ORDER_2 = (-1.0, 0.0, 1.0)
+# Wall frames as NekRS gives them: t1, t2 and the inward normal n (into the fluid).
+FRAMES = {
+    "bottom": (np.array([1.0, 0, 0]), np.array([0, 0, 1.0]), np.array([0, 1.0, 0])),
+    "top": (np.array([-1.0, 0, 0]), np.array([0, 0, 1.0]), np.array([0, -1.0, 0])),
+}
+WALL_Y = {"bottom": -1.0, "top": 1.0}
+WALL_POINTS_PER_RANK = 2 * ELEMENTS[0] * ELEMENTS[2] * len(GLL_ORDER_2) ** 2
+
+
+# --- build ----------------------------------------------------------------------------------------
+def missing_tools() -> Optional[str]:
+    for tool in ("cmake", "mpicxx", "mpiexec"):
+        if not shutil.which(tool):
+            return (f"{tool} is not installed (the NekRS stand-in test needs cmake, mpicxx and "
+                    "mpiexec)")
+    return None
+
+
+def nekrs_ml_config(flag: str) -> str:
+    return subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "config", flag], check=True,
+                          capture_output=True, text=True, cwd="/tmp").stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def stub_build(tmp_path_factory) -> Path:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    build = tmp_path_factory.mktemp("nekrs-stub-build")
+    configure = subprocess.run(
+        ["cmake", "-S", str(STUB), "-B", str(build),
+         f"-Dnekrs_ml_DIR={nekrs_ml_config('--cmake-dir')}",
+         f"-DNEKRS_ML_UDF_CMAKE={nekrs_ml_config('--udf-cmake')}"],
+        capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    # udf.cmake told the NekRS version from the stand-in's header layout
+    assert "nekrs_ml: NekRS 25.x API" in configure.stdout
+    compile_ = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True,
+                              text=True)
+    assert compile_.returncode == 0, compile_.stdout[-5000:] + compile_.stderr[-5000:]
+    return build
+
+
+# --- the analytic field ---------------------------------------------------------------------------
+def velocity(x, y, z, t):
+    s = 1.0 + t
+    a, c, e, b, g = (FIELD[k] for k in "acebg")
+    return np.stack([s * (a * (1 - y * y) + e * z), s * c * x + 0 * y,
+                     s * (b * (1 - y * y) + g * y)], -1)
+
+
+def velocity_gradient(y, t):
+    """grad[a][b] = d u_a / d x_b at height y (it does not depend on x, z)."""
+    s = 1.0 + t
+    a, c, e, b, g = (FIELD[k] for k in "acebg")
+    return s * np.array([[0, -2 * a * y, e], [c, 0, 0], [0, -2 * b * y + g, 0]])
+
+
+def expected_inputs(wall: str, x, z, t) -> np.ndarray:
+    """[u.t1, u.t2, u.n] at the sample point x_wall + h n of the wall points (x, z)."""
+    t1, t2, n = FRAMES[wall]
+    y = WALL_Y[wall] + HEIGHT * n[1]
+    u = velocity(np.asarray(x, float), np.full(np.shape(x), y), np.asarray(z, float), t)
+    return np.stack([u @ t1, u @ t2, u @ n], -1)
+
+
+def expected_targets(wall: str, t) -> np.ndarray:
+    """[tau.t1, tau.t2], tau = 2 mu S n minus its normal part (the stress on the wall)."""
+    t1, t2, n = FRAMES[wall]
+    grad = velocity_gradient(WALL_Y[wall], t)
+    tau = MU * (grad + grad.T) @ n
+    tau -= (tau @ n) * n
+    return np.array([tau @ t1, tau @ t2])
+
+
+def wall_face_nodes(rank: int) -> Counter:
+    """(x, z) of every wall point of one wall of a rank: one per node of every wall face."""
+    nodes = Counter()
+    hx, hz = X_LENGTH / ELEMENTS[0], Z_LENGTH / ELEMENTS[2]
+    for ex in range(ELEMENTS[0]):
+        for ez in range(ELEMENTS[2]):
+            for r in GLL_ORDER_2:
+                for q in GLL_ORDER_2:
+                    x = rank * X_LENGTH + ex * hx + (r + 1) / 2 * hx
+                    z = ez * hz + (q + 1) / 2 * hz
+                    nodes[(round(2 * x), round(2 * z))] += 1  # grid of spacing 0.5
+    return nodes
+
+
+def locate_rows(inputs: np.ndarray, t: float):
+    """Wall and (x, z) of each snapshot row, recovered from its inputs: the sign of u.t1 tells
+    the wall (u > 0 and t1 = +x / -x), u.n = +-c x gives x, u.t1 gives z."""
+    s = 1.0 + t
+    a, c, e = FIELD["a"], FIELD["c"], FIELD["e"]
+    y_sample = 1.0 - HEIGHT
+    walls = np.where(inputs[:, 0] > 0, "bottom", "top")
+    sign = np.where(walls == "bottom", 1.0, -1.0)
+    x = sign * inputs[:, 2] / (s * c)
+    z = (sign * inputs[:, 0] / s - a * (1 - y_sample ** 2)) / e
+    return walls, x, z
+
+
+def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float,
+                   dtype=np.float32) -> None:
+    assert inputs.dtype == dtype and targets.dtype == dtype
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    assert inputs.shape == (WALL_POINTS_PER_RANK, 3) and targets.shape == (WALL_POINTS_PER_RANK, 2)
+    walls, x, z = locate_rows(inputs.astype(np.float64), t)
+    np.testing.assert_allclose(2 * x, np.round(2 * x), atol=1e-4, err_msg="x off the wall nodes")
+    np.testing.assert_allclose(2 * z, np.round(2 * z), atol=1e-4, err_msg="z off the wall nodes")
+    x, z = np.round(2 * x) / 2, np.round(2 * z) / 2
+    for wall in FRAMES:
+        rows = walls == wall
+        grid = zip(np.round(2 * x[rows]).astype(int).tolist(),
+                   np.round(2 * z[rows]).astype(int).tolist())
+        seen = Counter(grid)
+        assert seen == wall_face_nodes(rank), f"{wall} wall: not one row per wall face node"
+        np.testing.assert_allclose(inputs[rows], expected_inputs(wall, x[rows], z[rows], t),
+                                   rtol=rtol, atol=rtol / 10, err_msg=f"{wall} wall inputs")
+        expected = np.tile(expected_targets(wall, t), (rows.sum(), 1))
+        np.testing.assert_allclose(targets[rows], expected,
+                                   rtol=rtol, atol=rtol * 1e-4, err_msg=f"{wall} wall targets")
+
+
+# --- running the stand-in NekRS -------------------------------------------------------------------
+@dataclass
+class StubRun:
+    returncode: int
+    output: str
+    ranks: List[dict] = field(default_factory=list)  # rank<R>.json of each rank that finished
+
+    def assert_ok(self) -> None:
+        assert self.returncode == 0, self.output[-6000:]
+
+    def wall_nodes(self, wall_ranks=None):
+        """(wall, x, z, usrwrk field 0) of the volume nodes on the walls of `wall_ranks` (all)."""
+        rows = []
+        for result in self.ranks:
+            if wall_ranks is not None and result["rank"] not in wall_ranks:
+                continue
+            y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
+            x, z = np.array(result["x"]), np.array(result["z"])
+            for wall, wall_y in WALL_Y.items():
+                on = np.abs(y - wall_y) < 1e-12
+                rows.append((wall, x[on], z[on], usrwrk[on]))
+        return rows
+
+    def off_wall_usrwrk(self, wall_ranks=None) -> np.ndarray:
+        """usrwrk field 0 of the volume nodes that are not wall nodes."""
+        values = []
+        for result in self.ranks:
+            y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
+            if wall_ranks is not None and result["rank"] not in wall_ranks:
+                values.append(usrwrk)
+            else:
+                values.append(usrwrk[np.abs(np.abs(y) - 1) > 1e-12])
+        return np.concatenate(values)
+
+
+def write_par(path: Path, settings: Dict[str, object]) -> Path:
+    lines = ["[GENERAL]", "polynomialOrder = 2", "", "[NEKRS_ML]"]
+    lines += [f"{key} = {value}" for key, value in settings.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_stub(build: Path, server, ns: str, workdir: Path, ranks: int, settings: Dict[str, object],
+             steps: int, options: Dict[str, str] = (), ranks_without_walls=(),
+             timeout: float = 120) -> StubRun:
+    """Runs the stand-in NekRS on `ranks` MPI ranks with a .par whose [NEKRS_ML] section holds
+    `settings` (and NekRS `options`; `ranks_without_walls`: ranks whose boxes have no wall
+    faces); returns what it printed and each rank's result file, without judging them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    par = write_par(workdir / "stub_channel.par", {"sampleHeight": HEIGHT, "wallBoundaryIds": 1,
+                                                   **settings})
+    out = workdir / "out"
+    out.mkdir(exist_ok=True)
+    command = ["mpiexec", "--oversubscribe", "-n", str(ranks), str(build / "nekrs_stub_run"),
+               "--setup", par.name, "--out", str(out), "--steps", str(steps), "--dt", str(DT),
+               "--viscosity", str(MU), "--density", "1",
+               "--field", ",".join(str(FIELD[k]) for k in "acebg")]
+    for key, value in dict(options).items():
+        command += ["--option", f"{key}={value}"]
+    for rank in ranks_without_walls:
+        command += ["--no-walls-on-rank", str(rank)]
+    env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
+    returncode, output = run_process_group(command, env, workdir, timeout)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    results.sort(key=lambda r: r["rank"])
+    return StubRun(returncode, output, results)
+
+
+def run_process_group(command: List[str], env: dict, cwd: Path, timeout: float):
+    """(return code, stdout + stderr) of `command`; on timeout mpiexec and every rank it
+    started (its own process group) are stopped and the test fails with their output."""
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                output, _ = proc.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                output = ""
+        pytest.fail(f"{command[0]} ran longer than {timeout} s:\n{output[-6000:]}")
+
+
+def new_namespace() -> str:
+    return f"stub{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(tcp_server):
+    native = Client(**tcp_server.client_args())
+    try:
+        yield native
+    finally:
+        native.close()
+
+
+def clear_run_keys(client: Client, ns: str) -> None:
+    """Removes what an earlier solver run left in a namespace (snapshots, step, done, stop),
+    keeping the models and the worker's keys: runs that share the module's worker start clean."""
+    kept = (f"{ns}:{{m:", f"{ns}:{{w", keys.model_names(ns))
+    for key in client.redis.scan_iter(match=f"{ns}:*"):
+        name = key.decode()
+        if not name.startswith(kept):
+            client.delete(name)
+
+
+def read_snapshots(client: Client, ns: str):
+    return SnapshotReader(client, ns, 0, 1).read_available()
+
+
+# --- the wall-model BC, compiled as C++ -----------------------------------------------------------
+@pytest.mark.parametrize("version,usrwrk_field", [(25, 0), (25, 2), (24, 0)])
+def test_okl_traction_equals_wall_model_traction(stub_build, version, usrwrk_field):
+    proc = subprocess.run([str(stub_build / f"okl_bc_check_v{version}_f{usrwrk_field}")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"checked (\d+) cases \(NekRS (\d+) API, usrwrk field (\d+)\): 0 mismatches",
+                      proc.stdout)
+    assert match, proc.stdout
+    assert int(match.group(1)) > 5000
+    assert (int(match.group(2)), int(match.group(3))) == (version, usrwrk_field)
+
+
+# --- training -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ranks,dtype", [(1, "float32"), (2, "float32"), (2, "float64")])
+def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks,
+                                             dtype):
+    ns, steps, interval = new_namespace(), 6, 2
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, ranks,
+                   {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50,
+                    "snapshotDtype": dtype}, steps)
+    run.assert_ok()
+    assert [r["last_step"] for r in run.ranks] == [steps] * ranks
+    # UDF_LoadKernels handed the OKL snippet its version, usrwrk field and include path
+    for result in run.ranks:
+        assert result["kernel_defines"] == {"NEKRS_ML_NEKRS_VERSION": "25",
+                                            "NEKRS_ML_USRWRK_FIELD": "0"}
+        assert any((Path(p) / "nekrs_ml" / "nekrs" / "wall_model.okl").is_file()
+                   for p in result["okl_include_paths"])
+        # the BC field exists in every workflow and holds zeros when nothing is predicted
+        assert result["usrwrk_size"] >= result["field_offset"] > result["nlocal"]
+        assert np.all(np.array(result["usrwrk0"]) == 0)
+
+    snapshots = read_snapshots(client, ns)
+    assert sorted((s.rank, s.step) for s in snapshots) == [
+        (rank, step) for rank in range(ranks) for step in range(interval, steps + 1, interval)]
+    for snapshot in snapshots:
+        assert snapshot.time == pytest.approx(snapshot.step * DT)
+        check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time,
+                       np.dtype(dtype))
+    assert client.exists(keys.solver_done(ns))
+    assert int(client.get_string(keys.solver_step(ns))) == steps
+    members = client.command(["SMEMBERS", keys.solver_members(ns)], key=keys.solver_members(ns))
+    assert sorted(int(m) for m in members) == list(range(ranks))
+
+
+def test_sample_points_outside_the_mesh_are_refused(stub_build, tcp_server, tmp_path):
+    """sampleHeight beyond the channel: the point search reports the points as not found and
+    the run stops with an error that says so, before streaming anything."""
+    ns = new_namespace()
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train", "sampleInterval": 1, "sampleHeight": 2.5}, 2)
+    assert run.returncode != 0 and not run.ranks
+    assert "sample points (sampleHeight = 2.5" in run.output and "outside the mesh" in run.output
+
+
+def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_server, client,
+                                                           tmp_path):
+    ns, interval = new_namespace(), 2
+    client.set_string(keys.trainer_stop(ns), "1")
+    # an elapsed-time limit in force as well: the stop must override it (NekRS checks it first)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50}, 500,
+                   options={"STOP AT ELAPSED TIME": "100"})
+    run.assert_ok()
+    # read at step `interval`: step interval + 1 is the last (NUMBER TIMESTEPS read back by NekRS)
+    assert [r["last_step"] for r in run.ranks] == [interval + 1] * 2
+    for result in run.ranks:
+        assert (result["number_timesteps"], result["end_time"]) == (str(interval + 1), "-1")
+    snapshots = read_snapshots(client, ns)
+    assert sorted((s.rank, s.step) for s in snapshots) == [(0, interval), (1, interval)]
+    assert client.exists(keys.solver_done(ns))
+    assert int(client.get_string(keys.solver_step(ns))) == interval + 1
+
+
+# --- inference ------------------------------------------------------------------------------------
+class KnownModel(torch.nn.Module):
+    """Predictions [2 u_t1, u_t2 + u_n]: |tau| at each wall node is known from the field."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([2.0 * x[:, 0], x[:, 1] + x[:, 2]], 1)
+
+
+def known_model_magnitude(inputs: np.ndarray) -> np.ndarray:
+    return np.hypot(2.0 * inputs[:, 0], inputs[:, 1] + inputs[:, 2])
+
+
+class Worker:
+    """A `nekrs-ml serve` process in namespace `ns` on the test server."""
+
+    def __init__(self, server, ns: str):
+        env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1", "--device", "cpu",
+             "--reload-interval", "0.05"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        probe = Client(**server.client_args())
+        try:
+            deadline = time.monotonic() + 60
+            while not probe.exists(keys.worker_heartbeat(ns, 0)):
+                assert self.process.poll() is None, self.process.communicate()[0]
+                assert time.monotonic() < deadline, "the model worker did not start"
+                time.sleep(0.05)
+        finally:
+            probe.close()
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out
+
+
+@pytest.fixture(scope="module")
+def served(stub_build, tcp_server, tmp_path_factory):
+    """(namespace, worker) with KnownModel deployed as `stub_model`."""
+    ns = new_namespace()
+    path = tmp_path_factory.mktemp("stub-model") / "known.pt"
+    torch.jit.save(torch.jit.script(KnownModel().eval()), str(path))
+    publisher = Client(**tcp_server.client_args())
+    try:
+        assert deploy(publisher, ns, "stub_model", path, n_in=3) == 1
+    finally:
+        publisher.close()
+    worker = Worker(tcp_server, ns)
+    try:
+        yield ns, worker
+    finally:
+        worker.stop()
+
+
+def expected_bc(run: StubRun, magnitude, wall_ranks=None) -> None:
+    """usrwrk field 0 at every wall node = magnitude(inputs of that node at the last step);
+    zero elsewhere."""
+    t = run.ranks[0]["time"]
+    for wall, x, z, usrwrk in run.wall_nodes(wall_ranks):
+        assert len(usrwrk) > 0
+        np.testing.assert_allclose(usrwrk, magnitude(expected_inputs(wall, x, z, t)), rtol=1e-5,
+                                   err_msg=f"|tau| on the {wall} wall")
+    assert np.all(run.off_wall_usrwrk(wall_ranks) == 0)
+
+
+def test_inference_puts_the_predicted_magnitude_into_usrwrk(stub_build, tcp_server, served, client,
+                                                            tmp_path):
+    ns, _ = served
+    clear_run_keys(client, ns)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "infer", "modelName": "stub_model", "inferenceInterval": 1}, 3)
+    run.assert_ok()
+    expected_bc(run, known_model_magnitude)
+
+
+def reichardt_magnitude(inputs: np.ndarray) -> np.ndarray:
+    return _core.reichardt_wall_shear_stress(np.hypot(inputs[:, 0], inputs[:, 1]), HEIGHT, MU)
+
+
+def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, served, client,
+                                                       tmp_path):
+    """train+infer before the trainer has published: the BC uses Reichardt's law at the sample
+    point's tangential velocity, and the run streams samples meanwhile."""
+    ns, _ = served
+    clear_run_keys(client, ns)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train+infer", "modelName": "not_yet_trained", "sampleInterval": 2,
+                    "maxSnapshots": 50}, 2)
+    run.assert_ok()
+    expected_bc(run, reichardt_magnitude)
+    assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, 2), (1, 2)]
+
+
+def test_rank_without_wall_faces_takes_part_in_every_collective(stub_build, tcp_server, served,
+                                                               client, tmp_path):
+    """A partition can leave a rank without wall faces: it must still join the collective
+    point search, evaluation, stop check and last-step barrier, and stream nothing but empty
+    snapshots, while the other rank trains and infers as usual."""
+    ns, _ = served
+    clear_run_keys(client, ns)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
+                   {"workflow": "train+infer", "modelName": "stub_model", "sampleInterval": 2,
+                    "maxSnapshots": 50}, 2, ranks_without_walls=[1])
+    run.assert_ok()
+    assert [r["last_step"] for r in run.ranks] == [2, 2]
+    expected_bc(run, known_model_magnitude, wall_ranks=[0])
+    snapshots = read_snapshots(client, ns)
+    walled = [s for s in snapshots if s.rank == 0]
+    assert [s.step for s in walled] == [2]
+    check_snapshot(walled[0].inputs, walled[0].targets, 0, walled[0].time)
+    for snapshot in (s for s in snapshots if s.rank == 1):
+        assert snapshot.inputs.shape == (0, 3) and snapshot.targets.shape == (0, 2)
+    assert client.exists(keys.solver_done(ns))
+
+
+def leave_dead_worker(client: Client, ns: str, how: str) -> None:
+    """A worker that never started leaves no heartbeat; one that crashed (SIGKILL, out of
+    memory) leaves its heartbeat until it expires and serves nothing meanwhile."""
+    if how == "crashed":
+        heartbeat = json.dumps({"pid": 0, "host": "gone", "device": "cpu", "models": {}})
+        client.command(["SET", keys.worker_heartbeat(ns, 0), heartbeat, "PX", "1500"],
+                       key=keys.worker_heartbeat(ns, 0))
+
+
+@pytest.mark.xfail(strict=True, reason="the inference fallback policy (onInferenceError = "
+                                       "fallback) is not implemented yet: an inference error "
+                                       "aborts the run")
+@pytest.mark.parametrize("how", ["missing", "crashed"])
+def test_dead_worker_falls_back_to_reichardts_law(stub_build, tcp_server, client, tmp_path, how):
+    ns = new_namespace()
+    path = tmp_path / "known.pt"
+    torch.jit.save(torch.jit.script(KnownModel().eval()), str(path))
+    assert deploy(client, ns, "stub_model", path, n_in=3) == 1
+    leave_dead_worker(client, ns, how)
+    run = run_stub(stub_build, tcp_server, ns, tmp_path / "run", 2,
+                   {"workflow": "infer", "modelName": "stub_model", "inferenceTimeout": 5}, 2)
+    run.assert_ok()
+    expected_bc(run, reichardt_magnitude)
