@@ -495,9 +495,6 @@ def leave_dead_worker(client: Client, ns: str, how: str) -> None:
                        key=keys.worker_heartbeat(ns, 0))
 
 
-@pytest.mark.xfail(strict=True, reason="the inference fallback policy (onInferenceError = "
-                                       "fallback) is not implemented yet: an inference error "
-                                       "aborts the run")
 @pytest.mark.parametrize("how", ["missing", "crashed"])
 def test_dead_worker_falls_back_to_reichardts_law(stub_build, tcp_server, client, tmp_path, how):
     ns = new_namespace()
@@ -509,3 +506,8 @@ def test_dead_worker_falls_back_to_reichardts_law(stub_build, tcp_server, client
                    {"workflow": "infer", "modelName": "stub_model", "inferenceTimeout": 5}, 2)
     run.assert_ok()
     expected_bc(run, reichardt_magnitude)
+    # every call (steps 0, 1, 2 on 2 ranks) fell back, counted in the run summary
+    summary = json.loads(client.get_string(keys.solver_summary(ns)))
+    inference = summary["inference"]
+    assert inference["calls"] == 6 and inference["fallbacks"] == 6
+    assert inference["failures"]["worker_unavailable"] + inference["failures"]["timeout"] == 6
