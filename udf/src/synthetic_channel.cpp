@@ -2,20 +2,13 @@
 #include "nekrs_ml/synthetic_channel.hpp"
 
 #include <cmath>
+#include <cstdint>
 
 namespace nekrs_ml {
 namespace {
 
-constexpr double kTwoPi = 6.283185307179586476925286766559;
 constexpr double kSpanwiseRms = 0.5; // of the streamwise fluctuation
 constexpr double kNormalRms = 0.2;
-
-std::uint64_t mix(std::uint64_t x) { // SplitMix64
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 } // namespace
 
@@ -24,33 +17,20 @@ SyntheticChannelField::SyntheticChannelField(std::size_t points, double re_tau, 
                                              std::uint64_t seed, int rank)
     : streamwise_(points, re_tau, nu, h, fluctuation, correlation, seed, rank),
       correlation_(correlation), sigma_(fluctuation * streamwise_.mean_velocity()),
-      engine_(mix(mix(seed ^ 0x5eedULL) ^ static_cast<std::uint64_t>(rank))),
-      spanwise_(points), normal_(points), u_(points), unused_(points), applied_(2 * points, 0.0) {
+      normal_(seed ^ 0x5eedULL, static_cast<std::uint64_t>(rank)),
+      spanwise_(points), wall_normal_(points), u_(points), unused_(points), applied_(2 * points, 0.0) {
   for (std::size_t i = 0; i < points; ++i) {
-    spanwise_[i] = kSpanwiseRms * sigma_ * normal();
-    normal_[i] = kNormalRms * sigma_ * normal();
+    spanwise_[i] = kSpanwiseRms * sigma_ * normal_();
+    wall_normal_[i] = kNormalRms * sigma_ * normal_();
   }
-}
-
-double SyntheticChannelField::normal() {
-  if (has_spare_normal_) {
-    has_spare_normal_ = false;
-    return spare_normal_;
-  }
-  const double u1 = static_cast<double>((engine_() >> 11) + 1) * 0x1.0p-53;
-  const double u2 = static_cast<double>(engine_() >> 11) * 0x1.0p-53;
-  const double radius = std::sqrt(-2.0 * std::log(u1));
-  spare_normal_ = radius * std::sin(kTwoPi * u2);
-  has_spare_normal_ = true;
-  return radius * std::cos(kTwoPi * u2);
 }
 
 void SyntheticChannelField::advance() {
   streamwise_.advance();
   const double innovation = std::sqrt(1.0 - correlation_ * correlation_) * sigma_;
   for (std::size_t i = 0; i < spanwise_.size(); ++i) {
-    spanwise_[i] = correlation_ * spanwise_[i] + kSpanwiseRms * innovation * normal();
-    normal_[i] = correlation_ * normal_[i] + kNormalRms * innovation * normal();
+    spanwise_[i] = correlation_ * spanwise_[i] + kSpanwiseRms * innovation * normal_();
+    wall_normal_[i] = correlation_ * wall_normal_[i] + kNormalRms * innovation * normal_();
   }
 }
 
@@ -60,7 +40,7 @@ void SyntheticChannelField::sample_inputs(double* inputs) {
     const double s = sign(i); // t1 = s x, t2 = z, n = s y
     inputs[3 * i] = s * u_[i];
     inputs[3 * i + 1] = spanwise_[i];
-    inputs[3 * i + 2] = s * normal_[i];
+    inputs[3 * i + 2] = s * wall_normal_[i];
   }
 }
 

@@ -137,7 +137,7 @@ ChannelWallSampler::ChannelWallSampler(std::size_t points, double re_tau, double
                                        double fluctuation, double correlation, std::uint64_t seed,
                                        int rank)
     : nu_(nu), h_(h), correlation_(correlation),
-      engine_(splitmix64(splitmix64(seed) ^ static_cast<std::uint64_t>(rank))),
+      normal_(seed, static_cast<std::uint64_t>(rank)),
       mean_(points), fluctuation_(points) {
   check_geometry(h, nu);
   check_sampler_options(re_tau, fluctuation, correlation);
@@ -145,27 +145,31 @@ ChannelWallSampler::ChannelWallSampler(std::size_t points, double re_tau, double
   mean_velocity_ = friction_velocity_ * reichardt_uplus(h * friction_velocity_ / nu);
   sigma_ = fluctuation * mean_velocity_;
   floor_ = kVelocityFloor * mean_velocity_;
-  for (double& mean : mean_) mean = mean_velocity_ * (1.0 + kSpatialRms * normal());
-  for (double& value : fluctuation_) value = sigma_ * normal(); // stationary from the start
+  for (double& mean : mean_) mean = mean_velocity_ * (1.0 + kSpatialRms * normal_());
+  for (double& value : fluctuation_) value = sigma_ * normal_(); // stationary from the start
 }
 
-double ChannelWallSampler::normal() {
-  if (has_spare_normal_) {
-    has_spare_normal_ = false;
-    return spare_normal_;
+// --- NormalDeviates --------------------------------------------------------------------------
+NormalDeviates::NormalDeviates(std::uint64_t seed, std::uint64_t stream)
+    : engine_(splitmix64(splitmix64(seed) ^ stream)) {}
+
+double NormalDeviates::operator()() {
+  if (has_spare_) {
+    has_spare_ = false;
+    return spare_;
   }
   // Two uniforms from the top 53 bits; u1 in (0, 1] so that log(u1) is finite.
   const double u1 = static_cast<double>((engine_() >> 11) + 1) * 0x1.0p-53;
   const double u2 = static_cast<double>(engine_() >> 11) * 0x1.0p-53;
   const double radius = std::sqrt(-2.0 * std::log(u1));
-  spare_normal_ = radius * std::sin(kTwoPi * u2);
-  has_spare_normal_ = true;
+  spare_ = radius * std::sin(kTwoPi * u2);
+  has_spare_ = true;
   return radius * std::cos(kTwoPi * u2);
 }
 
 void ChannelWallSampler::advance() {
   const double innovation = std::sqrt(1.0 - correlation_ * correlation_) * sigma_;
-  for (double& value : fluctuation_) value = correlation_ * value + innovation * normal();
+  for (double& value : fluctuation_) value = correlation_ * value + innovation * normal_();
 }
 
 double ChannelWallSampler::velocity(std::size_t point) const {

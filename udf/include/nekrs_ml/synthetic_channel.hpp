@@ -19,7 +19,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 namespace nekrs_ml {
@@ -48,15 +47,12 @@ public:
   double mean_velocity() const { return streamwise_.mean_velocity(); }
 
 private:
-  double normal();
   double sign(std::size_t point) const { return point % 2 == 0 ? 1.0 : -1.0; } // lower, upper
 
   ChannelWallSampler streamwise_;
   double correlation_, sigma_;
-  std::mt19937_64 engine_;
-  double spare_normal_ = 0.0;
-  bool has_spare_normal_ = false;
-  std::vector<double> spanwise_, normal_;
+  NormalDeviates normal_;
+  std::vector<double> spanwise_, wall_normal_;
   std::vector<double> u_, unused_; // streamwise velocity (and its 1-D wall stress, unused)
   std::vector<double> applied_;
   long long applications_ = 0;

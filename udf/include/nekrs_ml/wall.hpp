@@ -28,6 +28,21 @@ double reichardt_wall_shear_stress(double u, double h, double nu);
 void reichardt_wall_shear_stress(const double* u, std::size_t n, double h, double nu, double* tau);
 void reichardt_wall_shear_stress(const float* u, std::size_t n, double h, double nu, float* tau);
 
+// Standard normal deviates from std::mt19937_64 through an explicit Box-Muller transform (in
+// pairs), seeded from (seed, stream) by SplitMix64: the same arguments give the same sequence on
+// every platform whose libm rounds log/sin/cos alike (std::normal_distribution's algorithm
+// differs between standard libraries).
+class NormalDeviates {
+public:
+  NormalDeviates(std::uint64_t seed, std::uint64_t stream);
+  double operator()();
+
+private:
+  std::mt19937_64 engine_;
+  double spare_ = 0.0;
+  bool has_spare_ = false;
+};
+
 // The reproducer's stand-in for the solver's off-wall velocity: per wall point, the streamwise
 // velocity at height h of a channel of half-height 1 at friction Reynolds number re_tau,
 //   u_i(t) = U (1 + s_i) + u'_i(t),  clipped at a small positive floor,
@@ -58,15 +73,12 @@ public:
   double viscosity() const { return nu_; }
 
 private:
-  double normal(); // standard normal deviate (Box-Muller, pairs)
   double velocity(std::size_t point) const;
   template <typename T> void write(T* inputs, T* targets) const;
 
   double nu_, h_, correlation_;
   double friction_velocity_, mean_velocity_, sigma_, floor_;
-  std::mt19937_64 engine_;
-  double spare_normal_ = 0.0;
-  bool has_spare_normal_ = false;
+  NormalDeviates normal_;
   std::vector<double> mean_;        // U (1 + s_i)
   std::vector<double> fluctuation_; // u'_i
 };
