@@ -93,6 +93,11 @@ def trainer_stop(ns: str) -> str:
     return f"{ns}:trainer:stop"
 
 
+def trainer_alive(ns: str) -> str:
+    """Exists (expiring) while a trainer process lives: its heartbeat."""
+    return f"{ns}:trainer:alive"
+
+
 def trainer_status(ns: str) -> str:
     return f"{ns}:trainer:status"
 

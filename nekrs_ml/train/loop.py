@@ -30,6 +30,7 @@ from . import checkpoints, outputs
 from .data import Samples, SnapshotReader, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
+from .heartbeat import Heartbeat
 from .model import build_mlp, export_program_bytes, torchscript_bytes
 from .settings import Settings
 
@@ -502,8 +503,10 @@ def main(args) -> int:
     comm = MPI.COMM_WORLD
     stop = StopSignal()
     trainer = None
+    heartbeat = None
     try:
         trainer = create(args, comm, stop)
+        heartbeat = Heartbeat(Client.from_env, trainer.ns).start()
         return trainer.run()
     except TrainingFailed as exc:  # every rank is here: no one is left waiting
         if comm.rank == 0:
@@ -515,6 +518,8 @@ def main(args) -> int:
             comm.Abort(1)
         return 1
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -45,6 +45,7 @@ inline std::string solver_snapshots(const std::string& ns) { return ns + ":solve
 inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
 inline std::string solver_done(const std::string& ns) { return ns + ":solver:done"; }
 inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
+inline std::string trainer_alive(const std::string& ns) { return ns + ":trainer:alive"; }
 inline std::string trainer_status(const std::string& ns) { return ns + ":trainer:status"; }
 
 } // namespace nekrs_ml::keys
