@@ -161,3 +161,16 @@ def test_a_small_server_is_not_filled_by_the_registry(tmp_path):
                                      keep_versions=100)
         finally:
             client.close()
+
+
+def test_the_trainer_publishes_with_the_cases_keep_versions(tmp_path):
+    from types import SimpleNamespace
+
+    from nekrs_ml.train.settings import Settings
+
+    par = tmp_path / "case.par"
+    par.write_text("[NEKRS_ML]\nkeepVersions = 3\n")
+    args = SimpleNamespace(par=str(par), run_dir=str(tmp_path), data_timeout=1.0, resume=False)
+    assert Settings.from_args(args).keep_versions == 3
+    par.write_text("[NEKRS_ML]\n")
+    assert Settings.from_args(args).keep_versions == registry.DEFAULT_KEEP_VERSIONS == 10
