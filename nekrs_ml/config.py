@@ -14,7 +14,8 @@ NekRS sections (``[GENERAL]``, ``[VELOCITY]``, ...) are left alone.
 Types: ``int``, ``float``, ``str``, ``bool`` (true/false), ``choice`` and ``intlist``
 (comma-separated integers). The choices column holds allowed values ``a|b|c`` (an upper-case
 ``N`` in one stands for a number: ``cuda:N``), a bound ``>=N`` or ``>N``, a range ``lo..hi``
-(inclusive), or ``-``.
+(inclusive) or ``>lo..hi`` (lo excluded), a format of a ``str`` option (``@memory``: a Redis
+memory size; ``@name``: a name used inside the database keys), or ``-``.
 
 ``python -m nekrs_ml.config`` prints docs/configuration.md; ``python -m nekrs_ml.config
 case.par`` validates a case file and prints its options.
@@ -129,25 +130,39 @@ class _Choices:
     low: str = ""
     low_inclusive: bool = True
     high: str = ""
+    format: str = ""
 
     @classmethod
     def parse(cls, text: str) -> "_Choices":
         if text == "-":
             return cls()
+        if text in _FORMATS:
+            return cls(format=text)
+        if ".." in text:
+            low, high = text.split("..", 1)
+            if low.startswith(">"):
+                return cls(low=low[1:], low_inclusive=False, high=high)
+            return cls(low=low, high=high)
         if text.startswith(">="):
             return cls(low=text[2:])
         if text.startswith(">"):
             return cls(low=text[1:], low_inclusive=False)
-        if ".." in text:
-            low, high = text.split("..", 1)
-            return cls(low=low, high=high)
         return cls(alternatives=tuple(text.split("|")))
 
     def describe_range(self) -> str:
+        if self.high and not self.low_inclusive:
+            return f"> {self.low} and <= {self.high}"
         if self.high:
             return f"between {self.low} and {self.high}"
         return f"{'>=' if self.low_inclusive else '>'} {self.low}"
 
+
+
+# The formats of str options, as the documentation describes them (libnekrsml checks them).
+_FORMATS = {
+    "@memory": "a Redis memory size, 1mb to 4096gb",
+    "@name": "1-200 characters, no `{`, `}`, `:` or spaces",
+}
 
 
 def _cell(text: str) -> str:
@@ -156,6 +171,8 @@ def _cell(text: str) -> str:
 
 def _choices_cell(option: Option) -> str:
     choices = _Choices.parse(option.choices)
+    if choices.format:
+        return _cell(_FORMATS[choices.format])
     if choices.alternatives:
         return ", ".join(f"`{a}`" for a in choices.alternatives)
     if choices.low or choices.high:

@@ -128,6 +128,11 @@ def model_export(ns: str, name: str, version: int) -> str:
     return f"{ns}:{model_tag(name)}:v{int(version)}:export"
 
 
+def model_pinned(ns: str, name: str) -> str:
+    """Set of the versions a rollback made current: kept when older versions are pruned."""
+    return f"{ns}:{model_tag(name)}:pinned"
+
+
 def model_names(ns: str) -> str:
     """Set of the model names registered in the run."""
     return f"{ns}:models"

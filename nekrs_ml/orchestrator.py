@@ -122,6 +122,14 @@ def process_start_time(pid: int) -> Optional[int]:
         return None
 
 
+def process_state(pid: int) -> str:
+    """The state letter of proc(5) (R, S, T, Z, ...); "" when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def is_our_server(server: "Server") -> bool:
     """True when the server's pid still is the process that was started for it."""
     if not pid_alive(server.pid):
@@ -335,6 +343,20 @@ class Orchestrator:
         finally:
             self.stop()
 
+    def dead_servers(self) -> List[str]:
+        """"name (pid P, state)" of each server of this node that is gone or stopped (SIGSTOP):
+        a run whose database is dead or frozen has failed in the orchestrator."""
+        dead = []
+        for state in self.states(self.run_dir):
+            if state.node != self.node:
+                continue
+            for server in state.servers:
+                if not is_our_server(server):
+                    dead.append(f"{server.name} (pid {server.pid}, exited)")
+                elif process_state(server.pid) in ("T", "t"):
+                    dead.append(f"{server.name} (pid {server.pid}, stopped)")
+        return dead
+
     @property
     def addresses(self) -> List[str]:
         return self.info(self.run_dir)["addresses"]
@@ -534,6 +556,7 @@ class Orchestrator:
         for server in live:
             try:
                 os.kill(server.pid, signal.SIGTERM)
+                os.kill(server.pid, signal.SIGCONT)  # a stopped (frozen) server acts on it now
             except ProcessLookupError:
                 pass
         for sig, wait in ((None, timeout), (signal.SIGKILL, 5.0)):

@@ -3,11 +3,14 @@ the run's database so the trainer can publish while the inference side loads.
 
 Per model name: a version counter, one blob and one meta key per version, and a ``latest``
 pointer. ``publish`` writes the blob and the meta before it moves ``latest``, so a reader that
-follows ``latest`` always finds both.
+follows ``latest`` always finds both. Each publish then prunes the versions beyond the newest
+``keep_versions`` (keepVersions in the .par), except the current one and those pinned by a
+rollback, so a long training run does not fill the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -15,19 +18,25 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from . import keys
 from .client import Client
-from .errors import ConfigError, KeyNotFoundError
+from .errors import ConfigError, KeyNotFoundError, NekrsMLError, ServerError
+
+DEFAULT_KEEP_VERSIONS = 10  # the default of keepVersions in config_schema.tsv
 
 
 def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: bytes,
-            meta: dict, version: Optional[int] = None, export_blob: Optional[bytes] = None) -> int:
+            meta: dict, version: Optional[int] = None, export_blob: Optional[bytes] = None,
+            keep_versions: int = DEFAULT_KEEP_VERSIONS) -> int:
     """Stores ``blob`` as a new version of model ``name`` on every client's server.
 
     The version is INCR of the counter on the first server (unless ``version`` is given, e.g.
     one taken from another process's publish); the other servers get the same number and their
     counters are set to it. ``export_blob``, when given, is the same model as a saved
-    ``torch.export`` program. Returns the version.
+    ``torch.export`` program. Versions beyond the newest ``keep_versions`` are deleted
+    (``prune``). Returns the version.
     """
     check_name(name)
+    if int(keep_versions) < 1:
+        raise ConfigError(f"keepVersions = {keep_versions}: must be >= 1")
     clients = list(clients) if isinstance(clients, (list, tuple)) else [clients]
     if version is None:
         version = clients[0].increment(keys.model_counter(ns, name))
@@ -40,8 +49,46 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     for client in others:
         client.set_string(keys.model_counter(ns, name), str(version))
     for client in clients:
-        _store(client, ns, name, int(version), blob, record, export_blob)
+        with _full_server_hint(name, version, keep_versions):
+            _store(client, ns, name, int(version), blob, record, export_blob)
+        prune(client, ns, name, keep_versions)
     return int(version)
+
+
+def prune(client: Client, ns: str, name: str, keep_versions: int) -> List[int]:
+    """Deletes the blob, meta and export keys of the versions older than the newest
+    ``keep_versions``, except the current version and the pinned ones; returns those deleted."""
+    stored = versions(client, ns, name)
+    keep = set(stored[-int(keep_versions):]) | pinned(client, ns, name)
+    current = latest_version(client, ns, name)
+    if current is not None:
+        keep.add(current)
+    doomed = [v for v in stored if v not in keep]
+    for version in doomed:
+        for key in (keys.model_blob(ns, name, version), keys.model_meta(ns, name, version),
+                    keys.model_export(ns, name, version)):
+            client.delete(key)
+    return doomed
+
+
+def pinned(client: Client, ns: str, name: str) -> set:
+    """The versions a rollback made current (never pruned)."""
+    key = keys.model_pinned(ns, name)
+    members = client.command(["SMEMBERS", key], key=key) or []
+    return {int(m) for m in members}
+
+
+@contextlib.contextmanager
+def _full_server_hint(name: str, version, keep_versions: int):
+    """A write refused by a full server names the options that bound what the registry holds."""
+    try:
+        yield
+    except (ServerError, NekrsMLError) as exc:
+        if "maxmemory" not in str(exc).lower():
+            raise
+        raise ServerError(f"cannot publish model {name!r} v{version}: the server is full ({exc}); "
+                          f"raise maxMemory or lower keepVersions (now {keep_versions}) in the "
+                          "[NEKRS_ML] section of the .par") from None
 
 
 def check_name(name: str) -> str:
@@ -118,6 +165,8 @@ def rollback(client: Client, ns: str, name: str, version: Optional[int] = None) 
         raise KeyNotFoundError(f"model {name!r} version {version} does not exist in namespace "
                                f"{ns!r}; stored versions: {', '.join(map(str, stored)) or 'none'}")
     client.set_string(keys.model_latest(ns, name), str(int(version)))
+    pins = keys.model_pinned(ns, name)
+    client.command(["SADD", pins, str(int(version))], key=pins)  # never pruned from now on
     return int(version)
 
 

@@ -94,7 +94,7 @@ def test_config_api():
         cfg.get("nekrs_ml", "sampleIntervals")
     cfg.set("NEKRS_ML", "maxsnapshots", "7")
     assert cfg["nekrs_ml"]["maxSnapshots"] == 7
-    with pytest.raises(ConfigError, match=r"case.par: \[NEKRS_ML\] maxSnapshots = 0: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"case.par: \[NEKRS_ML\] maxSnapshots = 0: must be between 1 and 1000000"):
         cfg.set("nekrs_ml", "maxSnapshots", "0")
     assert cfg["nekrs_ml"]["maxSnapshots"] == 7
 
@@ -129,11 +129,11 @@ def test_quotes_and_comments():
             '  # an indented comment\n'
             'checkpointDir = "Run A ; #1"  ; comment after the quote\n'
             'namespace = run#1   # a comment needs whitespace before it\n'
-            'maxMemory=2gb;not-a-comment\n')
+            'deployModel=runs;not-a-comment\n')
     python = parse(text)
     assert python["nekrs_ml"]["checkpointDir"] == "Run A ; #1"
     assert python["nekrs_ml"]["namespace"] == "run#1"
-    assert python["nekrs_ml"]["maxMemory"] == "2gb;not-a-comment"
+    assert python["nekrs_ml"]["deployModel"] == "runs;not-a-comment"
 
 
 @pytest.mark.parametrize("text", [".5", "5.", "+1e-3", "1E2", "0.0e+0", "1e-400"])
@@ -170,7 +170,25 @@ BAD_VALUES = [
     ("nekrs_ml", "timeout", "soon", "timeout = 'soon' is not a number"),
     ("nekrs_ml", "timeout", "inf", "timeout = 'inf' is not a number"),
     ("nekrs_ml", "timeout", "1e999", "timeout = '1e999' is out of range"),
-    ("nekrs_ml", "timeout", "0", "timeout = 0: must be > 0"),
+    ("nekrs_ml", "timeout", "0", "timeout = 0: must be > 0 and <= 86400"),
+    ("nekrs_ml", "timeout", "1e308", "timeout = 1e308: must be > 0 and <= 86400"),
+    ("nekrs_ml", "inferenceTimeout", "86401", "inferenceTimeout = 86401: must be > 0 and <= 86400"),
+    ("nekrs_ml", "waitTimeout", "-1", "waitTimeout = -1: must be > 0 and <= 86400"),
+    ("nekrs_ml", "maxMemory", "lots", "maxMemory = 'lots' is not a Redis memory size; use a byte "
+                                      "count or a number with a unit k, kb, m, mb, g or gb"),
+    ("nekrs_ml", "maxMemory", "-1", "maxMemory = '-1' is not a Redis memory size"),
+    ("nekrs_ml", "maxMemory", "1.5gb", "maxMemory = '1.5gb' is not a Redis memory size"),
+    ("nekrs_ml", "maxMemory", "100kb", "maxMemory = 100kb: must be between 1mb and 4096gb"),
+    ("nekrs_ml", "maxMemory", "9999999gb", "maxMemory = 9999999gb: must be between 1mb and 4096gb"),
+    ("nekrs_ml", "modelName", "wall:model", "modelName = 'wall:model' is not a valid name: use "
+                                            "1-200 characters without '{', '}', ':', spaces"),
+    ("nekrs_ml", "modelName", '"wall model"', "modelName = 'wall model' is not a valid name"),
+    ("nekrs_ml", "namespace", "run{1}", "namespace = 'run{1}' is not a valid name"),
+    ("nekrs_ml", "replayBuffer", "10000000000", "replayBuffer = 10000000000: must be between 1 "
+                                                "and 50000000"),
+    ("nekrs_ml", "maxSnapshots", "2000000", "maxSnapshots = 2000000: must be between 1 and 1000000"),
+    ("nekrs_ml", "keepVersions", "0", "keepVersions = 0: must be between 1 and 100000"),
+    ("reproducer", "points", "100000000000", "points = 100000000000: must be between 1 and 10000000"),
     ("nekrs_ml", "validationFraction", "0.95",
      "validationFraction = 0.95: must be between 0 and 0.9"),
     ("reproducer", "correlation", "-0.1", "correlation = -0.1: must be between 0 and 1"),
@@ -183,7 +201,8 @@ BAD_VALUES = [
     ("nekrs_ml", "wallBoundaryIds", "1,,2",
      "wallBoundaryIds = '1,,2' is not a comma-separated list"),
     ("nekrs_ml", "wallBoundaryIds", "", "wallBoundaryIds = '' is not a comma-separated list"),
-    ("nekrs_ml", "hiddenLayers", "64,0", "hiddenLayers = 64,0: every entry must be >= 1"),
+    ("nekrs_ml", "hiddenLayers", "64,0", "hiddenLayers = 64,0: every entry must be between 1 "
+                                         "and 65536"),
 ]
 
 
@@ -206,6 +225,27 @@ def test_bad_value_names_file_line_key_and_fix(section, key, value, expected):
 ])
 def test_malformed_lines(text, expected):
     assert error(text).startswith(expected)
+
+
+@pytest.mark.parametrize("value,expected", [("512mb", "512mb"), ("4GB", "4gb"), ("1000000000", "1000000000"),
+                                            ('"2G"', "2G")])
+def test_memory_sizes_redis_reads(value, expected):
+    assert parse(f"[NEKRS_ML]\nmaxMemory = {value}\n")["nekrs_ml"]["maxMemory"] == expected
+
+
+def test_a_case_file_without_the_section_says_how_to_add_it(tmp_path):
+    path = tmp_path / "case.par"
+    path.write_text("[GENERAL]\nnumSteps = 10\n[REPRODUCER]\nsteps = 5\n")
+    expected = (f"{path}: no [NEKRS_ML] section; add one to the case file: a line '[NEKRS_ML]' "
+                "followed by its options")
+    with pytest.raises(ConfigError) as refused:
+        config.load_par(path)
+    assert str(refused.value).startswith(expected)
+    with pytest.raises(ConfigError) as native:  # the solver's reader says the same
+        _core.load_config(str(path))
+    assert str(native.value) == str(refused.value)
+    path.write_text("[GENERAL]\nnumSteps = 10\n[ nekrs_ml ]\n")
+    assert config.load_par(path)["nekrs_ml"]["workflow"] == "train"
 
 
 def test_unreadable_file(tmp_path):

@@ -74,6 +74,9 @@ def _deploy(parser: argparse.ArgumentParser):
     parser.add_argument("--inputs", type=int,
                         help="number of input features (default: from the metadata, else read "
                              "from the first layer)")
+    parser.add_argument("--outputs", type=int,
+                        help="number of outputs the model must return per point (default: from "
+                             "the metadata, if any); a model that disagrees is refused")
     add_namespace_option(parser)
 
     def run(args) -> int:
@@ -82,7 +85,7 @@ def _deploy(parser: argparse.ArgumentParser):
 
         with Client.from_env() as client:
             version = deploy(client, environment.resolve_namespace(args.namespace), args.name,
-                             args.model, args.inputs)
+                             args.model, args.inputs, n_out=args.outputs)
         print(json.dumps({"name": args.name, "version": version}))
         return 0
     return run

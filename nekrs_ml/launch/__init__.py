@@ -46,6 +46,8 @@ def stale_outputs(run_dir: Path) -> List[Path]:
                 paths += [model, model.with_suffix(".json")]
     return paths
 
+MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
+
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
     0, 1, 3, 4, 5, 130)
 
@@ -173,6 +175,8 @@ class Run:
         self.parts: Dict[str, Part] = {}
         self.warnings: List[str] = []
         self.started = time.time()
+        self.failed_polls = 0           # database polls that failed in a row
+        self.orchestrator_problem = ""  # why the database counts as failed
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
@@ -266,6 +270,8 @@ class Run:
         try:
             while True:
                 progress.show(*self.poll_progress())
+                if self.orchestrator_failed():
+                    return "orchestrator"
                 if trainer and not trainer.running and not trainer_reported and solver.running:
                     trainer_reported = True
                     if trainer.returncode != 0:
@@ -278,7 +284,8 @@ class Run:
                         workers.remove(worker)
                 if not solver.running:
                     if solver.returncode != 0:
-                        return "solver"
+                        # ranks fail when the database dies under them: blame the cause
+                        return "orchestrator" if self.orchestrator_failed() else "solver"
                     solver_finished_at = solver_finished_at or time.monotonic()
                     if trainer is None or not trainer.running:
                         break
@@ -308,9 +315,29 @@ class Run:
             snapshots = int(self.client.get_string(keys.solver_snapshots(ns)) or 0)
             raw = self.client.get_string(keys.trainer_status(ns))
             status = json.loads(raw) if raw else {}
-        except (NekrsMLError, ValueError):
+        except NekrsMLError:
+            self.failed_polls += 1
             return 0, None, 0, {}
+        except ValueError:
+            return 0, None, 0, {}
+        self.failed_polls = 0
         return step, sim_time, snapshots, status
+
+    def orchestrator_failed(self) -> bool:
+        """True (with the reason in orchestrator_problem) when a server of the run is gone or
+        stopped, or the database did not answer MAX_FAILED_POLLS polls in a row."""
+        try:
+            dead = self.orchestrator.dead_servers()
+        except NekrsMLError as exc:
+            dead = [str(exc)]
+        if dead:
+            self.orchestrator_problem = (f"the database failed: redis-server {', '.join(dead)}; "
+                                         f"see the server log in {self.run_dir / 'db'}")
+        elif self.failed_polls >= MAX_FAILED_POLLS:
+            self.orchestrator_problem = (f"the database did not answer {self.failed_polls} polls "
+                                         f"in a row (timeout {self.ml['timeout']:g} s each); see "
+                                         f"the server log in {self.run_dir / 'db'}")
+        return bool(self.orchestrator_problem)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -456,6 +483,9 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
             part = run.parts[status]
             message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "
                        f"{part.log_path}:\n{part.log_tail()}")
+        elif status == "orchestrator" and run.orchestrator_problem:
+            message = run.orchestrator_problem + "; every part was stopped"
+            run.client = None  # a dead or frozen database would only make the report wait
         elif status == "interrupted":
             message = "interrupted; every part was stopped"
         elif status == "inference":
@@ -469,7 +499,7 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
     if interrupted:
         return EXIT_INTERRUPTED
     return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
-            "inference": EXIT_INFERENCE}.get(status, EXIT_SOLVER)
+            "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE}.get(status, EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:

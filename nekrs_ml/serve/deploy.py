@@ -1,6 +1,7 @@
 """Deploying a model file into the registry: a TorchScript archive (torch.jit.save) or a saved
 torch.export program (torch.export.save, ``.pt2``). The file is loaded and run once on a probe
-batch before anything is stored, so a broken file never becomes the current version.
+batch of realistic inputs before anything is stored, so a broken file (an exception, a wrong
+shape, NaN/Inf answers) never becomes the current version.
 
 A file written by the trainer or by `nekrs-ml models export` (nekrs_ml.model_file) brings its
 metadata (normalisation, epoch, validation loss, ...) and its torch.export form along."""
@@ -24,37 +25,78 @@ def _first_input_width(module) -> Optional[int]:
     return None
 
 
-def inspect_model(path: Union[str, Path], n_in: Optional[int] = None,
-                  blob: Optional[bytes] = None):
-    """(format, blob, n_in, n_out) of a model file; ConfigError naming the file otherwise."""
+def probe_inputs(width: int, seed: int = 0):
+    """Inputs of the range a wall model sees: velocities of the scale of the wall velocity
+    (uniform in [-2, 2]), a few rows of larger magnitude, and a row of zeros."""
     import torch
 
-    path = Path(path)
-    if blob is None:
-        blob = model_file.read(path).blob
+    generator = torch.Generator().manual_seed(seed)
+    typical = torch.rand(61, width, generator=generator) * 4.0 - 2.0
+    large = (torch.rand(2, width, generator=generator) * 2.0 - 1.0) * 50.0
+    return torch.cat([typical, large, torch.zeros(1, width)]).to(torch.float32)
+
+
+def _load_module(path: Path, blob: bytes):
+    """(module, format) of a TorchScript archive or a saved torch.export program."""
+    import torch
+
     try:
-        module, fmt = torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
+        return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
     except Exception as jit_error:
         try:
-            module, fmt = torch.export.load(io.BytesIO(blob)).module(), "export"
+            return torch.export.load(io.BytesIO(blob)).module(), "export"
         except Exception:
             raise ConfigError(
                 f"model file {path} is neither a TorchScript archive (torch.jit.save) nor a saved "
                 f"torch.export program (torch.export.save): {jit_error}") from None
+
+
+def probe(module, path: Path, width: int, n_out: Optional[int] = None) -> int:
+    """Runs the model on realistic inputs; returns its number of outputs, or raises ConfigError
+    naming the file and what is wrong (an exception, a wrong shape, non-finite values)."""
+    import torch
+
+    inputs = probe_inputs(width)
+    shape = f"float32[{inputs.shape[0]}, {width}] (values in [-50, 50])"
+    try:
+        with torch.inference_mode():
+            answer = module(inputs)
+    except Exception as exc:
+        raise ConfigError(f"model file {path}: a forward pass on {shape} failed "
+                          f"({_last_line(exc)}); models take [points, inputs] float32") from None
+    if not isinstance(answer, torch.Tensor) or answer.ndim != 2 or answer.shape[0] != len(inputs):
+        got = tuple(answer.shape) if isinstance(answer, torch.Tensor) else type(answer).__name__
+        raise ConfigError(f"model file {path}: returned {got} for {shape}; a model must return "
+                          f"one tensor [points, outputs] with one row per input row")
+    if n_out is not None and answer.shape[1] != n_out:
+        raise ConfigError(f"model file {path}: returns {answer.shape[1]} outputs per point, "
+                          f"expected {n_out}; deploy a model with {n_out} outputs")
+    bad_rows = (~torch.isfinite(answer.float())).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        raise ConfigError(f"model file {path}: non-finite outputs (NaN or Inf) for "
+                          f"{len(bad_rows)} of {len(inputs)} probe rows of {shape}, e.g. input "
+                          f"{inputs[bad_rows[0]].tolist()[:4]}; a model must answer finite values")
+    return int(answer.shape[1])
+
+
+def _last_line(exc: Exception) -> str:
+    """The gist of an error: TorchScript puts its traceback first and the error last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def inspect_model(path: Union[str, Path], n_in: Optional[int] = None,
+                  blob: Optional[bytes] = None, n_out: Optional[int] = None):
+    """(format, blob, n_in, n_out) of a model file that passed the probe (``probe``);
+    ConfigError naming the file otherwise. ``n_out``, when given, is the expected output width."""
+    path = Path(path)
+    if blob is None:
+        blob = model_file.read(path).blob
+    module, fmt = _load_module(path, blob)
     width = n_in or _first_input_width(module)
     if not width:
         raise ConfigError(f"model file {path}: cannot tell its number of inputs; pass --inputs N")
-    try:
-        with torch.inference_mode():
-            probe = module(torch.zeros(2, width, dtype=torch.float32))
-    except Exception as exc:
-        raise ConfigError(f"model file {path}: a forward pass on float32[2, {width}] failed "
-                          f"({exc}); models take [points, inputs] float32") from None
-    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
-        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise ConfigError(f"model file {path}: returned {shape} for float32[2, {width}]; a model "
-                          "must return one tensor [points, outputs]")
-    return fmt, blob, int(width), int(probe.shape[1])
+    return fmt, blob, int(width), probe(module, path, int(width), n_out)
 
 
 # Metadata of a model file that describe the file or its old registry entry, not the model.
@@ -63,12 +105,14 @@ _FILE_KEYS = ("name", "version", "time", "export", "file", "export_file", "origi
 
 
 def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
-           n_in: Optional[int] = None, origin: Optional[str] = None) -> int:
-    """Publishes the model file as the next version of ``name``; returns the version."""
+           n_in: Optional[int] = None, origin: Optional[str] = None,
+           n_out: Optional[int] = None) -> int:
+    """Publishes the model file as the next version of ``name``; returns the version. Nothing
+    is stored unless the model passes the probe (``inspect_model``)."""
     registry.check_name(name)
     found = model_file.read(path)
     saved = found.meta or {}
-    fmt, blob, width, n_out = inspect_model(path, n_in or saved.get("n_in"), found.blob)
+    fmt, blob, width, n_out = inspect_model(path, n_in or saved.get("n_in"), found.blob, n_out)
     check_saved_shape(path, saved, width, n_out)
     meta = {key: value for key, value in saved.items() if key not in _FILE_KEYS}
     meta.update({"n_in": width, "n_out": n_out, "dtype": saved.get("dtype", "float32"),

@@ -3,7 +3,9 @@
 Loop: wait for the first request on the worker's queue, gather what else arrives within
 ``max_wait`` (at most ``max_batch`` requests), evaluate each model's requests in one forward
 pass on the worker's device, and push every rank its own slice of the predictions. New model
-versions are picked up between batches (every ``reload_interval`` seconds), never inside one.
+versions are picked up between batches (every ``reload_interval`` seconds), never inside one;
+a new version whose first batch fails (an exception or NaN/Inf outputs) is replaced by the last
+version that worked for its model, and is not tried again until a newer one is published.
 A heartbeat key with an expiry tells the callers that the worker is alive.
 """
 
@@ -120,7 +122,8 @@ class ModelWorker:
         self._last_reload_check = 0.0
         self._last_heartbeat = 0.0
         self._last_seen: Dict[str, float] = {}  # reply key -> when its last request came
-        self._bad_versions: Dict[str, int] = {}  # model -> a version that failed to load
+        self._bad_versions: Dict[str, int] = {}  # model -> a version that failed to load or run
+        self._on_trial: Dict[str, LoadedModel] = {}  # model -> the version to roll back to
         self.stopping = False
 
     # --- main loop --------------------------------------------------------------------------
@@ -242,7 +245,7 @@ class ModelWorker:
         if not valid:
             return replies
         try:
-            outputs = self.forward(model, arrays)
+            model, outputs = self.forward_or_roll_back(model, arrays)
         except Exception as exc:
             self.stats.errors += 1
             return replies + [self.error_reply(r, STATUS_MODEL_FAILED, model.version,
@@ -345,6 +348,8 @@ class ModelWorker:
                              np.dtype(meta.get("dtype", "float32")))
         previous = self.models.get(name)
         self.models[name] = loaded
+        if previous is not None:  # on trial until its first batch; else back to what worked
+            self._on_trial[name] = self._on_trial.get(name, previous)
         self.beat(force=True)
         if previous is not None:
             self.stats.reloads += 1
@@ -368,3 +373,32 @@ class ModelWorker:
                     self._bad_versions[name] = current
                     self.log(f"worker {self.worker}: cannot load {name!r} v{current}, keeping "
                              f"v{loaded.version}: {exc}")
+
+    # --- a new version on trial -------------------------------------------------------------
+    def forward_or_roll_back(self, model: LoadedModel,
+                             arrays: List[np.ndarray]) -> Tuple[LoadedModel, np.ndarray]:
+        """(model that answered, outputs). A version on trial (loaded to replace another, no
+        batch answered yet) that raises or answers non-finite values is rolled back: the last
+        version that worked answers the batch instead."""
+        fallback = self._on_trial.get(model.name)
+        if fallback is None or fallback is model:
+            return model, self.forward(model, arrays)
+        try:
+            outputs = self.forward(model, arrays)
+            if not np.isfinite(outputs).all():
+                raise NekrsMLError("non-finite outputs (NaN or Inf)")
+        except Exception as exc:
+            self.roll_back(model, fallback, exc)
+            return fallback, self.forward(fallback, arrays)
+        del self._on_trial[model.name]  # it works: the old version is no longer needed
+        return model, outputs
+
+    def roll_back(self, failed: LoadedModel, fallback: LoadedModel, reason: Exception) -> None:
+        self.models[failed.name] = fallback
+        self._on_trial.pop(failed.name, None)
+        self._bad_versions[failed.name] = failed.version
+        self.stats.errors += 1
+        self.beat(force=True)
+        self.log(f"worker {self.worker}: {failed.name!r} v{failed.version} failed on its first "
+                 f"batch ({reason}); rolled back to v{fallback.version}, the last version that "
+                 f"worked; v{failed.version} is not tried again until a newer version is published")

@@ -361,11 +361,12 @@ class Trainer:
         blob, meta = self.export(best) if self.world.leader else (None, None)
         version = None
         if self.world.rank == 0:
-            version = registry.publish(self.client, self.ns, self.settings.model_name, blob, meta)
+            version = registry.publish(self.client, self.ns, self.settings.model_name, blob, meta,
+                                       keep_versions=self.settings.keep_versions)
         version = self.world.comm.bcast(version, root=0)
         if self.world.leader and self.world.rank != 0:
             registry.publish(self.client, self.ns, self.settings.model_name, blob, meta,
-                             version=version)
+                             version=version, keep_versions=self.settings.keep_versions)
         self.version, self.published_epoch = version, best.epoch
         self.say(f"epoch {self.epoch}: train loss {_text(self.train_loss)}, val loss "
                  f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "

@@ -9,6 +9,7 @@ from typing import Tuple
 
 from .. import environment
 from ..config import load_par
+from ..registry import DEFAULT_KEEP_VERSIONS
 from .data import MAX_SKIPS_IN_A_ROW
 
 
@@ -33,6 +34,7 @@ class Settings:
     data_timeout: float
     resume: bool
     max_skips: int = MAX_SKIPS_IN_A_ROW
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -59,6 +61,7 @@ class Settings:
             data_timeout=args.data_timeout,
             resume=args.resume,
             max_skips=getattr(args, "max_skips", MAX_SKIPS_IN_A_ROW),
+            keep_versions=ml["keepVersions"],
         )
 
     @property

@@ -153,23 +153,77 @@ double schema_number(const std::string& text) {
   return value;
 }
 
+// --- formats of str options ------------------------------------------------------------------
+const char* const kMemoryFormat = "@memory"; // a Redis memory size
+const char* const kNameFormat = "@name";     // a name used inside the database's keys
+const long long kMinMemory = 1LL << 20;       // 1mb: what an empty redis-server needs
+const long long kMaxMemory = 4096LL << 30;    // 4096gb
+
+// Bytes of a Redis memory size ("512mb", "4gb", "1000000"; units as redis.conf reads them:
+// k = 1000, kb = 1024, ...); -1 if `text` is not one.
+long long memory_bytes(const std::string& text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 15) return -1;
+  const std::string unit = text.substr(digits);
+  static const std::vector<std::pair<std::string, long long>> units = {
+      {"", 1}, {"b", 1}, {"k", 1000}, {"kb", 1LL << 10}, {"m", 1000000},
+      {"mb", 1LL << 20}, {"g", 1000000000}, {"gb", 1LL << 30}};
+  for (const auto& [name, scale] : units) {
+    if (unit == name) {
+      const long long number = std::stoll(text.substr(0, digits));
+      return number > kMaxMemory / scale ? kMaxMemory + 1 : number * scale;
+    }
+  }
+  return -1;
+}
+
+void check_memory(const std::string& text, const std::string& name) {
+  const long long bytes = memory_bytes(lower(text));
+  if (bytes < 0) {
+    throw ConfigError(name + " = '" + text + "' is not a Redis memory size; use a byte count " +
+                      "or a number with a unit k, kb, m, mb, g or gb (e.g. 512mb, 4gb)");
+  }
+  if (bytes < kMinMemory || bytes > kMaxMemory) {
+    throw ConfigError(name + " = " + text + ": must be between 1mb and 4096gb");
+  }
+}
+
+void check_key_name(const std::string& text, const std::string& name) {
+  bool valid = !text.empty() && text.size() <= 200;
+  for (char c : text) {
+    valid = valid && c != '{' && c != '}' && c != ':' && c != ' ' && c != '\t' &&
+            static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
+  }
+  if (!valid) {
+    throw ConfigError(name + " = '" + text + "' is not a valid name: use 1-200 characters " +
+                      "without '{', '}', ':', spaces or control characters (it is part of the " +
+                      "database keys)");
+  }
+}
+
 // --- the choices column ------------------------------------------------------------------------
 struct Constraint {
   std::vector<std::string> alternatives; // allowed values ("N" in one stands for a number)
   std::string low, high;                 // bounds as spelled in the schema (for messages)
   bool low_inclusive = true;
+  std::string format;                    // kMemoryFormat or kNameFormat; empty otherwise
 
   static Constraint parse(const std::string& text) {
     Constraint c;
     if (text == "-") return c;
-    if (text.rfind(">=", 0) == 0) {
+    if (text == kMemoryFormat || text == kNameFormat) {
+      c.format = text;
+    } else if (const auto dots = text.find(".."); dots != std::string::npos) {
+      // lo..hi (inclusive) or >lo..hi (lo excluded)
+      c.low_inclusive = text[0] != '>';
+      c.low = text.substr(c.low_inclusive ? 0 : 1, dots - (c.low_inclusive ? 0 : 1));
+      c.high = text.substr(dots + 2);
+    } else if (text.rfind(">=", 0) == 0) {
       c.low = text.substr(2);
     } else if (text.rfind(">", 0) == 0) {
       c.low = text.substr(1);
       c.low_inclusive = false;
-    } else if (const auto dots = text.find(".."); dots != std::string::npos) {
-      c.low = text.substr(0, dots);
-      c.high = text.substr(dots + 2);
     } else {
       c.alternatives = split(text, '|');
     }
@@ -187,6 +241,7 @@ struct Constraint {
   }
 
   std::string describe_range() const {
+    if (!high.empty() && !low_inclusive) return "> " + low + " and <= " + high;
     if (!high.empty()) return "between " + low + " and " + high;
     return (low_inclusive ? ">= " : "> ") + low;
   }
@@ -260,6 +315,8 @@ Config::Value convert(const ConfigOption& option, const std::string& raw,
       throw ConfigError(name + " = '" + text + "' is out of range");
     }
   }
+  if (constraint.format == kMemoryFormat) check_memory(text, name);
+  if (constraint.format == kNameFormat) check_key_name(text, name);
   if (constraint.alternatives.empty()) return text;
   const std::string match = constraint.match(lower(text));
   if (match.empty()) {
@@ -282,9 +339,10 @@ void check_schema_row(const ConfigOption& option, const std::string& where) {
   const Constraint constraint = Constraint::parse(option.choices);
   const bool numeric_type =
       option.type == "int" || option.type == "float" || option.type == "intlist";
-  const bool fits = numeric_type ? constraint.alternatives.empty()
+  const bool fits = numeric_type ? constraint.alternatives.empty() && constraint.format.empty()
                                  : !constraint.numeric() &&
-                                       (option.type == "str" || !constraint.alternatives.empty());
+                                       (option.type == "str" || !constraint.alternatives.empty()) &&
+                                       (option.type == "str" || constraint.format.empty());
   if (!fits) {
     throw ConfigError(where + ": choices '" + option.choices + "' do not fit type " + option.type);
   }
@@ -489,12 +547,33 @@ Config Config::from_text(const std::string& text, const std::string& source) {
   return config;
 }
 
+namespace {
+// Whether .par text has a [NEKRS_ML] header (case-insensitive, blanks allowed inside).
+bool has_main_section(const std::string& text) {
+  for (const auto& raw : split(text, '\n')) {
+    const std::string line = trim(raw, " \t\r");
+    const auto end = line.find(']');
+    if (!line.empty() && line[0] == '[' && end != std::string::npos &&
+        lower(trim(line.substr(1, end - 1))) == "nekrs_ml") {
+      return true;
+    }
+  }
+  return false;
+}
+} // namespace
+
 Config Config::from_par_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) throw ConfigError("cannot read " + path + ": " + std::strerror(errno));
   std::ostringstream text;
   text << file.rdbuf();
   if (file.bad()) throw ConfigError("cannot read " + path + ": " + std::strerror(errno));
+  if (!has_main_section(text.str())) {
+    // Without it a case would run silently on the defaults.
+    throw ConfigError(path + ": no [NEKRS_ML] section; add one to the case file: a line " +
+                      "'[NEKRS_ML]' followed by its options, e.g. 'workflow = train' (an empty " +
+                      "section takes every default; see docs/configuration.md)");
+  }
   return from_text(text.str(), path);
 }
 
