@@ -155,6 +155,10 @@ class Client:
         """Reads a tensor into a new array (received straight into its memory)."""
         return self._fast.get_tensor(key)
 
+    def get_tensors(self, keys: Sequence[str]) -> List[np.ndarray]:
+        """Pipelined multi-get into new arrays: every GET is sent before the replies are read."""
+        return self._fast.get_tensors(list(keys)) if keys else []
+
     def get_tensor_into(self, key: str, out: np.ndarray) -> np.ndarray:
         """Reads a tensor into a caller-owned array of the same dtype and shape."""
         if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:

@@ -1,4 +1,4 @@
-"""`nekrs-ml bench transfer|stream|inference`: benchmarks that print JSON records, each measured
+"""`nekrs-ml bench transfer|stream|handoff|inference`: benchmarks that print JSON records, each measured
 side by side with its baseline in the same run (docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..cli import command
 BENCHMARKS = {
     "transfer": "nekrs_ml.bench.transfer",
     "stream": "nekrs_ml.bench.stream",
+    "handoff": "nekrs_ml.bench.handoff",
     "inference": "nekrs_ml.bench.inference",
 }
 

@@ -180,6 +180,23 @@ py::object pop_message(PyClient& self, const std::string& key, double wait,
   return py::make_tuple(py::bytes(message.envelope), py::bytes(message.text));
 }
 
+// Pipelined GETs into new arrays (one round trip per server).
+py::list get_tensors(PyClient& self, const std::vector<std::string>& keys) {
+  std::vector<py::object> arrays(keys.size());
+  self.call([&](Client& client) {
+    client.get_tensors(keys, [&](std::size_t i, const TensorHeader& header) -> void* {
+      py::gil_scoped_acquire acquire;
+      std::vector<py::ssize_t> shape(header.shape.begin(), header.shape.end());
+      py::array array(py::dtype(dtype_name(header.dtype)), shape);
+      arrays[i] = array;
+      return array.mutable_data();
+    });
+  });
+  py::list result;
+  for (py::object& array : arrays) result.append(array);
+  return result;
+}
+
 } // namespace
 
 void bind_messages(py::class_<PyClient>& client) {
@@ -189,6 +206,8 @@ void bind_messages(py::class_<PyClient>& client) {
            "is sent as its pieces back to back) in one round trip per server, routed by their "
            "second argument. Returns the replies: int, bytes, None, list, or, with "
            "raise_on_error=False, a ServerError for an error reply")
+      .def("get_tensors", &get_tensors, py::arg("keys"),
+           "Reads tensors into new arrays with pipelined GETs (one round trip per server)")
       .def("push_message", &push_message, py::arg("key"), py::arg("envelope"), py::arg("array"),
            "RPUSH key <envelope + tensor>, the tensor sent from the array's memory; returns the "
            "length of the list")

@@ -369,6 +369,64 @@ TensorHeader Client::get_tensor(const std::string& key,
   return header;
 }
 
+std::vector<TensorHeader> Client::get_tensors(
+    const std::vector<std::string>& keys,
+    const std::function<void*(std::size_t, const TensorHeader&)>& allocate) {
+  std::vector<Batch> batches;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    Connection* node = &impl_->node_for(keys[i]);
+    auto batch = std::find_if(batches.begin(), batches.end(),
+                              [&](const Batch& b) { return b.connection == node; });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{node, {}});
+    batch->items.push_back(i);
+  }
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    try {
+      for (std::size_t i : batches[b].items) {
+        const Op op{"get_tensors", keys[i]};
+        if (i == batches[b].items.front()) batches[b].connection->prepare_raw(op);
+        send_get(*batches[b].connection, keys[i], op);
+      }
+    } catch (...) {
+      drop_batches(batches, 0, b + 1);
+      throw;
+    }
+  }
+  // Read every reply, so the connections stay in step, before reporting the first error.
+  std::vector<TensorHeader> headers(keys.size());
+  std::exception_ptr first_error;
+  std::vector<std::size_t> retries;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    Connection& node = *batches[b].connection;
+    for (std::size_t i : batches[b].items) {
+      const Op op{"get_tensors", keys[i]};
+      try {
+        GetResult result = receive_tensor(
+            node, keys[i], [&](const TensorHeader& header) { return allocate(i, header); }, op);
+        if (!result.error) {
+          headers[i] = std::move(result.header);
+        } else if (impl_->is_retryable(*result.error, node)) {
+          retries.push_back(i);
+        } else if (!first_error) {
+          first_error = reply_error(op, node.address(), *result.error, impl_->options.cluster);
+        }
+      } catch (const Error&) {
+        if (!node.connected()) {
+          drop_batches(batches, b + 1, batches.size());
+          throw;
+        }
+        if (!first_error) first_error = std::current_exception(); // still in step
+      }
+    }
+  }
+  for (std::size_t i : retries) {
+    headers[i] =
+        get_tensor(keys[i], [&](const TensorHeader& header) { return allocate(i, header); });
+  }
+  if (first_error) std::rethrow_exception(first_error);
+  return headers;
+}
+
 namespace {
 
 // The destination of a get into a caller's buffer, once the stored tensor is known to fit.

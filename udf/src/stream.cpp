@@ -346,8 +346,20 @@ void TrainingStream::count_dropped(long long count) {
   }
 }
 
+// A full server refuses even this small SET until the trainer has consumed something: retry
+// for a while, since the trainer stops only once it sees the marker.
 void TrainingStream::mark_done(Client& client, const std::string& ns) {
-  client.set_string(keys::solver_done(ns), "1");
+  constexpr double kFullServerPatience = 30.0; // s
+  const auto start = Clock::now();
+  for (;;) {
+    try {
+      client.set_string(keys::solver_done(ns), "1");
+      return;
+    } catch (const ServerError& error) {
+      if (!out_of_memory(error) || seconds_since(start) > kFullServerPatience) throw;
+    }
+    sleep_seconds(0.05);
+  }
 }
 
 bool TrainingStream::stop_requested(Client& client, const std::string& ns) {

@@ -86,6 +86,12 @@ public:
   // Throws KeyNotFoundError if the key does not exist, TensorFormatError if it is not a tensor.
   TensorHeader get_tensor(const std::string& key,
                           const std::function<void*(const TensorHeader&)>& allocate);
+  // Pipelined multi-get: every GET is sent before any reply is read (one round trip per
+  // shard); `allocate(i, header)` gives where the data of keys[i] goes. Throws the first error
+  // (KeyNotFoundError, TensorFormatError) once every reply has been read.
+  std::vector<TensorHeader> get_tensors(
+      const std::vector<std::string>& keys,
+      const std::function<void*(std::size_t, const TensorHeader&)>& allocate);
   // Reads into a caller-owned buffer of `capacity_bytes`; throws TensorFormatError if the
   // stored tensor does not fit or (when `expected_dtype` is given) has another dtype.
   TensorHeader get_tensor(const std::string& key, void* out, std::size_t capacity_bytes);

@@ -78,7 +78,8 @@ public:
   long long next_seq() const { return seq_; }
   const StreamOptions& options() const { return options_; }
 
-  // Marks the solver as finished (keys::solver_done).
+  // Marks the solver as finished (keys::solver_done); on a full server it retries for up to 30 s
+  // while the trainer frees memory.
   static void mark_done(Client& client, const std::string& ns);
   // Whether the trainer asked the solver to stop (keys::trainer_stop exists).
   static bool stop_requested(Client& client, const std::string& ns);
