@@ -34,6 +34,8 @@ DEFAULT_SIZES = (100 * 1024, 1024 * 1024, 16 * 1024 * 1024)
 PATHS = ("nekrs_ml", "adios2-sst", "putget")
 SETUP_TIMEOUT = 60.0   # s: producers connected and ready
 CASE_TIMEOUT = 300.0   # s: all steps of one case consumed
+READER_OPEN_TIMEOUT = 10  # s: an SST reader's contact with its writer
+SST_ATTEMPTS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +291,28 @@ def wait_for_contact_file(path: str, producers: Producers) -> None:
     time.sleep(0.2)
 
 
+def open_sst_reader(manager, path: str, rank: int, queue: int):
+    """An SST reader of the stream at ``path`` (its contact file is already there)."""
+    import adios2.bindings as adios
+
+    io = manager.DeclareIO(f"reader{rank}")
+    io.SetEngine("SST")
+    io.SetParameters(dict(sst_parameters(queue), OpenTimeoutSecs=str(READER_OPEN_TIMEOUT)))
+    return io, io.Open(path, adios.Mode.Read)
+
+
+def measure_sst_retrying(size: int, count: int, steps: int, args, log) -> Dict:
+    """measure_sst, repeated when SST fails to connect: on a loaded host a reader's first contact
+    with a writer fails now and then ("the writer exited before contact could be made")."""
+    for attempt in range(1, SST_ATTEMPTS + 1):
+        try:
+            return measure_sst(size, count, steps, args)
+        except RuntimeError as exc:
+            if attempt == SST_ATTEMPTS:
+                raise
+            log(f"adios2-sst: attempt {attempt} failed ({str(exc).strip()[:200]}); retrying")
+
+
 def measure_sst(size: int, count: int, steps: int, args) -> Dict:
     import adios2.bindings as adios
 
@@ -303,10 +327,8 @@ def measure_sst(size: int, count: int, steps: int, args) -> Dict:
         readers = []
         for rank, path in enumerate(paths):
             wait_for_contact_file(path, producers)
-            io = manager.DeclareIO(f"reader{rank}")
-            io.SetEngine("SST")
-            io.SetParameters(sst_parameters(args.queue))
-            engines.append(io.Open(path, adios.Mode.Read))  # waits for the writer's contact file
+            io, engine = open_sst_reader(manager, path, rank, args.queue)
+            engines.append(engine)
             readers.append(io)
         producers.release()
         arrivals = Arrivals(count * steps)
@@ -377,7 +399,7 @@ def run(args, log) -> List[Dict]:
                     elif path == "putget":
                         records.append(measure_putget(server, size, count, steps, args))
                     else:
-                        records.append(measure_sst(size, count, steps, args))
+                        records.append(measure_sst_retrying(size, count, steps, args, log))
     finally:
         orch.stop()
         shutil.rmtree(run_dir, ignore_errors=True)

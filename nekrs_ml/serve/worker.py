@@ -9,9 +9,11 @@ A heartbeat key with an expiry tells the callers that the worker is alive.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import platform
 import socket
 import time
 from collections import OrderedDict
@@ -39,6 +41,28 @@ HEARTBEAT_INTERVAL = 0.5     # s
 IDLE_WAIT = 0.2              # s: longest blocking wait, so heartbeats and stops stay timely
 REPLY_MIN_TTL_MS = 5000      # replies nobody collects expire
 ACTIVE_WINDOW = 1.0          # s: a rank heard from this recently is expected in the next batch
+
+
+# glibc hands freed blocks above 128 KiB straight back to the kernel (mmap threshold) and trims
+# the top of the heap eagerly, so every forward pass page-faults its activations and outputs
+# anew. Keeping freed memory in the heap, as jemalloc does, about halves a CPU forward pass of
+# 25,000 points through the 3-64-64-2 model.
+MMAP_THRESHOLD = 32 * 1024 * 1024    # glibc's largest allowed value on 64-bit hosts
+TRIM_THRESHOLD = 512 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Raises glibc's mmap and trim thresholds for this process, unless the environment sets
+    them (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) or the C library is not glibc.
+    Returns whether the thresholds were changed."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @dataclass
@@ -126,6 +150,7 @@ class ModelWorker:
     def serve(self, duration: Optional[float] = None) -> WorkerStats:
         """Serves until ``stop()`` (or a signal handler setting ``stopping``), or ``duration`` s."""
         end = time.monotonic() + duration if duration else None
+        keep_freed_memory()
         self.beat(force=True)
         try:
             while not self.stopping and (end is None or time.monotonic() < end):
