@@ -11,6 +11,7 @@ For every size per step and every producer count (1 -> 1, 4 -> 1), in one run:
 - ``putget``: producer processes put each step's bytes under a key of its own; this process gets
   and deletes them (a plain put and get through the same server, nothing announced).
 
+Every consumer polls its sources and pauses 0.1 ms when nothing had arrived.
 Records: path, producers, size_bytes, bytes_per_s (bytes arriving in the consumer's memory per
 second, from its first arrival to its last), p50_us (from the producer's put to the array in the
 consumer, same host clock), steps; the nekrs_ml records add samples_per_s, the trainer reader's
@@ -36,6 +37,7 @@ SETUP_TIMEOUT = 60.0   # s: producers connected and ready
 CASE_TIMEOUT = 300.0   # s: all steps of one case consumed
 READER_OPEN_TIMEOUT = 10  # s: an SST reader's contact with its writer
 SST_ATTEMPTS = 3
+IDLE_PAUSE = 1e-4      # s: a consumer that found nothing polls again after this pause
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,9 +167,11 @@ class Producers:
                                           daemon=True)
                           for arguments, ready in zip(argument_lists, self.ready)]
 
-    def start(self) -> None:
-        for process in self.processes:
-            process.start()
+    def start(self, index: Optional[int] = None) -> None:
+        """Starts every producer, or only number ``index``."""
+        for i, process in enumerate(self.processes):
+            if index is None or i == index:
+                process.start()
 
     def release(self, before_release: Optional[Callable[[], None]] = None) -> None:
         deadline = time.monotonic() + SETUP_TIMEOUT
@@ -182,12 +186,14 @@ class Producers:
 
     def check(self) -> None:
         for process in self.processes:
-            if process.exitcode not in (None, 0):
+            if process.pid is not None and process.exitcode not in (None, 0):
                 raise RuntimeError(f"handoff: a producer process failed (exit code "
                                    f"{process.exitcode}); its traceback is above")
 
     def stop(self) -> None:
         for process in self.processes:
+            if process.pid is None:
+                continue  # never started
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
@@ -198,6 +204,7 @@ def wait_for(arrivals: Arrivals, producers: Producers, receive: Callable[[], boo
     deadline = time.monotonic() + CASE_TIMEOUT
     while not arrivals.done():
         if not receive():
+            time.sleep(IDLE_PAUSE)  # leave the CPU to the producers and the server
             producers.check()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"handoff {what}: {len(arrivals.times)} of {arrivals.expected} "
@@ -322,10 +329,13 @@ def measure_sst(size: int, count: int, steps: int, args) -> Dict:
                                        for rank in range(count)])
     engines = []
     try:
-        producers.start()
         manager = adios.ADIOS()
         readers = []
+        # One writer at a time, each met by its reader at once: a writer left waiting for its
+        # reader while others connect is often not reachable any more ("the writer exited
+        # before contact could be made").
         for rank, path in enumerate(paths):
+            producers.start(rank)
             wait_for_contact_file(path, producers)
             io, engine = open_sst_reader(manager, path, rank, args.queue)
             engines.append(engine)

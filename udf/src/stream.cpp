@@ -5,6 +5,7 @@
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/keys.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,10 @@ namespace nekrs_ml {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// A waiting rank checks again after 0.1 ms, then twice as long each time up to poll_interval_s:
+// a trainer that catches up quickly is noticed at once, a long wait costs few requests.
+constexpr double kFirstPause = 1e-4; // s
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -160,6 +165,7 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
   int dropped = 0;
   bool written = true;
   std::optional<Clock::time_point> full_since;
+  double pause = kFirstPause;
   while (!try_write(step, time, inputs_header, inputs, targets_header, targets)) {
     if (options_.when_full == StreamOptions::WhenFull::drop && drop_oldest()) {
       ++dropped;
@@ -169,7 +175,8 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
       if (!full_since) full_since = Clock::now();
       result.waited = true;
       if (seconds_since(*full_since) < options_.wait_timeout_s) {
-        sleep_seconds(options_.poll_interval_s);
+        sleep_seconds(std::min(pause, options_.poll_interval_s));
+        pause *= 2;
         continue;
       }
     }
@@ -201,8 +208,10 @@ void TrainingStream::make_room(PutResult& result) {
   if (options_.when_full == StreamOptions::WhenFull::wait) {
     result.waited = true;
     const auto start = Clock::now();
+    double pause = kFirstPause;
     while (length >= options_.max_snapshots && seconds_since(start) < options_.wait_timeout_s) {
-      sleep_seconds(options_.poll_interval_s);
+      sleep_seconds(std::min(pause, options_.poll_interval_s));
+      pause *= 2;
       length = client_.list_length(index_key_);
     }
     index_length_ = length;

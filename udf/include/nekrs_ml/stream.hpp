@@ -32,7 +32,7 @@ struct StreamOptions {
   int max_snapshots = 20;
   WhenFull when_full = WhenFull::drop;
   double wait_timeout_s = 60.0;
-  double poll_interval_s = 0.005;
+  double poll_interval_s = 0.005; // longest pause between checks while waiting (from 0.1 ms, doubling)
 
   // The [NEKRS_ML] options namespace, sampleInterval, maxSnapshots, whenFull and waitTimeout.
   static StreamOptions from_config(const Config& config, int rank);
