@@ -288,9 +288,17 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
     discard(seq_); // nothing of the transaction was applied; clears anything left before
     return false;
   }
-  if (exec.type != CommandReply::Type::array || exec.elements.size() != 3 ||
-      exec.elements[2].type != CommandReply::Type::integer) {
+  if (exec.type != CommandReply::Type::array || exec.elements.size() != 3) {
     throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to EXEC");
+  }
+  for (const CommandReply& element : exec.elements) {
+    // e.g. WRONGTYPE: the index key holds something else (the tensors were stored meanwhile)
+    if (element.is_error()) {
+      throw ServerError("put snapshot '" + inputs_key + "': server error: " + element.text);
+    }
+  }
+  if (exec.elements[2].type != CommandReply::Type::integer) {
+    throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to RPUSH");
   }
   index_length_ = exec.elements[2].integer;
   const CommandReply& counted = replies[5];
