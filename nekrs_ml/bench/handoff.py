@@ -24,6 +24,8 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional
@@ -396,6 +398,8 @@ def run(args, log) -> List[Dict]:
     run_dir = tempfile.mkdtemp(prefix="nkml-bench-", dir="/tmp")
     orch = Orchestrator(run_dir, transport=args.transport, maxmemory="4gb")
     records: List[Dict] = []
+    # SIGTERM (e.g. from `timeout`) unwinds like an error, so the server and producers stop
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         info = orch.start()
         server = {"addresses": info["addresses"], "password": orch.password}
@@ -413,6 +417,7 @@ def run(args, log) -> List[Dict]:
     finally:
         orch.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
     return records
 
 
