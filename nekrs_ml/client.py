@@ -1,24 +1,27 @@
-"""Python client of the orchestrator (redis-py + hiredis), with the semantics of the C++
-``nekrs_ml::Client``: same addresses, same wire format, same errors (nekrs_ml.errors)."""
+"""Python client of the orchestrator, with the semantics of the C++ ``nekrs_ml::Client``: same
+addresses, same wire format, same errors (nekrs_ml.errors).
+
+The hot path (tensors, pipelines, list messages) runs in the C++ core (``nekrs_ml._core``):
+arrays go to and come from the socket without copies and without per-call Python work, with
+the GIL released. Everything else goes through redis-py (``Client.redis``)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import redis
 import redis.cluster
 import redis.exceptions as rex
 
-from . import codec, environment
+from . import _core, environment
 from .errors import (
     AuthenticationError,
     ConfigError,
     ConnectionError,
-    KeyNotFoundError,
     ServerError,
     TensorFormatError,
     TimeoutError,
@@ -51,17 +54,10 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-# Payloads up to this size are joined with the command into one buffer (one send).
-_JOIN_LIMIT = 64 * 1024
 # redis-py's cluster client raises RedisClusterException, which is no RedisError.
 _REDIS_ERRORS = (rex.RedisError, rex.RedisClusterException)
 _AUTH_SIGNS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password",
                "HELLO must be called", "Authentication required")
-
-
-def _resp_prefix(command: bytes, key: bytes, value_len: int) -> bytes:
-    return b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
-        len(command), command, len(key), key, value_len)
 
 
 class Client:
@@ -81,7 +77,7 @@ class Client:
         self.cluster = bool(cluster)
         self.timeout = float(timeout)
         self._parsed = [Address.parse(a) for a in self.addresses]
-        self._conn = None
+        self._fast = None
         common = dict(password=password or None, socket_timeout=self.timeout,
                       socket_connect_timeout=connect_timeout)
         try:
@@ -100,6 +96,9 @@ class Client:
                 self._redis.ping()
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, what="connect", key=None) from None
+        # connected after redis-py, so that a wrong address or password is reported as above
+        self._fast = _core.Client(self.addresses, password=password or None, cluster=self.cluster,
+                                  timeout=self.timeout, connect_timeout=connect_timeout)
 
     @classmethod
     def from_env(cls, **overrides) -> "Client":
@@ -142,85 +141,59 @@ class Client:
 
     # --- tensors ----------------------------------------------------------------------------
     def put_tensor(self, key: str, array: np.ndarray) -> None:
-        """Stores ``array`` under ``key`` in one SET. Large arrays are written to the socket
-        straight from their memory; the array must be C-contiguous."""
-        header = codec.encode_header(array, key)
-        data = memoryview(array).cast("B") if array.nbytes else b""
-        key_bytes = key.encode()
-        prefix = _resp_prefix(b"SET", key_bytes, len(header) + len(data)) + header
-        if len(data) <= _JOIN_LIMIT:  # one syscall beats avoiding a small copy
-            chunks = [b"".join((prefix, data, b"\r\n"))]
-        else:
-            chunks = [prefix, data, b"\r\n"]
-        with self._call("put_tensor", key):
-            try:
-                self._roundtrip(key, chunks)
-            except rex.ResponseError as exc:
-                if not (self.cluster and str(exc).startswith(("MOVED", "ASK"))):
-                    raise
-                self._redis.set(key, header + bytes(data))  # slot moved: let redis-py route it
-
-    def _roundtrip(self, key: str, chunks):
-        """Sends one packed command and reads its reply on the connection serving ``key``:
-        the tensor hot path, without redis-py's per-command machinery."""
-        if self.cluster:
-            pool = self._node_redis(key).connection_pool
-            conn = pool.get_connection()
-        else:
-            pool, conn = None, self._direct()
-        try:
-            conn.send_packed_command(chunks, check_health=False)
-            reply = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # reply state unknown: never reuse a half-read connection
-            raise
-        finally:
-            if pool is not None:
-                pool.release(conn)
-        if isinstance(reply, rex.ResponseError):
-            raise reply
-        return reply
-
-    def _direct(self):
-        """This client's own connection for tensors (reconnects by itself after an error)."""
-        if self._conn is None:
-            self._conn = self._redis.connection_pool.make_connection()
-        return self._conn
+        """Stores ``array`` under ``key`` in one SET, sent from the array's memory; the array
+        must be C-contiguous."""
+        self._fast.put_tensor(key, array)
 
     def put_tensors(self, items: Iterable[Tuple[str, np.ndarray]]) -> None:
         """Pipelined multi-put: every SET is sent before the replies are read."""
         items = list(items)
-        encoded = [(key, codec.encode(array, key)) for key, array in items]
-        with self._call("put_tensors", encoded[0][0] if encoded else None):
-            pipe = self._redis.pipeline(transaction=False)
-            for key, value in encoded:
-                pipe.set(key, value)
-            replies = pipe.execute(raise_on_error=False)
-        for (key, _), reply in zip(encoded, replies):
-            if isinstance(reply, Exception):
-                raise self._translate(reply, "put_tensors", key)
+        if items:
+            self._fast.put_tensors(items)
 
     def get_tensor(self, key: str) -> np.ndarray:
-        """Reads a tensor. The array is a read-only view of the received bytes (no copy);
-        use ``get_tensor_into`` to fill a writeable buffer."""
-        key_bytes = key.encode()
-        with self._call("get_tensor", key):
-            value = self._roundtrip(key, [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key_bytes), key_bytes)])
-        if value is None:
-            raise KeyNotFoundError(f"get_tensor {key!r}: key does not exist")
-        return codec.decode(value, key)
+        """Reads a tensor into a new array (received straight into its memory)."""
+        return self._fast.get_tensor(key)
+
+    def get_tensors(self, keys: Sequence[str]) -> List[np.ndarray]:
+        """Pipelined multi-get into new arrays: every GET is sent before the replies are read."""
+        return self._fast.get_tensors(list(keys)) if keys else []
 
     def get_tensor_into(self, key: str, out: np.ndarray) -> np.ndarray:
         """Reads a tensor into a caller-owned array of the same dtype and shape."""
-        array = self.get_tensor(key)
         if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
             raise TensorFormatError(f"get_tensor_into {key!r}: out must be a writeable C-contiguous array")
-        if out.dtype != array.dtype or out.shape != array.shape:
-            raise TensorFormatError(
-                f"get_tensor_into {key!r}: key holds {codec.describe(array.dtype, array.shape)} "
-                f"but out is {codec.describe(out.dtype, out.shape)}")
-        out[...] = array
-        return out
+        return self._fast.get_tensor_into(key, out)
+
+    # --- messages and pipelines ---------------------------------------------------------------
+    def push_message(self, key: str, envelope: bytes, array: np.ndarray) -> int:
+        """RPUSH ``key`` <envelope + tensor>, the tensor sent from the array's memory (the
+        message format of docs/protocol.md, "Inference requests"); returns the list's length."""
+        return self._fast.push_message(key, envelope, array)
+
+    def pop_message(self, key: str, wait: float, envelope_bytes: int = 0,
+                    tensor_follows: Optional[Callable[[bytes], bool]] = None):
+        """BLPOP ``key`` waiting at most ``wait`` s (on top of the call timeout). None when
+        nothing came; else ``(envelope, payload)``: the first ``envelope_bytes`` bytes, then the
+        rest as a new array when ``tensor_follows(envelope)`` is true, else as bytes."""
+        return self._fast.pop_message(key, wait, envelope_bytes, tensor_follows)
+
+    def pop(self, key: str, wait: float) -> Optional[bytes]:
+        """BLPOP of one whole element, or None after ``wait`` s."""
+        popped = self._fast.pop_message(key, wait)
+        return None if popped is None else popped[1]
+
+    def pop_many(self, key: str, count: int) -> List[bytes]:
+        """LPOP ``key`` ``count``: up to ``count`` elements, without waiting."""
+        return self._fast.pipeline([("LPOP", key, count)])[0] or []
+
+    def pipeline(self, commands: Sequence[Sequence], raise_on_error: bool = True) -> list:
+        """Runs raw commands in one round trip per server, each routed by its first key (its
+        second argument). An argument is str, bytes, int, a buffer (e.g. a C-contiguous array,
+        sent from its memory) or a list/tuple of those sent back to back as one argument.
+        Returns the replies (int, bytes, None, list); an error reply raises ServerError naming
+        the command and key, or, with ``raise_on_error=False``, is returned as a ServerError."""
+        return self._fast.pipeline(commands, raise_on_error)
 
     # --- keys -------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -264,8 +237,7 @@ class Client:
             return int(self._redis.llen(key))
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> List[bytes]:
-        with self._call("list_range", key):
-            return list(self._redis.lrange(key, start, stop))
+        return self._fast.list_range(key, start, stop)  # the trainer polls with it
 
     def list_trim(self, key: str, start: int, stop: int) -> None:
         with self._call("list_trim", key):
@@ -284,9 +256,8 @@ class Client:
 
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.disconnect()
-            self._conn = None
+        if self._fast is not None:
+            self._fast.close()
         self._redis.close()
 
     def __enter__(self) -> "Client":

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import codec, keys
-from .client import Client, _resp_prefix
+from .client import Client
 from .registry import check_name
 from .errors import (
     ConfigError,
@@ -136,10 +136,9 @@ class InferenceClient:
                                     "[points, features]")
         request_id, self._next_id = self._next_id, self._next_id + 1
         reply_key = self.reply_key(model)
-        header = codec.encode_header(inputs, self.queue_key)
-        data = memoryview(np.ascontiguousarray(inputs)).cast("B") if inputs.nbytes else b""
+        codec.encode_header(inputs, self.queue_key)  # refuses unsendable arrays, naming the key
         prefix = request_prefix(request_id, reply_key, model, self.timeout)
-        self._push(prefix + header, data)
+        self.client.push_message(self.queue_key, prefix, np.ascontiguousarray(inputs))
         status, version, rest = self._wait(model, reply_key, request_id, start)
         if status != STATUS_OK:
             error = _STATUS_ERRORS.get(status, ModelError)
@@ -159,14 +158,8 @@ class InferenceClient:
             predictions = predictions.copy()
         return Prediction(predictions, int(version), time.perf_counter() - start)
 
-    def _push(self, head: bytes, data) -> None:
-        command = _resp_prefix(b"RPUSH", self.queue_key.encode(), len(head) + len(data))
-        with self.client._call("inference request", self.queue_key):
-            self.client._roundtrip(self.queue_key, [command + head, data, b"\r\n"])
-
     def _wait(self, model: str, reply_key: str, request_id: int, start: float):
         deadline = start + self.timeout
-        key = reply_key.encode()
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -176,11 +169,7 @@ class InferenceClient:
                     "inferenceTimeout or add workers)")
             # The socket timeout (client.timeout) must outlast the server-side wait.
             wait = max(1e-3, min(left, self.heartbeat_check, 0.5 * self.client.timeout))
-            wait_text = b"%.6f" % wait
-            command = b"*3\r\n$5\r\nBLPOP\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-                len(key), key, len(wait_text), wait_text)
-            with self.client._call("inference reply", reply_key):
-                reply = self.client._roundtrip(reply_key, [command])
+            reply = self.client.pop(reply_key, wait)
             if reply is None:
                 if not self.worker_alive():
                     raise WorkerUnavailableError(
@@ -188,6 +177,6 @@ class InferenceClient:
                         f"(heartbeat {self.heartbeat_key!r} missing); start one with "
                         "`nekrs-ml serve` or check its log")
                 continue
-            got_id, status, version, rest = decode_reply(reply[1])
+            got_id, status, version, rest = decode_reply(reply)
             if got_id == request_id:
                 return status, version, rest

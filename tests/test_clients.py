@@ -80,6 +80,53 @@ def test_pipelined_multi_put(server):
         np.testing.assert_array_equal(cpp.get_tensor(key), array + 1)
 
 
+def test_pipelined_multi_get(server):
+    py, _ = clients(server)
+    items = [(f"mget:{{r{i % 3}}}:{i}", np.arange(i + 1, dtype="f4") * i) for i in range(9)]
+    py.put_tensors(items)
+    for (_, array), got in zip(items, py.get_tensors([key for key, _ in items])):
+        np.testing.assert_array_equal(got, array)
+    py.delete("mget:none")
+    with pytest.raises(KeyNotFoundError, match="mget:none"):
+        py.get_tensors([items[0][0], "mget:none", items[1][0]])
+    # every reply was read: the connection is still in step
+    np.testing.assert_array_equal(py.get_tensors([items[2][0]])[0], items[2][1])
+
+
+def test_pipeline_runs_raw_commands_with_buffer_arguments(server):
+    py, _ = clients(server)
+    array = np.arange(6, dtype="f4")
+    py.delete("pipe:{a}:list")
+    replies = py.pipeline([("RPUSH", "pipe:{a}:list", (b"head", memoryview(array).cast("B"))),
+                           ("PEXPIRE", "pipe:{a}:list", 5000),
+                           ("LRANGE", "pipe:{a}:list", 0, -1),
+                           ("GET", "pipe:{a}:missing")])
+    assert replies == [1, 1, [b"head" + array.tobytes()], None]
+    with pytest.raises(ServerError, match="pipe:{a}:list"):
+        py.pipeline([("GET", "pipe:{a}:list")])  # a list is no string
+    [error] = py.pipeline([("GET", "pipe:{a}:list")], raise_on_error=False)
+    assert isinstance(error, ServerError) and "WRONGTYPE" in str(error)
+
+
+def test_messages_push_and_pop(server):
+    py, _ = clients(server)
+    key = "msg:{q}:queue"
+    py.delete(key)
+    inputs = np.arange(12, dtype="f4").reshape(4, 3)
+    assert py.push_message(key, b"ENV1", inputs) == 1
+    py.pipeline([("RPUSH", key, b"ENV2plain text")])
+    envelope, array = py.pop_message(key, 1.0, 4, lambda env: env == b"ENV1")
+    assert envelope == b"ENV1"
+    np.testing.assert_array_equal(array, inputs)
+    assert py.pop_message(key, 1.0, 4, lambda env: env == b"ENV1") == (b"ENV2", b"plain text")
+    assert py.pop_message(key, 0.05) is None
+    for text in (b"a", b"b", b"c"):
+        py.pipeline([("RPUSH", key, text)])
+    assert py.pop(key, 1.0) == b"a"
+    assert py.pop_many(key, 5) == [b"b", b"c"]
+    assert py.pop_many(key, 5) == []
+
+
 def test_missing_key_names_the_key(server):
     for client in clients(server):
         with pytest.raises(KeyNotFoundError, match="no:such:key"):

@@ -282,3 +282,18 @@ def test_export_programs_are_published_and_served(served, tmp_path):
     with torch.inference_mode():
         expected = module(torch.from_numpy(inputs)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_worker_keeps_freed_memory_unless_the_environment_says_otherwise():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator thresholds are glibc's")
+    code = "from nekrs_ml.serve.worker import keep_freed_memory as k; print(k())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, cwd="/tmp", timeout=60)
+    assert tuned.stdout.strip() == "True", tuned.stderr
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(env, MALLOC_TRIM_THRESHOLD_="131072"), cwd="/tmp", timeout=60)
+    assert kept.stdout.strip() == "False", kept.stderr

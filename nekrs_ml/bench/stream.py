@@ -38,14 +38,17 @@ def latency_record(transport: str, op: str, points: int, nbytes: int, seconds: L
             "mean_ms": float(ms.mean())}
 
 
-def time_calls(fn, count: int) -> List[float]:
-    for _ in range(5):
-        fn()
+def time_calls(fn, count: int, between=None) -> List[float]:
+    """Seconds of each of ``count`` calls of ``fn`` after 5 warm-up calls; ``between`` (not
+    timed) runs after every call."""
     seconds = []
-    for _ in range(count):
+    for i in range(count + 5):
         start = time.perf_counter()
         fn()
-        seconds.append(time.perf_counter() - start)
+        if i >= 5:
+            seconds.append(time.perf_counter() - start)
+        if between is not None:
+            between()
     return seconds
 
 
@@ -86,6 +89,16 @@ def measure(transport: str, args, log) -> List[Dict]:
         records.append({"transport": transport, "op": "trainer_ingest", "points": args.points,
                         "snapshots": snapshots, "samples_per_s": samples / elapsed,
                         "bytes_per_s": snapshots * nbytes / elapsed})
+
+        log(f"{transport}: snapshot puts with the trainer consuming between them")
+        # The steady state of a run: the server reuses the memory the trainer frees, as the
+        # bare put (one key, overwritten) does; above, every put takes fresh server memory.
+        consumed = _core.TrainingStream(cpp, NAMESPACE, 2, 1, 20, "drop", 60.0)
+        reader_of_rank = SnapshotReader(Client(info["addresses"], password=orch.password),
+                                        NAMESPACE, 0, 1)
+        records.append(latency_record(transport, "snapshot_put_consumed", args.points, nbytes,
+                                      time_calls(lambda: consumed.put(next(step), 0.0, inputs, targets),
+                                                 args.puts, between=reader_of_rank.read_available)))
 
         log(f"{transport}: snapshot puts at the retention limit (each drops the oldest)")
         full = _core.TrainingStream(cpp, NAMESPACE, 1, 1, 20, "drop", 60.0)

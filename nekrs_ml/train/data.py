@@ -118,10 +118,36 @@ class SnapshotReader:
         """Every snapshot announced so far by the owned ranks; returns at once when none is."""
         snapshots = []
         for rank in self.solver_ranks():
-            for entry in self.client.list_range(keys.snapshot_index(self.ns, rank)):
-                snapshot = self._consume(rank, entry)
-                if snapshot is not None:
-                    snapshots.append(snapshot)
+            entries = self.client.list_range(keys.snapshot_index(self.ns, rank))
+            if entries:
+                snapshots.extend(self._consume_all(rank, entries))
+        return snapshots
+
+    def _consume_all(self, rank: int, entries: List[bytes]) -> List[Snapshot]:
+        """Two round trips for all ``entries``: their tensors (pipelined GETs), then the index
+        entries and tensors removed (pipelined). One at a time if any was dropped meanwhile."""
+        index = keys.snapshot_index(self.ns, rank)
+        try:
+            parsed = [parse_announcement(entry) for entry in entries]
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            return [s for s in (self._consume(rank, entry) for entry in entries) if s is not None]
+        tensor_keys = []
+        for seq, _, _ in parsed:
+            tensor_keys += [keys.snapshot_inputs(self.ns, rank, seq),
+                            keys.snapshot_targets(self.ns, rank, seq)]
+        try:
+            arrays = self.client.get_tensors(tensor_keys)
+        except KeyNotFoundError:  # dropped by the solver's retention limit meanwhile
+            return [s for s in (self._consume(rank, entry) for entry in entries) if s is not None]
+        self.client.pipeline([("LREM", index, 1, entry) for entry in entries]
+                             + [("DEL", *tensor_keys)])
+        snapshots = []
+        for i, (seq, step, when) in enumerate(parsed):
+            inputs, targets = arrays[2 * i], arrays[2 * i + 1]
+            check_pair(inputs, targets, tensor_keys[2 * i], tensor_keys[2 * i + 1])
+            snapshots.append(Snapshot(rank, seq, step, when, inputs, targets))
         return snapshots
 
     def _consume(self, rank: int, entry: bytes) -> Optional[Snapshot]:

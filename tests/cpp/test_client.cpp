@@ -80,6 +80,41 @@ void pipelined(Client& client) {
   }
 }
 
+void pipelined_gets_and_commands(Client& client) {
+  const std::vector<float> a{1, 2, 3}, b{4, 5};
+  client.put_tensors({TensorView{"cpp:{p}:a", TensorHeader{DType::float32, {3}}, a.data()},
+                      TensorView{"cpp:{p}:b", TensorHeader{DType::float32, {2}}, b.data()}});
+  std::vector<std::vector<float>> out(2);
+  const auto headers = client.get_tensors({"cpp:{p}:a", "cpp:{p}:b"},
+                                          [&](std::size_t i, const TensorHeader& header) {
+                                            out[i].resize(header.shape[0]);
+                                            return static_cast<void*>(out[i].data());
+                                          });
+  CHECK(headers.size() == 2 && headers[1].shape == std::vector<std::uint64_t>{2});
+  CHECK(out[0] == a && out[1] == b);
+  client.delete_key("cpp:{p}:missing");
+  CHECK_THROWS(KeyNotFoundError, "cpp:{p}:missing",
+               client.get_tensors({"cpp:{p}:a", "cpp:{p}:missing"},
+                                  [&](std::size_t i, const TensorHeader&) {
+                                    return static_cast<void*>(out[i].data());
+                                  }));
+
+  // A transaction and a command outside it, in one round trip; errors come back as replies.
+  client.delete_key("cpp:{p}:list");
+  const std::string value = "payload";
+  const auto replies = client.pipeline({
+      Command::of("cpp:{p}:list", {"MULTI"}),
+      Command{"cpp:{p}:list", {{"RPUSH"}, {"cpp:{p}:list"}, {"pay", "load"}}},
+      Command::of("cpp:{p}:list", {"EXEC"}),
+      Command::of("cpp:{p}:a", {"LLEN", "cpp:{p}:a"}),
+      Command::of("cpp:{p}:list", {"LRANGE", "cpp:{p}:list", "0", "-1"}),
+  });
+  CHECK(replies.size() == 5 && replies[1].text == "QUEUED");
+  CHECK(replies[2].type == CommandReply::Type::array && replies[2].elements[0].integer == 1);
+  CHECK(replies[3].is_error() && replies[3].text.find("WRONGTYPE") == 0);
+  CHECK(replies[4].elements.size() == 1 && replies[4].elements[0].text == value);
+}
+
 void keys_and_lists(Client& client) {
   client.delete_key("cpp:{k}:list");
   CHECK(client.list_push("cpp:{k}:list", "a") == 1 && client.list_push("cpp:{k}:list", "b") == 2);
@@ -113,6 +148,7 @@ int main() {
   tensors(client);
   large_tensor(client);
   pipelined(client);
+  pipelined_gets_and_commands(client);
   keys_and_lists(client);
   return check_report("test_client");
 }

@@ -266,6 +266,7 @@ void bind_workflow(py::module_& m);    // workflow.cpp: config, wall physics, tr
 void bind_inference(py::module_& m);   // inference.cpp: InferenceClient
 void bind_wall_points(py::module_& m); // wall_points.cpp: wall-point bookkeeping of the adapter
 void bind_coupling(py::module_& m);    // coupling.cpp: the coupling driver, the stand-in's wall
+void bind_messages(py::class_<PyClient>& client); // messages.cpp: pipelines and list messages
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "C++ core of nekrs_ml: the hiredis client and the tensor codec";
@@ -274,10 +275,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("header_version") = nekrs_ml::version();
   py::register_exception_translator(&translate_errors);
 
-  py::class_<PyClient>(m, "Client",
+  py::class_<PyClient> client(m, "Client",
                        "Client of the nekrs_ml database (Redis or Redis Cluster). Arrays are sent "
-                       "and received without copies; the GIL is released during I/O.")
-      .def(py::init(&make_client), py::arg("addresses"), py::arg("password") = py::none(),
+                       "and received without copies; the GIL is released during I/O.");
+  client.def(py::init(&make_client), py::arg("addresses"), py::arg("password") = py::none(),
            py::arg("cluster") = false, py::arg("timeout") = 10.0, py::arg("connect_timeout") = 5.0)
       .def_static(
           "from_env", [] { return std::make_unique<PyClient>(Client::options_from_env()); },
@@ -359,6 +360,7 @@ PYBIND11_MODULE(_core, m) {
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyClient& self, const py::args&) { self.close(); })
       .def("__repr__", &repr);
+  bind_messages(client);
 
   m.def("encode_tensor", &encode_tensor_bytes, py::arg("array"),
         "Encodes a C-contiguous array in the nekrs_ml wire format");

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <deque>
 #include <exception>
 #include <map>
 #include <optional>
@@ -368,6 +369,64 @@ TensorHeader Client::get_tensor(const std::string& key,
   return header;
 }
 
+std::vector<TensorHeader> Client::get_tensors(
+    const std::vector<std::string>& keys,
+    const std::function<void*(std::size_t, const TensorHeader&)>& allocate) {
+  std::vector<Batch> batches;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    Connection* node = &impl_->node_for(keys[i]);
+    auto batch = std::find_if(batches.begin(), batches.end(),
+                              [&](const Batch& b) { return b.connection == node; });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{node, {}});
+    batch->items.push_back(i);
+  }
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    try {
+      for (std::size_t i : batches[b].items) {
+        const Op op{"get_tensors", keys[i]};
+        if (i == batches[b].items.front()) batches[b].connection->prepare_raw(op);
+        send_get(*batches[b].connection, keys[i], op);
+      }
+    } catch (...) {
+      drop_batches(batches, 0, b + 1);
+      throw;
+    }
+  }
+  // Read every reply, so the connections stay in step, before reporting the first error.
+  std::vector<TensorHeader> headers(keys.size());
+  std::exception_ptr first_error;
+  std::vector<std::size_t> retries;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    Connection& node = *batches[b].connection;
+    for (std::size_t i : batches[b].items) {
+      const Op op{"get_tensors", keys[i]};
+      try {
+        GetResult result = receive_tensor(
+            node, keys[i], [&](const TensorHeader& header) { return allocate(i, header); }, op);
+        if (!result.error) {
+          headers[i] = std::move(result.header);
+        } else if (impl_->is_retryable(*result.error, node)) {
+          retries.push_back(i);
+        } else if (!first_error) {
+          first_error = reply_error(op, node.address(), *result.error, impl_->options.cluster);
+        }
+      } catch (const Error&) {
+        if (!node.connected()) {
+          drop_batches(batches, b + 1, batches.size());
+          throw;
+        }
+        if (!first_error) first_error = std::current_exception(); // still in step
+      }
+    }
+  }
+  for (std::size_t i : retries) {
+    headers[i] =
+        get_tensor(keys[i], [&](const TensorHeader& header) { return allocate(i, header); });
+  }
+  if (first_error) std::rethrow_exception(first_error);
+  return headers;
+}
+
 namespace {
 
 // The destination of a get into a caller's buffer, once the stored tensor is known to fit.
@@ -449,6 +508,122 @@ bool Client::pop_message(const std::string& key, double wait_s, std::size_t enve
     return std::optional<std::string>();
   });
   return popped;
+}
+
+// --- pipelines ---------------------------------------------------------------------------------
+
+Command Command::of(const std::string& key, const std::vector<std::string_view>& args) {
+  Command command{key, {}};
+  for (std::string_view arg : args) command.args.push_back({arg});
+  return command;
+}
+
+namespace {
+
+// The RESP framing of commands, pointing at the arguments' pieces; the framing strings live
+// in a deque so that the iovecs pointing at them stay valid while more are added.
+class Framing {
+public:
+  void append(const Command& command, std::vector<iovec>& pieces) {
+    add("*" + std::to_string(command.args.size()) + "\r\n", pieces);
+    for (const Command::Argument& arg : command.args) {
+      std::size_t size = 0;
+      for (std::string_view piece : arg) size += piece.size();
+      add("$" + std::to_string(size) + "\r\n", pieces);
+      for (std::string_view piece : arg) {
+        if (!piece.empty()) pieces.push_back({const_cast<char*>(piece.data()), piece.size()});
+      }
+      pieces.push_back({const_cast<char*>(kCrlf), 2});
+    }
+  }
+
+private:
+  void add(std::string text, std::vector<iovec>& pieces) {
+    const std::string& stored = texts_.emplace_back(std::move(text));
+    pieces.push_back({const_cast<char*>(stored.data()), stored.size()});
+  }
+
+  static constexpr const char* kCrlf = "\r\n";
+  std::deque<std::string> texts_;
+};
+
+CommandReply reply_value(const redisReply& reply) {
+  CommandReply value;
+  switch (reply.type) {
+  case REDIS_REPLY_INTEGER:
+    value.type = CommandReply::Type::integer;
+    value.integer = reply.integer;
+    break;
+  case REDIS_REPLY_STRING:
+  case REDIS_REPLY_STATUS:
+    value.type = CommandReply::Type::text;
+    value.text = text_of(reply);
+    break;
+  case REDIS_REPLY_ERROR:
+    value.type = CommandReply::Type::error;
+    value.text = text_of(reply);
+    break;
+  case REDIS_REPLY_ARRAY:
+    value.type = CommandReply::Type::array;
+    for (std::size_t i = 0; i < reply.elements; ++i) {
+      value.elements.push_back(reply_value(*reply.element[i]));
+    }
+    break;
+  default: value.type = CommandReply::Type::nil;
+  }
+  return value;
+}
+
+} // namespace
+
+std::vector<CommandReply> Client::pipeline(const std::vector<Command>& commands) {
+  for (const Command& command : commands) {
+    if (command.args.empty()) throw ConfigError("pipeline: a command without arguments");
+  }
+  std::vector<Batch> batches;
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    Connection* node = &impl_->node_for(commands[i].key);
+    auto batch = std::find_if(batches.begin(), batches.end(),
+                              [&](const Batch& b) { return b.connection == node; });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{node, {}});
+    batch->items.push_back(i);
+  }
+
+  // Send everything before reading any reply: one round trip per node.
+  Framing framing;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    const Op op{"pipeline", commands[batches[b].items.front()].key};
+    try {
+      batches[b].connection->prepare_raw(op);
+      std::vector<iovec> pieces;
+      for (std::size_t i : batches[b].items) framing.append(commands[i], pieces);
+      batches[b].connection->send(pieces.data(), pieces.size(), op);
+    } catch (...) {
+      drop_batches(batches, 0, b);
+      throw;
+    }
+  }
+
+  std::vector<CommandReply> replies(commands.size());
+  std::optional<Redirect> moved;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    Connection& node = *batches[b].connection;
+    for (std::size_t i : batches[b].items) {
+      const Op op{"pipeline", commands[i].key};
+      try {
+        replies[i] = reply_value(*node.read_reply(op));
+      } catch (...) {
+        drop_batches(batches, b + 1, batches.size());
+        throw;
+      }
+      if (replies[i].is_error() && impl_->options.cluster) {
+        const Redirect redirect = parse_redirect(replies[i].text, node.parsed_address());
+        if (redirect.kind == Redirect::moved) moved = redirect;
+      }
+    }
+  }
+  if (moved) impl_->follow_moved(*moved, Op{"pipeline", ""});
+  return replies;
 }
 
 // --- keys, strings, counters, lists ------------------------------------------------------------

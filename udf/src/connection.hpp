@@ -44,6 +44,7 @@ public:
   // Connects and authenticates unless already connected. Throws ConnectionError or
   // AuthenticationError naming the address.
   void connect(const Op& op);
+  bool connected() const { return context_ != nullptr; }
   // Closes the socket; the next call reconnects. Used whenever the reply stream is in doubt.
   void drop();
   // Applies options.timeout_s (plus `extra_wait_s`, for commands that block on the server, such

@@ -5,6 +5,7 @@
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/keys.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,10 @@ namespace nekrs_ml {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// A waiting rank checks again after 0.1 ms, then twice as long each time up to poll_interval_s:
+// a trainer that catches up quickly is noticed at once, a long wait costs few requests.
+constexpr double kFirstPause = 1e-4; // s
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -32,6 +37,19 @@ bool out_of_memory(const ServerError& error) {
   const std::string text = error.what();
   return text.find("OOM command not allowed") != std::string::npos ||
          text.find("> 'maxmemory'") != std::string::npos;
+}
+
+// Replies that a routed call retries (cluster redirects, a reconfiguring cluster, a loading
+// server): the transaction is then redone through the routed path.
+bool needs_routing(const std::string& error) {
+  for (const char* prefix : {"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "LOADING"}) {
+    if (error.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+std::string_view bytes_of(const void* data, std::size_t size) {
+  return {static_cast<const char*>(data), size};
 }
 
 void add_warning(PutResult& result, const std::string& warning) {
@@ -147,6 +165,7 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
   int dropped = 0;
   bool written = true;
   std::optional<Clock::time_point> full_since;
+  double pause = kFirstPause;
   while (!try_write(step, time, inputs_header, inputs, targets_header, targets)) {
     if (options_.when_full == StreamOptions::WhenFull::drop && drop_oldest()) {
       ++dropped;
@@ -156,7 +175,8 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
       if (!full_since) full_since = Clock::now();
       result.waited = true;
       if (seconds_since(*full_since) < options_.wait_timeout_s) {
-        sleep_seconds(options_.poll_interval_s);
+        sleep_seconds(std::min(pause, options_.poll_interval_s));
+        pause *= 2;
         continue;
       }
     }
@@ -181,20 +201,26 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
 
 // Retention: at most max_snapshots announced snapshots, checked before writing a new one.
 void TrainingStream::make_room(PutResult& result) {
+  if (index_length_ && *index_length_ < options_.max_snapshots) return; // room without asking
   long long length = client_.list_length(index_key_);
+  index_length_ = length;
   if (length < options_.max_snapshots) return;
   if (options_.when_full == StreamOptions::WhenFull::wait) {
     result.waited = true;
     const auto start = Clock::now();
+    double pause = kFirstPause;
     while (length >= options_.max_snapshots && seconds_since(start) < options_.wait_timeout_s) {
-      sleep_seconds(options_.poll_interval_s);
+      sleep_seconds(std::min(pause, options_.poll_interval_s));
+      pause *= 2;
       length = client_.list_length(index_key_);
     }
+    index_length_ = length;
     if (length < options_.max_snapshots) return;
   }
   // The trainer only ever shortens the list meanwhile, so counting down is safe.
   int dropped = 0;
   for (; length >= options_.max_snapshots && drop_oldest(); --length) ++dropped;
+  index_length_ = length;
   result.dropped_oldest += dropped;
   count_dropped(dropped);
   if (options_.when_full == StreamOptions::WhenFull::wait && dropped > 0) {
@@ -211,6 +237,7 @@ void TrainingStream::make_room(PutResult& result) {
 bool TrainingStream::drop_oldest() {
   const std::string entry = client_.command({"LPOP", index_key_}, index_key_);
   if (entry.empty()) return false;
+  if (index_length_ && *index_length_ > 0) --*index_length_;
   discard(std::strtoll(entry.c_str(), nullptr, 10)); // entry = "SEQ STEP TIME"
   return true;
 }
@@ -219,29 +246,100 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
                                const void* inputs, const TensorHeader& targets_header,
                                const void* targets) {
   const std::string& ns = options_.ns;
+  const std::string entry =
+      std::to_string(seq_) + " " + std::to_string(step) + " " + format_number(time);
+  const std::string inputs_key = keys::snapshot_inputs(ns, options_.rank, seq_);
+  const std::string targets_key = keys::snapshot_targets(ns, options_.rank, seq_);
+  const std::string counter_key = keys::solver_snapshots(ns);
+  const std::string inputs_head = encode_header(inputs_header);
+  const std::string targets_head = encode_header(targets_header);
+  const auto tensor_set = [](const std::string& key, const std::string& head, const void* data,
+                             const TensorHeader& header) {
+    return Command{key, {{"SET"}, {key}, {head, bytes_of(data, header.data_bytes())}}};
+  };
+  // All keys of the transaction carry the rank's hash tag (one shard); the progress counter
+  // may live on another shard and is pipelined beside it, outside the transaction.
+  const std::vector<CommandReply> replies = client_.pipeline({
+      Command::of(index_key_, {"MULTI"}),
+      tensor_set(inputs_key, inputs_head, inputs, inputs_header),
+      tensor_set(targets_key, targets_head, targets, targets_header),
+      Command::of(index_key_, {"RPUSH", index_key_, entry}),
+      Command::of(index_key_, {"EXEC"}),
+      Command::of(counter_key, {"INCRBY", counter_key, "1"}),
+  });
+  const CommandReply& exec = replies[4];
+  bool full = false;
+  for (std::size_t i = 0; i < 5; ++i) {
+    if (!replies[i].is_error()) continue;
+    const ServerError error("put snapshot '" + inputs_key + "': server error: " +
+                            replies[i].text);
+    if (needs_routing(replies[i].text)) {
+      const bool written = try_write_routed(entry, inputs_header, inputs, targets_header, targets);
+      // The pipelined counter went to its own shard: keep it equal to the announced snapshots.
+      if (written && replies[5].is_error()) count_announced();
+      if (!written && !replies[5].is_error()) count_announced(-1);
+      return written;
+    }
+    if (!out_of_memory(error) && replies[i].text.rfind("EXECABORT", 0) != 0) throw error;
+    full = full || out_of_memory(error);
+  }
+  if (exec.is_error()) {
+    if (!full) throw ServerError("put snapshot '" + inputs_key + "': server error: " + exec.text);
+    discard(seq_); // nothing of the transaction was applied; clears anything left before
+    return false;
+  }
+  if (exec.type != CommandReply::Type::array || exec.elements.size() != 3) {
+    throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to EXEC");
+  }
+  for (const CommandReply& element : exec.elements) {
+    // e.g. WRONGTYPE: the index key holds something else (the tensors were stored meanwhile)
+    if (element.is_error()) {
+      throw ServerError("put snapshot '" + inputs_key + "': server error: " + element.text);
+    }
+  }
+  if (exec.elements[2].type != CommandReply::Type::integer) {
+    throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to RPUSH");
+  }
+  index_length_ = exec.elements[2].integer;
+  const CommandReply& counted = replies[5];
+  if (counted.is_error()) {
+    // The run-wide progress counter is informative only: a full server may refuse it.
+    const ServerError error("increment '" + counter_key + "': server error: " + counted.text);
+    if (needs_routing(counted.text)) {
+      count_announced();
+    } else if (!out_of_memory(error)) {
+      throw error;
+    }
+  }
+  return true;
+}
+
+// The same writes through routed calls (which follow redirects and retry): used only when the
+// pipelined transaction met a redirect or a reconfiguring cluster.
+bool TrainingStream::try_write_routed(const std::string& entry, const TensorHeader& inputs_header,
+                                      const void* inputs, const TensorHeader& targets_header,
+                                      const void* targets) {
+  const std::string& ns = options_.ns;
   try {
-    // Both keys carry the rank's hash tag: one shard, one pipelined round trip.
     client_.put_tensors({TensorView{keys::snapshot_inputs(ns, options_.rank, seq_), inputs_header,
                                     inputs},
                          TensorView{keys::snapshot_targets(ns, options_.rank, seq_),
                                     targets_header, targets}});
     // Announced only once both tensors are stored.
-    client_.list_push(index_key_, std::to_string(seq_) + " " + std::to_string(step) + " " +
-                                      format_number(time));
+    index_length_ = client_.list_push(index_key_, entry);
   } catch (const ServerError& error) {
     if (!out_of_memory(error)) throw;
     discard(seq_); // never leave half a snapshot behind
     return false;
   }
-  count_announced();
   return true;
 }
 
 // The run-wide progress counter is informative only: a full server may refuse it.
-void TrainingStream::count_announced() {
+void TrainingStream::count_announced(long long count) {
   const std::string key = keys::solver_snapshots(options_.ns);
   try {
-    client_.increment(key);
+    client_.increment(key, count);
   } catch (const ServerError& error) {
     if (!out_of_memory(error)) throw;
   }
@@ -265,8 +363,20 @@ void TrainingStream::count_dropped(long long count) {
   }
 }
 
+// A full server refuses even this small SET until the trainer has consumed something: retry
+// for a while, since the trainer stops only once it sees the marker.
 void TrainingStream::mark_done(Client& client, const std::string& ns) {
-  client.set_string(keys::solver_done(ns), "1");
+  constexpr double kFullServerPatience = 30.0; // s
+  const auto start = Clock::now();
+  for (;;) {
+    try {
+      client.set_string(keys::solver_done(ns), "1");
+      return;
+    } catch (const ServerError& error) {
+      if (!out_of_memory(error) || seconds_since(start) > kFullServerPatience) throw;
+    }
+    sleep_seconds(0.05);
+  }
 }
 
 bool TrainingStream::stop_requested(Client& client, const std::string& ns) {

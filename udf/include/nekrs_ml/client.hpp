@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace nekrs_ml {
@@ -32,6 +33,28 @@ struct TensorView {
   std::string key;
   TensorHeader header;
   const void* data = nullptr;
+};
+
+// One command of a pipeline. Each argument is made of pieces of the caller's memory, sent as
+// they are (no copy) and valid during the call; `key` routes the command in cluster mode.
+struct Command {
+  using Argument = std::vector<std::string_view>;
+  std::string key;
+  std::vector<Argument> args;
+
+  // A command of whole-string arguments (the strings must outlive the call).
+  static Command of(const std::string& key, const std::vector<std::string_view>& args);
+};
+
+// A reply of a pipelined command, error replies included (they are not thrown).
+struct CommandReply {
+  enum class Type { integer, text, nil, array, error };
+  Type type = Type::nil;
+  long long integer = 0;
+  std::string text; // a bulk/status string, or the text of an error
+  std::vector<CommandReply> elements;
+
+  bool is_error() const { return type == Type::error; }
 };
 
 class Client {
@@ -63,6 +86,12 @@ public:
   // Throws KeyNotFoundError if the key does not exist, TensorFormatError if it is not a tensor.
   TensorHeader get_tensor(const std::string& key,
                           const std::function<void*(const TensorHeader&)>& allocate);
+  // Pipelined multi-get: every GET is sent before any reply is read (one round trip per
+  // shard); `allocate(i, header)` gives where the data of keys[i] goes. Throws the first error
+  // (KeyNotFoundError, TensorFormatError) once every reply has been read.
+  std::vector<TensorHeader> get_tensors(
+      const std::vector<std::string>& keys,
+      const std::function<void*(std::size_t, const TensorHeader&)>& allocate);
   // Reads into a caller-owned buffer of `capacity_bytes`; throws TensorFormatError if the
   // stored tensor does not fit or (when `expected_dtype` is given) has another dtype.
   TensorHeader get_tensor(const std::string& key, void* out, std::size_t capacity_bytes);
@@ -107,6 +136,14 @@ public:
   bool pop_message(const std::string& key, double wait_s, std::size_t envelope_bytes,
                    const std::function<bool(const std::string& envelope)>& tensor_follows,
                    const std::function<void*(const TensorHeader&)>& allocate, Message& message);
+
+  // --- pipelines ---------------------------------------------------------------------------
+  // Sends every command before reading any reply: one round trip per server. Commands that go
+  // to the same server keep their order, so a MULTI ... EXEC group whose keys share one hash
+  // slot runs atomically. Returns one reply per command, in order; error replies are returned,
+  // not thrown (I/O errors and timeouts do throw). Redirects are not followed: a MOVED reply
+  // refreshes the slot map and comes back as an error, for the caller to retry what is safe.
+  std::vector<CommandReply> pipeline(const std::vector<Command>& commands);
 
   // --- raw commands -----------------------------------------------------------------------
   // Runs one command routed by `key` (or to any node if key is empty). Returns an integer

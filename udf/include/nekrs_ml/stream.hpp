@@ -1,8 +1,11 @@
 // nekrs_ml::TrainingStream — a solver rank's side of the training stream (docs/protocol.md).
 //
-// Each snapshot is two tensors, inputs x [n, n_in] and targets y [n, n_out], stored in one
-// pipelined round trip under the rank's hash tag, and only then announced by pushing
-// "SEQ STEP TIME" to the rank's index list, so a trainer never sees a half-written snapshot.
+// Each snapshot is two tensors, inputs x [n, n_in] and targets y [n, n_out], stored under the
+// rank's hash tag together with its announcement "SEQ STEP TIME" (pushed to the rank's index
+// list) in one MULTI/EXEC transaction, so a trainer never sees a half-written snapshot. The
+// transaction and the run's progress counter go out in one pipelined round trip; the retention
+// check needs no round trip while the index length last seen is below the limit (only the
+// trainer shortens the list meanwhile, so that length is an upper bound).
 // At most max_snapshots announced snapshots are kept: beyond that the oldest is dropped, or
 // the stream waits for the trainer to consume (when_full). A server at its maxmemory is
 // handled the same way: a full database never makes put() throw, it drops data and says so
@@ -13,6 +16,7 @@
 #include "nekrs_ml/codec.hpp"
 
 #include <cstddef>
+#include <optional>
 #include <string>
 
 namespace nekrs_ml {
@@ -28,7 +32,7 @@ struct StreamOptions {
   int max_snapshots = 20;
   WhenFull when_full = WhenFull::drop;
   double wait_timeout_s = 60.0;
-  double poll_interval_s = 0.005;
+  double poll_interval_s = 0.005; // longest pause between checks while waiting (from 0.1 ms, doubling)
 
   // The [NEKRS_ML] options namespace, sampleInterval, maxSnapshots, whenFull and waitTimeout.
   static StreamOptions from_config(const Config& config, int rank);
@@ -74,7 +78,8 @@ public:
   long long next_seq() const { return seq_; }
   const StreamOptions& options() const { return options_; }
 
-  // Marks the solver as finished (keys::solver_done).
+  // Marks the solver as finished (keys::solver_done); on a full server it retries for up to 30 s
+  // while the trainer frees memory.
   static void mark_done(Client& client, const std::string& ns);
   // Whether the trainer asked the solver to stop (keys::trainer_stop exists).
   static bool stop_requested(Client& client, const std::string& ns);
@@ -86,14 +91,20 @@ private:
   bool drop_oldest();
   bool try_write(long step, double time, const TensorHeader& inputs_header, const void* inputs,
                  const TensorHeader& targets_header, const void* targets);
+  bool try_write_routed(const std::string& entry, const TensorHeader& inputs_header,
+                        const void* inputs, const TensorHeader& targets_header,
+                        const void* targets);
   void discard(long long seq);
-  void count_announced();
+  void count_announced(long long count = 1);
   void count_dropped(long long count);
 
   Client& client_;
   StreamOptions options_;
   std::string index_key_;
   std::string dropped_key_;
+  // Upper bound of the index length (the length this stream last saw, plus its own pushes);
+  // empty until first seen.
+  std::optional<long long> index_length_;
   long long seq_ = 0;
   long long written_ = 0;
   long long dropped_ = 0;
