@@ -308,6 +308,35 @@ def test_retention_wait_resumes_when_the_trainer_consumes(clients):
     assert [seq for seq, _, _ in index(python, ns, 0)] == [1]
 
 
+def test_retention_wait_does_not_wait_for_a_trainer_that_is_gone(clients):
+    """whenFull = wait with no live trainer (no heartbeat): one whole wait while a trainer may
+    still be starting, then drops at once; a trainer whose heartbeat expires mid-wait (it died)
+    ends the wait within about a second."""
+    native, python = clients
+    ns = namespace()
+    stream = _core.TrainingStream(native, ns, 0, sample_interval=1, max_snapshots=1,
+                                  when_full="wait", wait_timeout=1.5)
+    stream.put(0, 0.0, *snapshot())
+    first = stream.put(1, 0.0, *snapshot())  # no trainer yet: it may be starting
+    assert first["waited"] and first["seconds"] >= 1.5 and first["written"]
+    second = stream.put(2, 0.0, *snapshot())  # a whole wait passed without one: no more waits
+    assert second["written"] and second["dropped_oldest"] == 1 and second["seconds"] < 1.0
+    assert "no trainer is running" in second["warning"]
+    assert keys.trainer_alive(ns) in second["warning"]
+
+    dead = namespace()
+    stream = _core.TrainingStream(native, dead, 0, sample_interval=1, max_snapshots=1,
+                                  when_full="wait", wait_timeout=30.0)
+    stream.put(0, 0.0, *snapshot())
+    alive = keys.trainer_alive(dead)
+    python.command(["SET", alive, "1", "PX", "300"], key=alive)  # a trainer that stops beating
+    result = stream.put(1, 0.0, *snapshot())
+    assert result["written"] and result["waited"] and result["dropped_oldest"] == 1
+    assert result["seconds"] < 5.0 and "no trainer is running" in result["warning"]
+    later = stream.put(2, 0.0, *snapshot())
+    assert later["seconds"] < 1.0 and not later["waited"]
+
+
 def test_put_checks_shapes_and_dtypes(tcp_server):
     with _core.Client(**tcp_server.client_args()) as client:
         stream = _core.TrainingStream(client, namespace(), 0)

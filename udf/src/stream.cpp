@@ -21,6 +21,7 @@ using Clock = std::chrono::steady_clock;
 // A waiting rank checks again after 0.1 ms, then twice as long each time up to poll_interval_s:
 // a trainer that catches up quickly is noticed at once, a long wait costs few requests.
 constexpr double kFirstPause = 1e-4; // s
+constexpr double kHeartbeatCheck = 1.0; // s between checks of the trainer's heartbeat in a wait
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -165,19 +166,17 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
   int dropped = 0;
   bool written = true;
   std::optional<Clock::time_point> full_since;
-  double pause = kFirstPause;
   while (!try_write(step, time, inputs_header, inputs, targets_header, targets)) {
     if (options_.when_full == StreamOptions::WhenFull::drop && drop_oldest()) {
       ++dropped;
       continue;
     }
     if (options_.when_full == StreamOptions::WhenFull::wait) {
-      if (!full_since) full_since = Clock::now();
-      result.waited = true;
-      if (seconds_since(*full_since) < options_.wait_timeout_s) {
-        sleep_seconds(std::min(pause, options_.poll_interval_s));
-        pause *= 2;
-        continue;
+      full_since = Clock::now();
+      if (wait_until([&] { return try_write(step, time, inputs_header, inputs, targets_header,
+                                            targets); },
+                     result)) {
+        break;
       }
     }
     written = false;
@@ -199,6 +198,42 @@ bool TrainingStream::store(long step, double time, const TensorHeader& inputs_he
   return written;
 }
 
+// Waiting helps only while a trainer can consume: one with a live heartbeat, or one that may
+// still be starting (no heartbeat seen yet, and no whole wait has passed without one). A trainer
+// that died or finished leaves no heartbeat, and the stream then drops at once instead of
+// waiting waitTimeout for every snapshot.
+bool TrainingStream::worth_waiting(PutResult& result) {
+  if (client_.exists(keys::trainer_alive(options_.ns))) {
+    trainer_seen_ = true;
+    no_trainer_ = false;
+    return true;
+  }
+  if (!trainer_seen_ && !no_trainer_) return true;
+  add_warning(result, "rank " + std::to_string(options_.rank) + ": no trainer is running (its " +
+                          "heartbeat " + keys::trainer_alive(options_.ns) + " is missing): " +
+                          "not waiting (whenFull = wait)");
+  return false;
+}
+
+template <typename Ready> bool TrainingStream::wait_until(Ready ready, PutResult& result) {
+  if (!worth_waiting(result)) return false;
+  result.waited = true;
+  const auto start = Clock::now();
+  auto checked = start;
+  double pause = kFirstPause;
+  while (seconds_since(start) < options_.wait_timeout_s) {
+    sleep_seconds(std::min(pause, options_.poll_interval_s));
+    pause *= 2;
+    if (ready()) return true;
+    if (seconds_since(checked) >= kHeartbeatCheck) {
+      checked = Clock::now();
+      if (!worth_waiting(result)) return false;
+    }
+  }
+  if (!trainer_seen_) no_trainer_ = true;
+  return false;
+}
+
 // Retention: at most max_snapshots announced snapshots, checked before writing a new one.
 void TrainingStream::make_room(PutResult& result) {
   if (index_length_ && *index_length_ < options_.max_snapshots) return; // room without asking
@@ -206,14 +241,10 @@ void TrainingStream::make_room(PutResult& result) {
   index_length_ = length;
   if (length < options_.max_snapshots) return;
   if (options_.when_full == StreamOptions::WhenFull::wait) {
-    result.waited = true;
-    const auto start = Clock::now();
-    double pause = kFirstPause;
-    while (length >= options_.max_snapshots && seconds_since(start) < options_.wait_timeout_s) {
-      sleep_seconds(std::min(pause, options_.poll_interval_s));
-      pause *= 2;
+    wait_until([&] {
       length = client_.list_length(index_key_);
-    }
+      return length < options_.max_snapshots;
+    }, result);
     index_length_ = length;
     if (length < options_.max_snapshots) return;
   }

@@ -97,6 +97,10 @@ private:
   void discard(long long seq);
   void count_announced(long long count = 1);
   void count_dropped(long long count);
+  // whenFull = wait: polls ready() until it holds (true), waitTimeout passes, or there is no
+  // trainer left to wait for (false).
+  template <typename Ready> bool wait_until(Ready ready, PutResult& result);
+  bool worth_waiting(PutResult& result);
 
   Client& client_;
   StreamOptions options_;
@@ -108,6 +112,8 @@ private:
   long long seq_ = 0;
   long long written_ = 0;
   long long dropped_ = 0;
+  bool trainer_seen_ = false; // the trainer's heartbeat was there at some wait
+  bool no_trainer_ = false;   // a whole wait passed without any trainer: do not wait again
 };
 
 } // namespace nekrs_ml
