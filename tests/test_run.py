@@ -110,7 +110,7 @@ def test_killed_trainer_lets_the_solver_finish(run_dir):
     proc = start_run(case, run_dir)
     try:
         wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
-        trainer_pids = [int(p) for p in _processes_matching(" train ")]
+        trainer_pids = [int(p) for p in _processes_matching(" train ", run_dir)]
         assert trainer_pids
         for pid in trainer_pids:
             os.kill(pid, signal.SIGKILL)
@@ -130,7 +130,7 @@ def test_killed_solver_stops_the_trainer(run_dir):
     proc = start_run(case, run_dir)
     try:
         wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
-        for pid in _processes_matching(" reproduce "):
+        for pid in _processes_matching(" reproduce ", run_dir):
             os.kill(int(pid), signal.SIGKILL)
         code, out = finish(proc, timeout=120)
     finally:
@@ -138,7 +138,7 @@ def test_killed_solver_stops_the_trainer(run_dir):
             os.killpg(proc.pid, signal.SIGKILL)
     data = report(run_dir)
     assert data["status"] == "solver" and code == 1, out[-2000:]
-    assert not list(_processes_matching(" train "))
+    assert not list(_processes_matching(" train ", run_dir))
     assert no_servers_left(run_dir)
 
 
@@ -156,8 +156,9 @@ def test_full_database_never_crashes_the_solver(run_dir, policy):
     assert no_servers_left(run_dir)
 
 
-def _processes_matching(fragment: str, run_dir: str = ""):
-    """nekrs_ml parts (not mpiexec) whose command line holds `fragment` (and `run_dir`)."""
+def _processes_matching(fragment: str, run_dir: str):
+    """nekrs_ml parts (not mpiexec) of the run in run_dir whose command line holds `fragment`
+    (other runs on the machine are left alone)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
