@@ -257,8 +257,8 @@ def test_missing_output_and_argument_errors(tmp_path, capsys):
         cli.main(["mesh", "channel", "--elements", "4", "4"])
     assert info.value.code == 2 and "--elements" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["mesh", "channel", "--elements", "4", "4", "4", "--box", "0", "1",
-                  "--lengths", "1", "2", "3"])
+        cli.main(["mesh", "channel", "--elements", "4", "4", "4", "--box", "0", "1", "0", "1",
+                  "0", "1", "--lengths", "1", "2", "3"])
     assert "not allowed with argument" in capsys.readouterr().err
 
 
