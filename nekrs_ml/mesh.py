@@ -82,7 +82,7 @@ class Re2Mesh:
 
 # --- coordinates of the element boundaries -------------------------------------------------
 def uniform_edges(n: int, lo: float, hi: float) -> np.ndarray:
-    return np.linspace(lo, hi, n + 1)
+    return geometric_edges(n, lo, hi, 1.0)
 
 
 def tanh_edges(n: int, lo: float, hi: float, beta: float) -> np.ndarray:
@@ -99,14 +99,17 @@ def tanh_edges(n: int, lo: float, hi: float, beta: float) -> np.ndarray:
 
 def geometric_edges(n: int, lo: float, hi: float, ratio: float) -> np.ndarray:
     """genbox's "x0 x1 gain" line: element sizes in geometric progression (each `ratio` times
-    the previous one), scaled to [lo, hi]; ratio <= 0 means 1, as in genbox."""
-    if ratio <= 0 or ratio == 1:
-        return uniform_edges(n, lo, hi)
-    sizes = ratio ** np.arange(n, dtype=float)
-    cumulative = np.concatenate([[0.0], np.cumsum(sizes)])
-    edges = lo + (hi - lo) * cumulative / cumulative[-1]
-    edges[-1] = hi
-    return edges
+    the previous one), scaled to [lo, hi]; ratio <= 0 means 1. The arithmetic follows genbox's
+    step by step, so that the coordinates are the same to the last bit."""
+    if ratio <= 0:
+        ratio = 1.0
+    step = (hi - lo) / n
+    offsets = [0.0]
+    for _ in range(n):
+        offsets.append(offsets[-1] + step)
+        step *= ratio
+    scale = (hi - lo) / offsets[-1]
+    return np.array([lo + scale * offset for offset in offsets])
 
 
 # --- the box mesh ---------------------------------------------------------------------------
@@ -270,6 +273,8 @@ def read_box(path) -> BoxSpec:
     except OSError as exc:
         raise ConfigError(f"--from-box: cannot read {path}: {exc.strerror}") from None
     lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if lines and not _leading_numbers(lines[0]):
+        lines = lines[1:]     # older genbox inputs start with the name of a base .rea file
 
     def fail(message: str):
         raise MeshFormatError(f"{path}: {message} (genbox input: ndim, number of fields, a "
