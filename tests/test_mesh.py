@@ -321,6 +321,9 @@ def test_nekrs_runs_the_training_case_on_the_written_mesh(tmp_path):
     text = re.sub(r"(?im)^\s*workflow\s*=.*$", "workflow = off", text)
     par.write_text(text)
     env = dict(os.environ)
+    # Open MPI's default one-sided component fails MPI_Win_create (Nek5000's DPROCMAP) in some
+    # containers ("MPI_ERR_WIN: invalid window"); pt2pt works everywhere
+    env.setdefault("OMPI_MCA_osc", "pt2pt")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["NEKRS_ML_CMAKE_DIR"] = subprocess.run(
         [sys.executable, "-m", "nekrs_ml", "config", "--cmake-dir"], capture_output=True,
