@@ -488,13 +488,10 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
     shutil.copy(case / "channel_train.box", case / "smoke.box")
     if (case / "channel_train.re2").exists():
         shutil.copy(case / "channel_train.re2", case / "smoke.re2")
-    elif shutil.which("genbox") is None and not Path(NEKRS_HOME, "bin", "genbox").exists():
-        pytest.skip("needs genbox (Nek5000 tools) to make the .re2 from the .box")
     else:
-        genbox = shutil.which("genbox") or str(Path(NEKRS_HOME, "bin", "genbox"))
-        subprocess.run([genbox], input="smoke.box\n", text=True, cwd=case, check=True,
-                       capture_output=True)
-        shutil.move(case / "box.re2", case / "smoke.re2")
+        subprocess.run([sys.executable, "-m", "nekrs_ml", "mesh", "channel", "--from-box",
+                        "smoke.box", "-o", "smoke.re2"], cwd=case, check=True,
+                       capture_output=True, timeout=120)
     ns = "nekrstest"
     env = dict(os.environ, NEKRS_ML_ADDRESSES=",".join(tcp_server.addresses),
                NEKRS_ML_MODE="single", NEKRS_ML_NAMESPACE=ns)
