@@ -139,14 +139,21 @@ class SnapshotReader:
                             keys.snapshot_targets(self.ns, rank, seq)]
         try:
             arrays = self.client.get_tensors(tensor_keys)
-        except KeyNotFoundError:  # dropped by the solver's retention limit meanwhile
+        except (KeyNotFoundError, TensorFormatError, ServerError):
+            # dropped by the solver's retention limit meanwhile, or a bad record: one at a
+            # time, so that each is judged (and counted) on its own
             return [s for s in (self._consume(rank, entry) for entry in entries) if s is not None]
         self.client.pipeline([("LREM", index, 1, entry) for entry in entries]
                              + [("DEL", *tensor_keys)])
         snapshots = []
         for i, (seq, step, when) in enumerate(parsed):
             inputs, targets = arrays[2 * i], arrays[2 * i + 1]
-            check_pair(inputs, targets, tensor_keys[2 * i], tensor_keys[2 * i + 1])
+            problem = snapshot_problem(inputs, targets, self.dims)
+            if problem is not None:
+                self.skips.record(tensor_keys[2 * i], *problem)
+                continue
+            self.dims = self.dims or (inputs.shape[1], targets.shape[1])
+            self.skips.accepted()
             snapshots.append(Snapshot(rank, seq, step, when, inputs, targets))
         return snapshots
 
