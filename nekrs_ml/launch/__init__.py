@@ -384,7 +384,9 @@ class Run:
             "workflow": self.ml["workflow"],
             "deployment": self.ml["deployment"],
             "model_name": self.ml["modelName"],
-            "model_version": evaluation["version"] if evaluation else None,
+            # the version evaluated (training), else the last one the solver used (inference)
+            "model_version": (evaluation["version"] if evaluation else
+                              ((solver_summary or {}).get("inference") or {}).get("final_version")),
             "tau_w_rel_error": ({"median": evaluation["median"], "p95": evaluation["p95"],
                                  "samples": evaluation["samples"], "data": "held-out snapshot"}
                                 if tested else None),
