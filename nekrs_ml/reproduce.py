@@ -45,24 +45,23 @@ def run_solver(par: str) -> dict:
     from mpi4py import MPI
 
     from . import _core
-    from .config import load_par
+    from .launch.settings import ReproducerSettings
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    cfg = load_par(par)
-    ml, rp = cfg["nekrs_ml"], cfg["reproducer"]
-    field = _core.SyntheticChannelField(rp["points"], rp["reTau"], rp["viscosity"],
-                                        ml["sampleHeight"], rp["fluctuation"], rp["correlation"],
-                                        rp["seed"], rank)
+    channel = ReproducerSettings.from_par(par)
+    field = _core.SyntheticChannelField(channel.points, channel.re_tau, channel.viscosity,
+                                        channel.sample_height, channel.fluctuation,
+                                        channel.correlation, channel.seed, rank)
     coupling = _core.Coupling(par, mpi_collective(comm), field)
-    last = rp["steps"]
+    last = channel.steps
     comm.Barrier()
     start = time.perf_counter()
     coupling.step(0, 0.0, last == 0)
     step = 0
     while step < last:
         step += 1
-        solve_step(rp["stepCost"])
+        solve_step(channel.step_cost_s)
         field.advance()
         if field.end_step >= 0:  # the coupling ended the run (trainer's request, failures)
             last = min(last, field.end_step)

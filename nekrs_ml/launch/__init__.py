@@ -26,6 +26,7 @@ from ..orchestrator import Orchestrator
 from ..rundir import RunLock
 from . import supervisor
 from .nodes import allocation_hosts
+from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
 from .watchdog import Guard
 
@@ -168,8 +169,8 @@ class Run:
         self.run_dir = run_dir
         self.trainer_grace = trainer_grace
         self.cfg = load_par(str(par))
-        self.ml = self.cfg["nekrs_ml"]
-        self.ns = environment.resolve_namespace(None, self.ml["namespace"])
+        self.settings = LaunchSettings.from_case(self.cfg)
+        self.ns = self.settings.namespace
         self.client: Optional[Client] = None  # set once the orchestrator answers
         self.hosts: List[str] = []
         self.parts: Dict[str, Part] = {}
@@ -190,32 +191,32 @@ class Run:
                 "start --bind ADDRESS` (one per node with --mode colocated) and launch the parts "
                 "with `nekrs-ml reproduce` / `nekrs-ml train` under your own mpiexec")
         self.orchestrator = Orchestrator(
-            self.run_dir / "db", mode=self.ml["deployment"], transport=self.ml["transport"],
-            shards=self.ml["shards"], maxmemory=self.ml["maxMemory"], namespace=self.ns)
+            self.run_dir / "db", mode=self.settings.deployment, transport=self.settings.transport,
+            shards=self.settings.shards, maxmemory=self.settings.max_memory, namespace=self.ns)
         self.info = self.orchestrator.start()
-        self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(self.ml["timeout"]))
+        self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(self.settings.timeout_s))
         self.client = Client(**environment.connection_options(self.env))
         return self.info
 
     def start_parts(self) -> None:
         hosts = self.hosts
-        workflow = self.ml["workflow"]
+        workflow = self.settings.workflow
         cwd = str(self.par.parent) if self.solver == "nekrs" else str(self.run_dir)
         if workflow in ("train", "train+infer"):
-            argv = mpiexec_prefix(self.ml["trainerRanks"], hosts) + [
+            argv = mpiexec_prefix(self.settings.trainer_ranks, hosts) + [
                 sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
             self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
         if workflow in ("infer", "train+infer"):
             self.deploy_model()
-            for index in range(self.ml["workers"]):
+            for index in range(self.settings.workers):
                 argv = [sys.executable, "-m", "nekrs_ml.cli", "serve", str(self.par),
                         "--worker", str(index)]
                 self.parts[f"worker{index}"] = Part(f"worker{index}", argv, self.env,
                                                     str(self.run_dir),
                                                     str(self.run_dir / f"worker{index}.log"))
             self.wait_for_workers()
-        argv = solver_command(self.solver, self.par, self.ml["solverRanks"], hosts, self.run_dir)
+        argv = solver_command(self.solver, self.par, self.settings.solver_ranks, hosts, self.run_dir)
         solver_env = self.env
         if self.solver == "nekrs":  # the case's udf.cmake finds nekrs_ml through these
             from ..cli import udf_build_env
@@ -236,7 +237,7 @@ class Run:
             version = deploy(self.client, ns, name, settings.model_file,
                              origin=f"deployModel:{settings.model_file_text}")
             print(f"nekrs-ml run: deployed {settings.model_file} as {name!r} v{version}", flush=True)
-        elif self.ml["workflow"] == "infer" and registry.latest_version(self.client, ns, name) is None:
+        elif self.settings.workflow == "infer" and registry.latest_version(self.client, ns, name) is None:
             raise ConfigError(
                 f"{self.par.name}: workflow = infer needs a model, and {name!r} is not published: "
                 "set deployModel = <TorchScript file> in [NEKRS_ML] (or use workflow = train+infer)")
@@ -245,7 +246,7 @@ class Run:
         """The solver's first call must find its worker alive (its heartbeat key set)."""
         ns = self.ns
         deadline = time.monotonic() + timeout
-        for index in range(self.ml["workers"]):
+        for index in range(self.settings.workers):
             part = self.parts[f"worker{index}"]
             while not self.client.exists(keys.worker_heartbeat(ns, index)):
                 if not part.running:
@@ -260,7 +261,7 @@ class Run:
     # --- supervision ------------------------------------------------------------------------
     def supervise(self) -> str:
         """Returns "ok" or the name of the failing part."""
-        total, end_time = ((self.cfg["reproducer"]["steps"], None) if self.solver == "reproducer"
+        total, end_time = ((ReproducerSettings.from_par(self.cfg).steps, None) if self.solver == "reproducer"
                            else nekrs_run_length(self.par))
         progress = Progress(total, end_time)
         solver, trainer = self.parts["solver"], self.parts.get("trainer")
@@ -335,7 +336,7 @@ class Run:
                                          f"see the server log in {self.run_dir / 'db'}")
         elif self.failed_polls >= MAX_FAILED_POLLS:
             self.orchestrator_problem = (f"the database did not answer {self.failed_polls} polls "
-                                         f"in a row (timeout {self.ml['timeout']:g} s each); see "
+                                         f"in a row (timeout {self.settings.timeout_s:g} s each); see "
                                          f"the server log in {self.run_dir / 'db'}")
         return bool(self.orchestrator_problem)
 
@@ -363,10 +364,10 @@ class Run:
         from . import report
 
         evaluation = None
-        if self.client is not None and self.ml["workflow"] in ("train", "train+infer"):
+        if self.client is not None and self.settings.training:
             try:
                 evaluation = report.evaluate_model(self.client, self.ns,
-                                                   self.ml["modelName"], self.ml["solverRanks"])
+                                                   self.settings.model_name, self.settings.solver_ranks)
             except Exception as exc:  # the report must be written even when evaluation fails
                 self.warn(f"model evaluation failed: {exc}")
         history = report.read_history(self.run_dir / "trainer_history.jsonl")
@@ -381,9 +382,9 @@ class Run:
             "message": message,
             "solver": self.solver,
             "case": str(self.par),
-            "workflow": self.ml["workflow"],
-            "deployment": self.ml["deployment"],
-            "model_name": self.ml["modelName"],
+            "workflow": self.settings.workflow,
+            "deployment": self.settings.deployment,
+            "model_name": self.settings.model_name,
             # the version evaluated (training), else the last one the solver used (inference)
             "model_version": (evaluation["version"] if evaluation else
                               ((solver_summary or {}).get("inference") or {}).get("final_version")),

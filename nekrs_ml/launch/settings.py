@@ -1,0 +1,76 @@
+"""Typed options of the launcher (`nekrs-ml run`) and of the stand-in solver: the [NEKRS_ML] and
+[REPRODUCER] sections of a case .par."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from .. import environment
+from ..config import Config, load_par
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    workflow: str
+    deployment: str
+    transport: str
+    shards: int
+    max_memory: str
+    namespace: str
+    timeout_s: float
+    solver_ranks: int
+    trainer_ranks: int
+    workers: int
+    model_name: str
+
+    @property
+    def training(self) -> bool:
+        return self.workflow in ("train", "train+infer")
+
+    @property
+    def inferring(self) -> bool:
+        return self.workflow in ("infer", "train+infer")
+
+    @classmethod
+    def from_case(cls, case: Config) -> "LaunchSettings":
+        ml = case["nekrs_ml"]
+        return cls(
+            workflow=ml["workflow"],
+            deployment=ml["deployment"],
+            transport=ml["transport"],
+            shards=ml["shards"],
+            max_memory=ml["maxMemory"],
+            # the orchestrator exports it, so every part of the run agrees
+            namespace=environment.resolve_namespace(None, ml["namespace"]),
+            timeout_s=ml["timeout"],
+            solver_ranks=ml["solverRanks"],
+            trainer_ranks=ml["trainerRanks"],
+            workers=ml["workers"],
+            model_name=ml["modelName"],
+        )
+
+
+@dataclass(frozen=True)
+class ReproducerSettings:
+    """The stand-in solver's channel: [REPRODUCER] plus the sample height of [NEKRS_ML]."""
+
+    steps: int
+    points: int
+    step_cost_s: float
+    re_tau: float
+    viscosity: float
+    fluctuation: float
+    correlation: float
+    seed: int
+    sample_height: float
+
+    @classmethod
+    def from_par(cls, par: Union[str, Path, Config]) -> "ReproducerSettings":
+        case = par if isinstance(par, Config) else load_par(par)
+        rp = case["reproducer"]
+        return cls(steps=rp["steps"], points=rp["points"], step_cost_s=rp["stepCost"],
+                   re_tau=rp["reTau"], viscosity=rp["viscosity"], fluctuation=rp["fluctuation"],
+                   correlation=rp["correlation"], seed=rp["seed"],
+                   sample_height=case.get("nekrs_ml", "sampleHeight"))
