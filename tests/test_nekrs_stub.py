@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from nekrs_ml import _core, keys
 from nekrs_ml.client import Client
 from nekrs_ml.serve.deploy import deploy
 from nekrs_ml.train.data import SnapshotReader
+
+from test_inference import Worker
 
 STUB = Path(__file__).resolve().parent / "nekrs_stub"
 
@@ -375,36 +376,6 @@ class KnownModel(torch.nn.Module):
 
 def known_model_magnitude(inputs: np.ndarray) -> np.ndarray:
     return np.hypot(2.0 * inputs[:, 0], inputs[:, 1] + inputs[:, 2])
-
-
-class Worker:
-    """A `nekrs-ml serve` process in namespace `ns` on the test server."""
-
-    def __init__(self, server, ns: str):
-        env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": ns}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1", "--device", "cpu",
-             "--reload-interval", "0.05"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        probe = Client(**server.client_args())
-        try:
-            deadline = time.monotonic() + 60
-            while not probe.exists(keys.worker_heartbeat(ns, 0)):
-                assert self.process.poll() is None, self.process.communicate()[0]
-                assert time.monotonic() < deadline, "the model worker did not start"
-                time.sleep(0.05)
-        finally:
-            probe.close()
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            out, _ = self.process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate()
-        return out
 
 
 @pytest.fixture(scope="module")
