@@ -30,6 +30,12 @@ from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
 from .watchdog import Guard
 
+EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
+    0, 1, 3, 4, 5, 130)
+MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
+RUN_LOCK = "run.lock"  # held by the live run of a run directory
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 # Outputs of an earlier run in the same directory, removed before a new run starts.
 STALE_OUTPUTS = ("report.json", "solver.json", "trainer_history.jsonl", "trainer.json", "loss.png",
                  "tau_w.png", "solver.log", "trainer.log", "watchdog.log")
@@ -46,11 +52,6 @@ def stale_outputs(run_dir: Path) -> List[Path]:
             if model.parent == run_dir:
                 paths += [model, model.with_suffix(".json")]
     return paths
-
-MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
-
-EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
-    0, 1, 3, 4, 5, 130)
 
 
 def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
@@ -81,8 +82,6 @@ def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
     if end_time is not None and dt:
         return math.ceil(end_time / dt - 1e-9), end_time
     return None, end_time
-RUN_LOCK = "run.lock"  # held by the live run of a run directory
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
@@ -261,8 +260,10 @@ class Run:
     # --- supervision ------------------------------------------------------------------------
     def supervise(self) -> str:
         """Returns "ok" or the name of the failing part."""
-        total, end_time = ((ReproducerSettings.from_par(self.cfg).steps, None) if self.solver == "reproducer"
-                           else nekrs_run_length(self.par))
+        if self.solver == "reproducer":
+            total, end_time = ReproducerSettings.from_par(self.cfg).steps, None
+        else:
+            total, end_time = nekrs_run_length(self.par)
         progress = Progress(total, end_time)
         solver, trainer = self.parts["solver"], self.parts.get("trainer")
         workers = [part for name, part in self.parts.items() if name.startswith("worker")]

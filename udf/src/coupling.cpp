@@ -236,8 +236,10 @@ void Coupling::step(long tstep, double time, bool last_step) {
 // --- inference ---------------------------------------------------------------------------------
 
 void Coupling::run_inference(long tstep) {
-  ++calls_;
-  if (n_ == 0) return; // nothing to predict on this rank; it still takes part in collectives
+  if (n_ == 0) { // nothing to predict on this rank; it still takes part in collectives
+    ++calls_;
+    return;
+  }
   for (std::size_t i = 0; i < inputs_.size(); ++i) model_inputs_[i] = static_cast<float>(inputs_[i]);
   InferenceFailure cause = InferenceFailure::timeout;
   std::string detail;
@@ -272,7 +274,6 @@ void Coupling::run_inference(long tstep) {
     if (!options_.infer_only && version_ == 0) {
       // train+infer before the trainer's first version: the wall law, as planned
       ++waiting_calls_;
-      --calls_;
       fallback_stress();
       apply_stress(tstep);
       return;
@@ -298,6 +299,7 @@ void Coupling::run_inference(long tstep) {
     cause = InferenceFailure::server_error;
     detail = error.what();
   }
+  ++calls_;
   if (ok) {
     consecutive_failures_ = 0;
     ++predicted_steps_;
