@@ -303,7 +303,10 @@ void Coupling::run_inference(long tstep) {
   if (ok) {
     consecutive_failures_ = 0;
     ++predicted_steps_;
-    if (!options_.apply) fallback_stress();
+    if (!options_.apply) { // predict and report only: the wall law stays the BC
+      model_stress_ = stress_;
+      fallback_stress();
+    }
   } else {
     record_failure(tstep, cause, detail);
     fallback_stress();
@@ -403,25 +406,16 @@ void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
   if (!result.warning.empty() && ++warnings_ <= 3) warn(result.warning);
 
   if (!predicted_now) return;
-  // train+infer: the predictions of this step against the resolved stress (a-posteriori check)
+  // train+infer: the model's stress of this step against the resolved one (a-posteriori check)
+  const std::vector<double>& predicted = options_.apply ? stress_ : model_stress_;
   double sums[2] = {0.0, 0.0};
   for (std::size_t i = 0; i < n_; ++i) {
-    const double d1 = stress_[2 * i] - targets_[2 * i], d2 = stress_[2 * i + 1] - targets_[2 * i + 1];
+    const double d1 = predicted[2 * i] - targets_[2 * i];
+    const double d2 = predicted[2 * i + 1] - targets_[2 * i + 1];
     const double t = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
     sums[0] += d1 * d1 + d2 * d2;
     sums[1] += t * t;
-    if (options_.apply && t > 0) error_.add(std::hypot(d1, d2) / t);
-  }
-  if (!options_.apply) {
-    // the stress applied was the wall law: compare the model's predictions instead
-    sums[0] = 0.0;
-    for (std::size_t i = 0; i < n_; ++i) {
-      const double d1 = predictions_[2 * i] - targets_[2 * i],
-                   d2 = predictions_[2 * i + 1] - targets_[2 * i + 1];
-      const double t = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
-      sums[0] += d1 * d1 + d2 * d2;
-      if (t > 0) error_.add(std::hypot(d1, d2) / t);
-    }
+    if (t > 0) error_.add(std::hypot(d1, d2) / t);
   }
   if (comm_.rank() == 0) {
     errors_by_step_.push_back({static_cast<double>(tstep), static_cast<double>(version_),

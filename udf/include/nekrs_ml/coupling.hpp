@@ -197,6 +197,7 @@ private:
   std::size_t n_ = 0;
 
   std::vector<double> inputs_, targets_, stress_;
+  std::vector<double> model_stress_; // the model's stress when applyPredictions = false
   std::vector<float> model_inputs_, predictions_;
   std::vector<float> inputs32_, targets32_;
   bool have_inputs_ = false;     // inputs_ hold this step's sample
