@@ -44,6 +44,11 @@ class KeyNotFoundError(NekrsMLError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PackageMissingError(KeyNotFoundError):
+    """In-process inference: the AOTInductor package of the model's graph is not compiled (yet)
+    for this device and torch version (``nekrs-ml compile``)."""
+
+
 class ConfigError(NekrsMLError, ValueError):
     """Invalid option, configuration key or value; the message names it and the valid choices."""
 

@@ -128,6 +128,16 @@ def model_export(ns: str, name: str, version: int) -> str:
     return f"{ns}:{model_tag(name)}:v{int(version)}:export"
 
 
+def model_weights(ns: str, name: str, version: int) -> str:
+    """The weights of a torch.export version for in-process inference (nekrs_ml.aot)."""
+    return f"{ns}:{model_tag(name)}:v{int(version)}:weights"
+
+
+def model_package(ns: str, name: str, graph: str, device: str, torch_version: str) -> str:
+    """The AOTInductor package of one graph of ``name`` for one device kind and torch version."""
+    return f"{ns}:{model_tag(name)}:package:{graph}:{device}:{torch_version}"
+
+
 def model_pinned(ns: str, name: str) -> str:
     """Set of the versions a rollback made current: kept when older versions are pruned."""
     return f"{ns}:{model_tag(name)}:pinned"

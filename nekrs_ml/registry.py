@@ -1,5 +1,6 @@
-"""The model registry: versioned model blobs (e.g. TorchScript) with JSON metadata, stored in
-the run's database so the trainer can publish while the inference side loads.
+"""The model registry: versioned model blobs (torch.export programs, or legacy TorchScript) with
+JSON metadata, stored in the run's database so the trainer can publish while the inference side
+loads. A torch.export version also carries its weights for in-process inference (nekrs_ml.aot).
 
 Per model name: a version counter, one blob and one meta key per version, and a ``latest``
 pointer. ``publish`` writes the blob and the meta before it moves ``latest``, so a reader that
@@ -25,14 +26,16 @@ DEFAULT_KEEP_VERSIONS = 10  # the default of keepVersions in config_schema.tsv
 
 def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: bytes,
             meta: dict, version: Optional[int] = None, export_blob: Optional[bytes] = None,
-            keep_versions: int = DEFAULT_KEEP_VERSIONS) -> int:
+            keep_versions: int = DEFAULT_KEEP_VERSIONS,
+            weights_blob: Optional[bytes] = None) -> int:
     """Stores ``blob`` as a new version of model ``name`` on every client's server.
 
     The version is INCR of the counter on the first server (unless ``version`` is given, e.g.
     one taken from another process's publish); the other servers get the same number and their
     counters are set to it. ``export_blob``, when given, is the same model as a saved
-    ``torch.export`` program. Versions beyond the newest ``keep_versions`` are deleted
-    (``prune``). Returns the version.
+    ``torch.export`` program (legacy TorchScript versions); ``weights_blob`` the weights of a
+    torch.export version for in-process inference (nekrs_ml.aot.weights_blob). Versions beyond
+    the newest ``keep_versions`` are deleted (``prune``). Returns the version.
     """
     check_name(name)
     if int(keep_versions) < 1:
@@ -50,7 +53,7 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
         client.set_string(keys.model_counter(ns, name), str(version))
     for client in clients:
         with _full_server_hint(name, version, keep_versions):
-            _store(client, ns, name, int(version), blob, record, export_blob)
+            _store(client, ns, name, int(version), blob, record, export_blob, weights_blob)
         prune(client, ns, name, keep_versions)
     return int(version)
 
@@ -66,7 +69,7 @@ def prune(client: Client, ns: str, name: str, keep_versions: int) -> List[int]:
     doomed = [v for v in stored if v not in keep]
     for version in doomed:
         for key in (keys.model_blob(ns, name, version), keys.model_meta(ns, name, version),
-                    keys.model_export(ns, name, version)):
+                    keys.model_export(ns, name, version), keys.model_weights(ns, name, version)):
             client.delete(key)
     return doomed
 
@@ -100,10 +103,12 @@ def check_name(name: str) -> str:
 
 
 def _store(client: Client, ns: str, name: str, version: int, blob: bytes, record: dict,
-           export_blob: Optional[bytes]) -> None:
+           export_blob: Optional[bytes], weights_blob: Optional[bytes]) -> None:
     client.set_string(keys.model_blob(ns, name, version), blob)
     if export_blob is not None:
         client.set_string(keys.model_export(ns, name, version), export_blob)
+    if weights_blob is not None:
+        client.set_string(keys.model_weights(ns, name, version), weights_blob)
     client.set_string(keys.model_meta(ns, name, version), json.dumps(record))
     client.set_string(keys.model_latest(ns, name), str(version))  # only after blob and meta
     names = keys.model_names(ns)
@@ -177,7 +182,7 @@ def versions(client: Client, ns: str, name: str) -> List[int]:
     found = set()
     for key in client.redis.scan_iter(match=pattern, count=1000):
         suffix = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
-        if suffix.isdigit():  # skips the ":meta" and ":export" keys
+        if suffix.isdigit():  # skips the ":meta", ":export" and ":weights" keys
             found.add(int(suffix))
     return sorted(found)
 

@@ -1,5 +1,6 @@
-"""`nekrs-ml models`, `models export`, `deploy` and `rollback`: the model registry of a run's
-database (nekrs_ml.registry), and model files (nekrs_ml.model_file, nekrs_ml.serve.deploy)."""
+"""`nekrs-ml models`, `models export`, `deploy`, `rollback` and `compile`: the model registry of
+a run's database (nekrs_ml.registry), model files (nekrs_ml.model_file, nekrs_ml.serve.deploy)
+and the AOTInductor packages of in-process inference (nekrs_ml.aot)."""
 
 from __future__ import annotations
 
@@ -107,5 +108,29 @@ def _rollback(parser: argparse.ArgumentParser):
                                         args.name, args.version)
         print(json.dumps({"name": args.name, "version": version}))
         print(f"nekrs-ml rollback: {args.name!r} now serves v{version}", file=sys.stderr)
+        return 0
+    return run
+
+
+@command("compile", "compile a model version's graph to an AOTInductor package for in-process "
+                    "inference (once per graph, device kind and torch version)")
+def _compile(parser: argparse.ArgumentParser):
+    parser.add_argument("--model", required=True, help="model name (the case's modelName)")
+    parser.add_argument("--version", type=int, help="version whose graph to compile (default: "
+                        "the current one)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_namespace_option(parser)
+
+    def run(args) -> int:
+        from .. import aot
+        from ..client import Client
+
+        with Client.from_env() as client:
+            graph, compiled = aot.ensure_package(
+                client, environment.resolve_namespace(args.namespace), args.model, args.version,
+                args.device, log=lambda text: print(f"nekrs-ml compile: {text}", file=sys.stderr,
+                                                    flush=True))
+        print(json.dumps({"model": args.model, "graph": graph, "compiled": compiled,
+                          "device": aot.device_kind(args.device), "torch": aot.torch_version()}))
         return 0
     return run

@@ -208,7 +208,9 @@ class Run:
                                          str(self.run_dir / "trainer.log"))
         if workflow in ("infer", "train+infer"):
             self.deploy_model()
-            for index in range(self.settings.workers):
+            if self.settings.inference_backend == "inprocess":
+                self.compile_package()
+            for index in range(self.settings.model_workers):
                 argv = [sys.executable, "-m", "nekrs_ml.cli", "serve", str(self.par),
                         "--worker", str(index)]
                 self.parts[f"worker{index}"] = Part(f"worker{index}", argv, self.env,
@@ -239,13 +241,28 @@ class Run:
         elif self.settings.workflow == "infer" and registry.latest_version(self.client, ns, name) is None:
             raise ConfigError(
                 f"{self.par.name}: workflow = infer needs a model, and {name!r} is not published: "
-                "set deployModel = <TorchScript file> in [NEKRS_ML] (or use workflow = train+infer)")
+                "set deployModel = <model file> in [NEKRS_ML] (or use workflow = train+infer)")
+
+    def compile_package(self) -> None:
+        """inferenceBackend = inprocess: the package of the current version's graph exists
+        before the solver starts (compiled once per graph; a train+infer run without a deployed
+        model gets its packages from the trainer)."""
+        from .. import aot, registry
+
+        name, device = self.settings.model_name, self.settings.inprocess_device
+        if registry.latest_version(self.client, self.ns, name) is None:
+            return
+        started = time.monotonic()
+        graph, compiled = aot.ensure_package(self.client, self.ns, name, device=device)
+        if compiled:
+            print(f"nekrs-ml run: compiled the in-process package of {name!r} (graph {graph}, "
+                  f"{aot.device_kind(device)}) in {time.monotonic() - started:.0f} s", flush=True)
 
     def wait_for_workers(self, timeout: float = 120.0) -> None:
         """The solver's first call must find its worker alive (its heartbeat key set)."""
         ns = self.ns
         deadline = time.monotonic() + timeout
-        for index in range(self.settings.workers):
+        for index in range(self.settings.model_workers):
             part = self.parts[f"worker{index}"]
             while not self.client.exists(keys.worker_heartbeat(ns, index)):
                 if not part.running:

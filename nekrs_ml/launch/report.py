@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -10,6 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .. import keys, registry
+from ..serve.worker import load_module
 
 
 def held_out_snapshots(client, ns: str, ranks: int):
@@ -44,8 +44,8 @@ def evaluate_model(client, ns: str, name: str, ranks: int) -> Optional[Dict]:
     if inputs is None:
         return {"version": version, "meta": registry.load(client, ns, name, version)[1]}
     blob, meta = registry.load(client, ns, name, version)
-    model = torch.jit.load(io.BytesIO(blob), map_location="cpu")
-    with torch.no_grad():
+    model = load_module(blob, meta, torch.device("cpu"))
+    with torch.inference_mode():
         predicted = model(torch.from_numpy(inputs)).numpy().astype(np.float64)
     if predicted.shape != true.shape:
         raise ValueError(f"{name} v{version} answers {predicted.shape} for held-out targets "

@@ -24,6 +24,8 @@ class LaunchSettings:
     trainer_ranks: int
     workers: int
     model_name: str
+    inference_backend: str = "worker"
+    inprocess_device: str = "cpu"
 
     @property
     def training(self) -> bool:
@@ -32,6 +34,11 @@ class LaunchSettings:
     @property
     def inferring(self) -> bool:
         return self.workflow in ("infer", "train+infer")
+
+    @property
+    def model_workers(self) -> int:
+        """Model workers to start: none when the solver evaluates the model in-process."""
+        return self.workers if self.inferring and self.inference_backend == "worker" else 0
 
     @classmethod
     def from_case(cls, case: Config) -> "LaunchSettings":
@@ -49,6 +56,8 @@ class LaunchSettings:
             trainer_ranks=ml["trainerRanks"],
             workers=ml["workers"],
             model_name=ml["modelName"],
+            inference_backend=ml["inferenceBackend"],
+            inprocess_device=ml["inprocessDevice"],
         )
 
 

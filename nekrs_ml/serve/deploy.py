@@ -1,10 +1,14 @@
-"""Deploying a model file into the registry: a TorchScript archive (torch.jit.save) or a saved
-torch.export program (torch.export.save, ``.pt2``). The file is loaded and run once on a probe
-batch of realistic inputs before anything is stored, so a broken file (an exception, a wrong
-shape, NaN/Inf answers) never becomes the current version.
+"""Deploying a model file into the registry: a saved torch.export program (torch.export.save,
+``.pt2``; the trainer's format) or a legacy TorchScript archive (torch.jit.save). The file is
+loaded and run once on a probe batch of realistic inputs before anything is stored, so a broken
+file (an exception, a wrong shape, NaN/Inf answers) never becomes the current version.
+
+A torch.export version is published with its weights for in-process inference (nekrs_ml.aot).
+A TorchScript file with a torch.export form beside it (an older `models export`) is deployed in
+that form; a TorchScript file alone is served by the model workers only.
 
 A file written by the trainer or by `nekrs-ml models export` (nekrs_ml.model_file) brings its
-metadata (normalisation, epoch, validation loss, ...) and its torch.export form along."""
+metadata (normalisation, epoch, validation loss, ...) along."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import io
 from pathlib import Path
 from typing import Optional, Union
 
-from .. import model_file, registry
+from .. import aot, model_file, registry
 from ..client import Client
 from ..errors import ConfigError
 
@@ -37,18 +41,19 @@ def probe_inputs(width: int, seed: int = 0):
 
 
 def _load_module(path: Path, blob: bytes):
-    """(module, format) of a TorchScript archive or a saved torch.export program."""
+    """(module, format) of a saved torch.export program or a TorchScript archive; the export
+    form is tried first (loading TorchScript warns that it is deprecated)."""
     import torch
 
     try:
-        return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
-    except Exception as jit_error:
+        return torch.export.load(io.BytesIO(blob)).module(), "export"
+    except Exception as export_error:
         try:
-            return torch.export.load(io.BytesIO(blob)).module(), "export"
+            return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
         except Exception:
             raise ConfigError(
-                f"model file {path} is neither a TorchScript archive (torch.jit.save) nor a saved "
-                f"torch.export program (torch.export.save): {jit_error}") from None
+                f"model file {path} is neither a saved torch.export program (torch.export.save) "
+                f"nor a TorchScript archive (torch.jit.save): {export_error}") from None
 
 
 def probe(module, path: Path, width: int, n_out: Optional[int] = None) -> int:
@@ -112,7 +117,8 @@ def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
     registry.check_name(name)
     found = model_file.read(path)
     saved = found.meta or {}
-    fmt, blob, width, n_out = inspect_model(path, n_in or saved.get("n_in"), found.blob, n_out)
+    primary = found.export_blob if found.export_blob is not None else found.blob
+    fmt, blob, width, n_out = inspect_model(path, n_in or saved.get("n_in"), primary, n_out)
     check_saved_shape(path, saved, width, n_out)
     meta = {key: value for key, value in saved.items() if key not in _FILE_KEYS}
     meta.update({"n_in": width, "n_out": n_out, "dtype": saved.get("dtype", "float32"),
@@ -120,7 +126,12 @@ def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
                  "sha256": model_file.sha256(blob)})
     if saved:
         meta["source"] = {key: saved.get(key) for key in ("name", "version", "origin", "time")}
-    return registry.publish(client, ns, name, blob, meta, export_blob=found.export_blob)
+    weights = None
+    if fmt == "export":
+        program = aot.load_program(blob)
+        weights = aot.weights_blob(program, width, n_out)
+        meta["graph"] = aot.graph_id(program, width, n_out)
+    return registry.publish(client, ns, name, blob, meta, weights_blob=weights)
 
 
 def check_saved_shape(path, saved: dict, n_in: int, n_out: int) -> None:

@@ -24,20 +24,22 @@ import torch.distributed as dist
 from mpi4py import MPI
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import keys, registry
+from .. import aot, keys, registry
 from ..client import Client
 from . import checkpoints, outputs
 from .data import Samples, SnapshotReader, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
+from .compiler import BackgroundCompiler
 from .heartbeat import Heartbeat
-from .model import build_mlp, export_program_bytes, torchscript_bytes
+from .model import Exporter, build_mlp, deployable, program_bytes
 from .settings import Settings
 
 HISTORY_FILE = "trainer_history.jsonl"
 POLL_INTERVAL = 0.5  # s between two looks for data while waiting
 IDLE_EPOCHS = 2  # epochs without new data, after the solver finished, before stopping
 EVAL_CHUNK = 65536  # validation rows per forward pass
+COMPILE_WAIT_AT_END = 300.0  # s the final in-process package may take before the trainer exits
 
 
 class StopSignal:
@@ -98,6 +100,10 @@ class Trainer:
         self.stop = stop
         self.checkpoint = checkpoint
         self.ns = settings.namespace
+        self.exporter = Exporter()
+        self.compiler = (BackgroundCompiler(self.ns, settings.model_name, settings.compile_device,
+                                            self.say)
+                         if settings.compile_device and world.leader else None)
         self.reader = SnapshotReader(client, self.ns, world.group.rank, world.group.size)
         self.samples = Samples(settings.replay_buffer, settings.validation_capacity,
                                validation_period(settings.validation_fraction))
@@ -129,7 +135,8 @@ class Trainer:
 
     def finish(self, state: str, reason: str) -> None:
         self.publish_best()
-        self.attach_export()
+        if self.compiler is not None:
+            self.compiler.close(wait=COMPILE_WAIT_AT_END)
         if self.world.rank == 0:
             self.save_checkpoint()
             self.save_trained_model(state, reason)
@@ -358,16 +365,20 @@ class Trainer:
         best = self.best
         if best is None or best.epoch == self.published_epoch:
             return
-        blob, meta = self.export(best) if self.world.leader else (None, None)
+        blob, meta, weights = self.export(best) if self.world.leader else (None, None, None)
         version = None
         if self.world.rank == 0:
             version = registry.publish(self.client, self.ns, self.settings.model_name, blob, meta,
-                                       keep_versions=self.settings.keep_versions)
+                                       keep_versions=self.settings.keep_versions,
+                                       weights_blob=weights)
         version = self.world.comm.bcast(version, root=0)
         if self.world.leader and self.world.rank != 0:
             registry.publish(self.client, self.ns, self.settings.model_name, blob, meta,
-                             version=version, keep_versions=self.settings.keep_versions)
+                             version=version, keep_versions=self.settings.keep_versions,
+                             weights_blob=weights)
         self.version, self.published_epoch = version, best.epoch
+        if self.world.leader and self.compiler is not None:
+            self.compiler.request(version, meta["graph"])
         self.say(f"epoch {self.epoch}: train loss {_text(self.train_loss)}, val loss "
                  f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "
                  f"(epoch {best.epoch})")
@@ -380,27 +391,19 @@ class Trainer:
         norm = best.norm
         return mlp, norm.input_mean, norm.input_std, norm.target_mean, norm.target_std
 
-    def export(self, best: Best) -> Tuple[bytes, dict]:
+    def export(self, best: Best) -> Tuple[bytes, dict, bytes]:
+        """(torch.export program, metadata, weights for in-process inference) of a best state."""
         n_in, n_out = self.samples.dims
         norm = best.norm
-        blob = torchscript_bytes(*self.model_parts(best))
-        meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
+        program = self.exporter.program_for(deployable(*self.model_parts(best)))
+        weights = aot.weights_blob(program, n_in, n_out)
+        meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32", "format": "export",
+                "graph": aot.graph_id(program, n_in, n_out),
                 "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
                 "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
                 "origin": "trainer", "epoch": best.epoch, "samples_seen": best.samples_seen,
                 "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers)}
-        return blob, meta
-
-    def attach_export(self) -> None:
-        """The final version also as a torch.export program (seconds to build, so only once)."""
-        if not self.world.leader or self.version is None or self.best is None:
-            return
-        try:
-            program = export_program_bytes(*self.model_parts(self.best))
-            registry.attach_export(self.client, self.ns, self.settings.model_name, self.version,
-                                   program)
-        except Exception as exc:  # TorchScript stays the deployable form
-            self.say(f"no torch.export form of v{self.version}: {exc}")
+        return program_bytes(program), meta, weights
 
     def save_trained_model(self, state: str, reason: str) -> None:
         """Rank 0: the final version into the run directory, named in trainer.json, so that a
@@ -519,6 +522,8 @@ def main(args) -> int:
             comm.Abort(1)
         return 1
     finally:
+        if trainer is not None and trainer.compiler is not None:
+            trainer.compiler.close(wait=0)  # an error or a signal: no compiler left behind
         if heartbeat is not None:
             heartbeat.stop()
         if dist.is_initialized():

@@ -1,4 +1,5 @@
-"""The wall model network and its deployable TorchScript form."""
+"""The wall model network and its deployable form: a torch.export program (exported once per
+architecture; a new version swaps its weights into that program)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def build_mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
 
 class NormalisedModel(nn.Module):
     """Physical inputs in, physical targets out: the normalisation is part of the model, so
-    the inference side needs nothing but the TorchScript file."""
+    the inference side needs nothing but the exported program."""
 
     def __init__(self, mlp: nn.Module, input_mean: np.ndarray, input_std: np.ndarray,
                  target_mean: np.ndarray, target_std: np.ndarray):
@@ -45,20 +46,42 @@ def deployable(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -
     return NormalisedModel(cpu_mlp, input_mean, input_std, target_mean, target_std).eval()
 
 
-def torchscript_bytes(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> bytes:
-    """The scripted NormalisedModel (CPU, float32) serialised by torch.jit.save."""
-    model = deployable(mlp, input_mean, input_std, target_mean, target_std)
+def export_program(model: nn.Module):
+    """The ExportedProgram of a deployable model, with a dynamic number of points."""
+    example = torch.zeros(8, int(model.input_mean.numel()), dtype=torch.float32)
+    return torch.export.export(model, (example,),
+                               dynamic_shapes=({0: torch.export.Dim("points")},))
+
+
+def program_bytes(program) -> bytes:
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(model), buffer)
+    torch.export.save(program, buffer)
     return buffer.getvalue()
 
 
 def export_program_bytes(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> bytes:
-    """The same model as a torch.export program with a dynamic number of points."""
-    model = deployable(mlp, input_mean, input_std, target_mean, target_std)
-    example = torch.zeros(8, int(model.input_mean.numel()), dtype=torch.float32)
-    program = torch.export.export(model, (example,),
-                                  dynamic_shapes=({0: torch.export.Dim("points")},))
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return buffer.getvalue()
+    """A deployable model as a saved torch.export program."""
+    return program_bytes(export_program(deployable(mlp, input_mean, input_std, target_mean,
+                                                   target_std)))
+
+
+class Exporter:
+    """Exports the wall model once per architecture (seconds) and afterwards only swaps each new
+    version's weights into that program (milliseconds), so publishing does not stall training."""
+
+    def __init__(self):
+        self.program = None
+        self.layout = None  # (name, shape) of every weight of self.program
+
+    def program_for(self, model: NormalisedModel):
+        state = model.state_dict()
+        layout = tuple((name, tuple(value.shape)) for name, value in state.items())
+        if self.program is None or layout != self.layout:
+            self.program, self.layout = export_program(model), layout
+            return self.program
+        for name, value in state.items():
+            fresh = value.detach().clone()
+            if isinstance(self.program.state_dict[name], nn.Parameter):
+                fresh = nn.Parameter(fresh, requires_grad=False)
+            self.program.state_dict[name] = fresh
+        return self.program

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from .. import environment
 from ..config import load_par
@@ -35,6 +35,9 @@ class Settings:
     resume: bool
     max_skips: int = MAX_SKIPS_IN_A_ROW
     keep_versions: int = DEFAULT_KEEP_VERSIONS
+    # device kind whose AOTInductor packages the trainer compiles for the solver's in-process
+    # inference (None: the run does not evaluate the model in-process)
+    compile_device: Optional[str] = None
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -62,6 +65,8 @@ class Settings:
             resume=args.resume,
             max_skips=getattr(args, "max_skips", MAX_SKIPS_IN_A_ROW),
             keep_versions=ml["keepVersions"],
+            compile_device=(ml["inprocessDevice"] if ml["inferenceBackend"] == "inprocess"
+                            and ml["workflow"] in ("infer", "train+infer") else None),
         )
 
     @property

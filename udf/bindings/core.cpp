@@ -3,6 +3,7 @@
 #include "nekrs_ml/client.hpp"
 #include "nekrs_ml/codec.hpp"
 #include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/inprocess.hpp"
 #include "nekrs_ml/inference.hpp"
 #include "nekrs_ml/version.hpp"
 
@@ -45,6 +46,8 @@ void raise(const char* name, const std::exception& error) {
 void translate_errors(std::exception_ptr error) {
   try {
     if (error) std::rethrow_exception(error);
+  } catch (const PackageMissingError& e) {
+    raise("PackageMissingError", e);
   } catch (const KeyNotFoundError& e) {
     raise("KeyNotFoundError", e);
   } catch (const TensorFormatError& e) {

@@ -4,6 +4,8 @@
 #include "nekrs_ml/client.hpp"
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/inference.hpp"
+#include "nekrs_ml/inprocess.hpp"
+#include "nekrs_ml/model_weights.hpp"
 #include "py_arrays.hpp"
 #include "py_client.hpp"
 
@@ -77,9 +79,95 @@ std::unique_ptr<PyInference> make_inference(PyClient& client, const std::string&
   return std::make_unique<PyInference>(client, std::move(options));
 }
 
+// The in-process backend (libnekrsml_torch, loaded at run time) with the client it reads the
+// registry through.
+class PyInprocess {
+public:
+  PyInprocess(PyClient& client, InprocessOptions options)
+      : client_(client), backend_(client.call([&](Client& native) {
+          return make_inprocess_backend(native, options);
+        })) {}
+
+  py::dict run(const std::string& model, const py::array& inputs, py::array out) {
+    const TensorHeader in = header_of(inputs, "inputs");
+    header_of(out, "out");
+    if (!out.writeable()) throw ConfigError("out " + describe(out) + " is not writeable");
+    const void* in_data = inputs.data();
+    void* out_data = out.mutable_data();
+    const auto capacity = static_cast<std::size_t>(out.nbytes());
+    const InferenceResult result = client_.call([&](Client&) {
+      return backend_->run(model, in, in_data, out_data, capacity);
+    });
+    py::dict reply;
+    reply["version"] = result.version;
+    reply["seconds"] = result.seconds;
+    reply["shape"] = py::tuple(py::cast(result.header.shape));
+    return reply;
+  }
+
+  std::uint64_t refresh(const std::string& model) {
+    return client_.call([&](Client&) { return backend_->refresh(model); });
+  }
+
+  double last_swap_seconds() const { return backend_->last_swap_seconds(); }
+  std::string torch_version() const { return backend_->torch_version(); }
+
+private:
+  PyClient& client_;
+  std::unique_ptr<InprocessBackend> backend_;
+};
+
+std::unique_ptr<PyInprocess> make_inprocess(PyClient& client, const std::string& ns,
+                                            const std::string& device, int threads,
+                                            double reload_interval, const std::string& library) {
+  InprocessOptions options;
+  options.ns = ns;
+  options.device = device;
+  options.threads = threads;
+  options.reload_interval_s = reload_interval;
+  options.library = library;
+  return std::make_unique<PyInprocess>(client, std::move(options));
+}
+
+py::dict describe_weights(const py::bytes& blob) {
+  const ModelWeights weights = parse_model_weights(std::string(blob));
+  py::dict result;
+  result["graph"] = weights.graph;
+  result["n_in"] = weights.n_in;
+  result["n_out"] = weights.n_out;
+  py::list tensors;
+  for (const auto& tensor : weights.tensors) {
+    std::vector<float> values(weights.values(tensor), weights.values(tensor) + tensor.bytes / 4);
+    tensors.append(py::make_tuple(tensor.name, py::tuple(py::cast(tensor.shape)), values));
+  }
+  result["tensors"] = tensors;
+  return result;
+}
+
 } // namespace
 
 void bind_inference(py::module_& m) {
+  py::class_<PyInprocess>(m, "InprocessBackend",
+                          "The model evaluated in this process from its AOTInductor package "
+                          "(libnekrsml_torch), following the registry's current version")
+      .def(py::init(&make_inprocess), py::keep_alive<1, 2>(), py::arg("client"),
+           py::arg("namespace") = "nkml", py::arg("device") = "cpu", py::arg("threads") = 1,
+           py::arg("reload_interval") = 0.25, py::arg("library") = "")
+      .def("run", &PyInprocess::run, py::arg("model"), py::arg("inputs"), py::arg("out"),
+           "Predicts `out` from `inputs` [points, features]; returns {'version', 'seconds', 'shape'}")
+      .def("refresh", &PyInprocess::refresh, py::arg("model"),
+           "Checks the registry for a newer version now; returns the version in use (0: none)")
+      .def_property_readonly("last_swap_seconds", &PyInprocess::last_swap_seconds)
+      .def_property_readonly("torch_version", &PyInprocess::torch_version);
+  m.def("inprocess_library_path", [](const std::string& library) {
+    InprocessOptions options;
+    options.library = library;
+    return inprocess_library_path(options);
+  }, py::arg("library") = "", "The libnekrsml_torch the in-process backend would load");
+  m.def("parse_model_weights", &describe_weights, py::arg("blob"),
+        "The weights blob as the C++ core reads it: {'graph', 'n_in', 'n_out', 'tensors': "
+        "[(name, shape, values)]}");
+
   py::class_<PyInference>(m, "InferenceClient",
                           "A solver rank's inference calls: request to its model worker, reply "
                           "into the caller's array (docs/protocol.md)")

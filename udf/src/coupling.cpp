@@ -1,6 +1,8 @@
 // The per-step policy of a coupled solver (coupling.hpp).
 #include "nekrs_ml/coupling.hpp"
 
+#include "nekrs_ml/inprocess.hpp"
+
 #include "nekrs_ml/keys.hpp"
 #include "nekrs_ml/wall.hpp"
 
@@ -86,6 +88,7 @@ const char* failure_name(InferenceFailure cause) {
   case InferenceFailure::negative_magnitude: return "negative_magnitude";
   case InferenceFailure::connection: return "connection";
   case InferenceFailure::server_error: return "server_error";
+  case InferenceFailure::package_missing: return "package_missing";
   case InferenceFailure::count_: break;
   }
   return "unknown";
@@ -115,6 +118,10 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.timeout_s = config.get_double(section, "timeout");
   options.inference_timeout_s = config.get_double(section, "inferenceTimeout");
   options.workers = static_cast<int>(config.get_int(section, "workers"));
+  options.inprocess = config.get_string(section, "inferenceBackend") == "inprocess";
+  options.inprocess_device = config.get_string(section, "inprocessDevice");
+  options.inprocess_threads = static_cast<int>(config.get_int(section, "inprocessThreads"));
+  options.reload_interval_s = config.get_double(section, "reloadInterval");
   return options;
 }
 
@@ -167,7 +174,14 @@ Coupling::Coupling(const Config& config, Collective& comm, WallFields& fields,
     stream.ns = options_.ns;
     stream_ = std::make_unique<TrainingStream>(*client_, stream);
   }
-  if (options_.inferring) {
+  if (options_.inferring && options_.inprocess) {
+    InprocessOptions inprocess;
+    inprocess.ns = options_.ns;
+    inprocess.device = options_.inprocess_device;
+    inprocess.threads = options_.inprocess_threads;
+    inprocess.reload_interval_s = options_.reload_interval_s;
+    inference_ = make_inprocess_backend(*client_, inprocess);
+  } else if (options_.inferring) {
     InferenceOptions inference;
     inference.ns = options_.ns;
     inference.rank = comm_.rank();
@@ -269,6 +283,15 @@ void Coupling::run_inference(long tstep) {
       detail = "the predictions of " + options_.model + " version " +
                std::to_string(result.version) + " are " +
                (cause == InferenceFailure::not_finite ? "not finite" : "negative magnitudes");
+    }
+  } catch (const PackageMissingError& error) {
+    cause = InferenceFailure::package_missing;
+    detail = error.what();
+    if (!options_.infer_only && version_ == 0) { // compiled beside the trainer: the wall law meanwhile
+      ++waiting_calls_;
+      fallback_stress();
+      apply_stress(tstep);
+      return;
     }
   } catch (const KeyNotFoundError& error) {
     if (!options_.infer_only && version_ == 0) {

@@ -77,6 +77,7 @@ enum class InferenceFailure : int {
   negative_magnitude,
   connection,
   server_error,
+  package_missing, // in-process: the package of the model's graph is not compiled (yet)
   count_ // number of causes
 };
 const char* failure_name(InferenceFailure cause);
@@ -98,6 +99,10 @@ struct CouplingOptions {
   double timeout_s = 30.0;  // every database call
   double inference_timeout_s = 10.0;
   int workers = 1;
+  bool inprocess = false;         // inferenceBackend = inprocess
+  std::string inprocess_device = "cpu";
+  int inprocess_threads = 1;
+  double reload_interval_s = 0.25;
 
   // The [NEKRS_ML] options; the namespace of the launcher's environment (NEKRS_ML_NAMESPACE)
   // wins over the .par's. Throws ConfigError for workflow = off (nothing to couple).

@@ -47,5 +47,19 @@ inline std::string solver_done(const std::string& ns) { return ns + ":solver:don
 inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
 inline std::string trainer_alive(const std::string& ns) { return ns + ":trainer:alive"; }
 inline std::string trainer_status(const std::string& ns) { return ns + ":trainer:status"; }
+// Model registry (the parts the in-process backend reads; nekrs_ml/registry.py writes them).
+inline std::string model_tag(const std::string& name) { return "{m:" + name + "}"; }
+inline std::string model_latest(const std::string& ns, const std::string& name) {
+  return ns + ":" + model_tag(name) + ":latest";
+}
+inline std::string model_weights(const std::string& ns, const std::string& name,
+                                 unsigned long long version) {
+  return ns + ":" + model_tag(name) + ":v" + std::to_string(version) + ":weights";
+}
+inline std::string model_package(const std::string& ns, const std::string& name,
+                                 const std::string& graph, const std::string& device,
+                                 const std::string& torch_version) {
+  return ns + ":" + model_tag(name) + ":package:" + graph + ":" + device + ":" + torch_version;
+}
 
 } // namespace nekrs_ml::keys
