@@ -111,15 +111,18 @@ def parse_weights(blob: bytes) -> Weights:
         raise ConfigError("model weights: header without a 'data' line")
     fields = {"graph": None, "n_in": None, "n_out": None}
     specs: List[Tuple[str, Tuple[int, ...], int]] = []
-    for line in blob[len(WEIGHTS_MAGIC):end].decode().splitlines():
+    for line in blob[len(WEIGHTS_MAGIC):end].decode(errors="replace").splitlines():
         parts = line.split()
-        if parts and parts[0] in fields and len(parts) == 2:
-            fields[parts[0]] = parts[1]
-        elif parts and parts[0] == "tensor" and len(parts) == 5 and parts[2] == "float32":
-            shape = () if parts[3] == "-" else tuple(int(d) for d in parts[3].split(","))
-            specs.append((parts[1], shape, int(parts[4])))
-        else:
-            raise ConfigError(f"model weights: unexpected header line {line!r}")
+        try:
+            if parts and parts[0] in fields and len(parts) == 2:
+                fields[parts[0]] = parts[1] if parts[0] == "graph" else int(parts[1])
+            elif parts and parts[0] == "tensor" and len(parts) == 5 and parts[2] == "float32":
+                shape = () if parts[3] == "-" else tuple(int(d) for d in parts[3].split(","))
+                specs.append((parts[1], shape, int(parts[4])))
+            else:
+                raise ValueError(line)
+        except ValueError:
+            raise ConfigError(f"model weights: unexpected header line {line!r}") from None
     if None in fields.values():
         raise ConfigError("model weights: the header lacks graph, n_in or n_out")
     offset, tensors = end + len(b"\ndata\n"), {}

@@ -1,14 +1,19 @@
-"""Inference call latency through a model worker, beside an in-process forward and bare round trips.
+"""Inference call latency through a model worker and in the rank's process, beside a bare torch
+forward and bare round trips.
 
 For each model (mlp_1_20_1: 1->20->1, mlp_3_64_64_2: 3->64->64->2), each device and 1, 2, 4, 8
 concurrent ranks (separate processes, started once), every rank makes ``--calls`` calls of
 ``--points`` wall points each, all ranks starting together:
-  worker     - nekrs_ml::InferenceClient::run through a `nekrs-ml serve` worker on the device;
-  inprocess  - the same TorchScript model evaluated in the rank's own process on the device
-               (the floor: no database, no batching);
-  roundtrip  - the bare round trips of the same payload: put of the inputs, get of an
-               outputs-sized tensor (C++ client).
-The target is worker p50 <= 3 x (inprocess p50 + roundtrip p50) at the same rank count.
+  worker        - nekrs_ml::InferenceClient::run through a `nekrs-ml serve` worker on the device;
+  inprocess-cpp - the in-process backend (libnekrsml_torch: the model's AOTInductor package, C++,
+                  no Python in the call) in the rank's own process on the device;
+  forward       - the same torch.export model's forward in Python in the rank's process (the bare
+                  torch forward: no database, no batching);
+  roundtrip     - the bare round trips of the same payload: put of the inputs, get of an
+                  outputs-sized tensor (C++ client).
+Targets: worker p50 <= 3 x (forward p50 + roundtrip p50); inprocess-cpp p50 <= 1.2 x forward p50,
+at the same rank count. ``swap`` records the in-process backend's weight swap (a new version of
+the same graph) per version, in one rank.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads of each in-process rank (one core per rank, as "
                              "solver ranks have)")
     parser.add_argument("--max-wait-ms", type=float, default=0.5, help="worker batching wait")
+    parser.add_argument("--swaps", type=int, default=20,
+                        help="weight swaps timed per model and device (in-process backend)")
 
 
 def build_model(n_in: int, hidden: List[int], n_out: int):
@@ -55,9 +62,10 @@ def build_model(n_in: int, hidden: List[int], n_out: int):
         layers += [torch.nn.Linear(width, size), torch.nn.SiLU()]
         width = size
     layers.append(torch.nn.Linear(width, n_out))
-    module = torch.jit.script(torch.nn.Sequential(*layers).eval())
+    program = torch.export.export(torch.nn.Sequential(*layers).eval(), (torch.zeros(8, n_in),),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
     buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    torch.export.save(program, buffer)
     return buffer.getvalue()
 
 
@@ -72,12 +80,15 @@ def _rank_main(rank: int, addresses, password: str, threads: int, conn) -> None:
         torch.set_num_threads(threads)
     client = _core.Client(addresses, password=password)
     inference = _core.InferenceClient(client, NAMESPACE, rank, 1, 60.0)
-    modules: Dict[str, object] = {}
+    modules: Dict[str, object] = {}  # Python forwards and in-process backends by model@device
     while True:
         command = conn.recv()
         if command[0] == "stop":
             break
         try:
+            if command[0] == "swap":
+                conn.send(_swap(client, modules, *command[1:]))
+                continue
             conn.send(_measure(rank, client, inference, modules, *command[1:]))
         except Exception as exc:  # reported by the controller
             conn.send(f"rank {rank}: {type(exc).__name__}: {exc}")
@@ -102,10 +113,18 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
         def call():
             client.put_tensor(in_key, inputs)
             client.get_tensor_into(out_key, out)
+    elif path == "inprocess-cpp":
+        backend = _backend(client, modules, device)
+
+        def call():
+            backend.run(model, inputs, out)
     else:
         key = f"{model}@{device}"
         if key not in modules:
-            modules[key] = torch.jit.load(io.BytesIO(blob), map_location=device)
+            from torch.export.passes import move_to_device_pass
+
+            program = torch.export.load(io.BytesIO(blob))
+            modules[key] = move_to_device_pass(program, torch.device(device)).module()
         module, torch_device = modules[key], torch.device(device)
 
         def call():
@@ -121,6 +140,25 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
         call()
         seconds.append(time.perf_counter() - start)
     return seconds, time.perf_counter() - began
+
+
+def _backend(client, modules, device):
+    """This rank's in-process backend on ``device`` (one per process and device)."""
+    from .. import _core
+
+    key = f"backend@{device}"
+    if key not in modules:
+        threads = max(1, __import__("torch").get_num_threads())
+        modules[key] = _core.InprocessBackend(client, NAMESPACE, device=device, threads=threads,
+                                              reload_interval=3600.0)
+    return modules[key]
+
+
+def _swap(client, modules, model, device):
+    """Takes the newest version of ``model`` now; the seconds of that weight swap."""
+    backend = _backend(client, modules, device)
+    backend.refresh(model)
+    return backend.last_swap_seconds
 
 
 class Ranks:
@@ -155,6 +193,15 @@ class Ranks:
                 "p99_us": float(np.percentile(seconds, 99) * 1e6),
                 "calls_per_s": float(seconds.size / wall)}
 
+    def swap(self, model: str, device: str) -> float:
+        self.pipes[0].send(("swap", model, device))
+        if not self.pipes[0].poll(120):
+            raise RuntimeError("a benchmark rank did not answer within 120 s")
+        result = self.pipes[0].recv()
+        if isinstance(result, str):
+            raise RuntimeError(f"bench inference: {result}")
+        return result
+
     def close(self) -> None:
         for pipe in self.pipes:
             try:
@@ -176,7 +223,7 @@ def _devices(text: str) -> List[str]:
 
 
 def run(args, log) -> List[Dict]:
-    from .. import Client, keys
+    from .. import Client, aot, keys
     from ..orchestrator import Orchestrator
     from ..serve.deploy import deploy
 
@@ -203,6 +250,9 @@ def run(args, log) -> List[Dict]:
             deploy(client, NAMESPACE, name, model_file)
         ranks = Ranks(max(rank_counts), info["addresses"], orch.password, args.rank_threads)
         for device in _devices(args.devices):
+            for name in models:
+                log(f"compiling {name} for {device}")
+                aot.ensure_package(client, NAMESPACE, name, device=device)
             log(f"worker on {device}")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "nekrs_ml.cli", "serve", "--namespace", NAMESPACE,
@@ -217,7 +267,7 @@ def run(args, log) -> List[Dict]:
             for name in models:
                 n_in, _, n_out = MODELS[name]
                 for k in rank_counts:
-                    for path in ("inprocess", "roundtrip", "worker"):
+                    for path in ("forward", "inprocess-cpp", "roundtrip", "worker"):
                         if path == "roundtrip" and device != "cpu":
                             continue  # independent of the device: measured once
                         log(f"  {name} {path} ranks={k}")
@@ -226,6 +276,7 @@ def run(args, log) -> List[Dict]:
                         records.append({"model": name, "path": path, "ranks": k,
                                         "device": "host" if path == "roundtrip" else device,
                                         **result})
+                records.append(_swap_record(client, ranks, name, device, args.swaps))
             worker.terminate()
             worker.wait(timeout=30)
             worker = None
@@ -243,14 +294,44 @@ def run(args, log) -> List[Dict]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _swap_record(client, ranks: Ranks, name: str, device: str, count: int) -> Dict:
+    """The weight swap of rank 0's in-process backend, ``count`` times: each time a new version
+    of the same graph (the current one published again) is published and taken."""
+    from .. import keys, registry
+
+    version = registry.latest_version(client, NAMESPACE, name)
+    blob, meta = registry.load(client, NAMESPACE, name, version)
+    weights = client.get_string(keys.model_weights(NAMESPACE, name, version))
+    meta = {k: v for k, v in meta.items() if k not in ("name", "version", "time")}
+    seconds = []
+    for _ in range(count):
+        registry.publish(client, NAMESPACE, name, blob, meta, weights_blob=weights)
+        seconds.append(ranks.swap(name, device))
+    seconds = np.array(seconds)
+    return {"model": name, "path": "swap", "ranks": 1, "device": device,
+            "p50_us": float(np.median(seconds) * 1e6),
+            "p99_us": float(np.percentile(seconds, 99) * 1e6), "calls_per_s": None}
+
+
 def target_check(records: List[Dict]) -> List[str]:
-    """One line per worker record: p50 against 3 x (inprocess + roundtrip) p50."""
+    """One line per worker record: p50 against 3 x (forward + roundtrip) p50; one per
+    inprocess-cpp record: p50 against 1.2 x forward p50; one per weight swap: p50 against 1 ms."""
     by = {(r["model"], r["path"], r["ranks"], r["device"]): r for r in records}
     lines = []
     for r in records:
+        forward = by.get((r["model"], "forward", r["ranks"], r["device"]))
+        if r["path"] == "inprocess-cpp" and forward:
+            target = 1.2 * forward["p50_us"]
+            lines.append(f"{r['model']:14} {r['device']:7} ranks={r['ranks']}: inprocess-cpp p50 "
+                         f"{r['p50_us']:9.0f} us, target {target:9.0f} us -> "
+                         f"{'ok' if r['p50_us'] <= target else 'MISSED'} "
+                         f"({r['p50_us'] / forward['p50_us']:.2f} x the bare forward)")
+        if r["path"] == "swap":
+            lines.append(f"{r['model']:14} {r['device']:7} weight swap p50 {r['p50_us']:9.0f} us, "
+                         f"target 1000 us -> {'ok' if r['p50_us'] <= 1000 else 'MISSED'}")
         if r["path"] != "worker":
             continue
-        floor = by.get((r["model"], "inprocess", r["ranks"], r["device"]))
+        floor = forward
         trip = by.get((r["model"], "roundtrip", r["ranks"], "host"))
         if floor and trip:
             target = 3 * (floor["p50_us"] + trip["p50_us"])
@@ -263,7 +344,8 @@ def target_check(records: List[Dict]) -> List[str]:
 
 def print_table(records: List[Dict]) -> None:
     for r in records:
-        print(f"{r['model']:14} {r['path']:9} {r['device']:7} ranks={r['ranks']}  "
-              f"p50 {r['p50_us']:9.0f} us  p99 {r['p99_us']:9.0f} us  {r['calls_per_s']:8.1f} calls/s")
+        rate = f"{r['calls_per_s']:8.1f} calls/s" if r["calls_per_s"] is not None else ""
+        print(f"{r['model']:14} {r['path']:13} {r['device']:7} ranks={r['ranks']}  "
+              f"p50 {r['p50_us']:9.0f} us  p99 {r['p99_us']:9.0f} us  {rate}")
     for line in target_check(records):
         print(line)
