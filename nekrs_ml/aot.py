@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -156,7 +157,11 @@ def compile_package(program_blob: bytes, n_in: int, n_out: int, device: str = "c
         program = move_to_device_pass(program, torch.device(device))
     metadata = {f"{METADATA_PREFIX}graph": graph, f"{METADATA_PREFIX}torch": torch_version(),
                 f"{METADATA_PREFIX}n_in": str(int(n_in)), f"{METADATA_PREFIX}n_out": str(int(n_out))}
-    with tempfile.TemporaryDirectory(prefix="nekrs_ml-aoti-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="nekrs_ml-aoti-") as scratch, \
+            warnings.catch_warnings():
+        # inductor imports torch.utils.mkldnn, which still uses TorchScript: torch's warning
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated",
+                                category=DeprecationWarning)
         path = os.path.join(scratch, "model.pt2")
         torch._inductor.aoti_compile_and_package(
             program, package_path=path,

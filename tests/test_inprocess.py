@@ -20,7 +20,7 @@ from nekrs_ml.errors import ConfigError, ModelError, PackageMissingError, Tensor
 from nekrs_ml.serve.deploy import deploy
 from nekrs_ml.train.model import Exporter, build_mlp, deployable, program_bytes
 from test_inference import Worker, scripted
-from test_run import finish, no_servers_left, report, start_run, write_case
+from test_run import TRAIN_INFER, finish, no_servers_left, report, start_run, write_case
 
 
 def wall_model(seed: int, hidden=(16,), scale: float = 1.0):
@@ -255,4 +255,24 @@ def test_stand_in_demo_runs_with_the_inprocess_backend(run_dir, package_of_graph
     inference = report(run_dir)["inference"]
     assert inference["calls"] == 202 and inference["waiting_calls"] == 0
     assert inference["fallbacks"] == 0 and inference["version_by_step"] == [[0, 100, 1]]
+    assert no_servers_left(run_dir)
+
+
+def test_training_run_feeds_the_inprocess_backend(run_dir):
+    """train+infer with inferenceBackend = inprocess: the trainer compiles the package of its
+    graph beside training; the solver uses the wall law until then, the newest version after."""
+    steps = 3000
+    case = write_case(run_dir, {"NEKRS_ML": {"inferenceBackend": "inprocess"},
+                                "REPRODUCER": {"steps": steps}}, base=TRAIN_INFER)
+    code, out = finish(start_run(case, run_dir), timeout=600)
+    assert code == 0, out[-3000:]
+    log = (Path(run_dir) / "trainer.log").read_text()
+    assert "compiling the in-process package of wall_model v1" in log, log[-2000:]
+    assert not list(Path(run_dir).glob("worker*.log"))
+    inference = report(run_dir)["inference"]
+    assert inference["calls"] + inference["waiting_calls"] == 2 * (steps + 1)
+    assert inference["calls"] > 0 and inference["fallbacks"] == 0, inference
+    versions = [version for _, _, version in inference["version_by_step"]]
+    assert len(versions) >= 2 and versions == sorted(versions), inference["version_by_step"]
+    assert inference["tau_w_rel_error_final"]["median"] < 0.02
     assert no_servers_left(run_dir)
