@@ -256,7 +256,7 @@ def test_deploy_models_and_rollback_through_the_cli(served, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
     failed = cli(worker.env, "deploy", str(bad), "--name", "mlp", check=False)
-    assert failed.returncode != 0 and "bad.pt is neither a TorchScript" in failed.stderr
+    assert failed.returncode != 0 and "bad.pt is neither a saved torch.export program" in failed.stderr
     assert registry.latest_version(client, ns, "mlp") == 1  # nothing half-published
 
 

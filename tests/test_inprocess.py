@@ -227,6 +227,25 @@ def test_a_package_that_does_not_fit_is_refused_and_the_old_version_kept(fresh, 
         starting.run("m", x, out)
 
 
+def test_a_new_graph_loads_its_own_package(fresh):
+    """A version of another architecture: the backend loads that graph's package (compiled
+    here) and answers with the new version, without a failed call in between."""
+    fresh.publish(wall_model(40))
+    native, backend = fresh.backend()
+    x = inputs(300)
+    out = np.empty((300, 2), np.float32)
+    assert backend.run("m", x, out)["version"] == 1
+    wider = wall_model(41, hidden=(12, 6))
+    assert fresh.publish(wider, plant_package=False) == 2
+    time.sleep(0.02)
+    assert backend.run("m", x, out)["version"] == 1  # its package is not compiled yet
+    graph, compiled = aot.ensure_package(fresh.client, fresh.ns, "m")
+    assert compiled
+    time.sleep(0.02)
+    assert backend.run("m", x, out)["version"] == 2
+    np.testing.assert_allclose(out, forward(wider, x), rtol=1e-5, atol=1e-9)
+
+
 def test_missing_packages_and_libraries_are_named_with_the_fix(fresh, tcp_server):
     fresh.publish(wall_model(30), plant_package=False)
     native, backend = fresh.backend()
@@ -253,6 +272,7 @@ def test_stand_in_demo_runs_with_the_inprocess_backend(run_dir, package_of_graph
     assert "compiled the in-process package" in out
     assert not list(Path(run_dir).glob("worker*.log"))  # no model worker in this run
     inference = report(run_dir)["inference"]
+    assert inference["backend"] == "inprocess"
     assert inference["calls"] == 202 and inference["waiting_calls"] == 0
     assert inference["fallbacks"] == 0 and inference["version_by_step"] == [[0, 100, 1]]
     assert no_servers_left(run_dir)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import nekrs_ml
-from nekrs_ml import environment, keys, registry
+from nekrs_ml import aot, environment, keys, registry
 from nekrs_ml.errors import KeyNotFoundError
 from nekrs_ml.orchestrator import Orchestrator
 
@@ -193,13 +193,14 @@ def test_registry_same_version_on_every_server(tcp_server, run_dir):
 
 
 # --- the trainer ----------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     ns = fresh_namespace()
     client = nekrs_ml.Client(**tcp_server.client_args())
     solver = StreamingSolver(tcp_server.client_args(), ns, duration=20.0)
     started = time.monotonic()
-    with training(write_par(run_dir), run_dir, trainer_env(tcp_server, ns), solver) as process:
+    # every DeprecationWarning shown: the trainer's path (torch.export) must raise none
+    env = {**trainer_env(tcp_server, ns), "PYTHONWARNINGS": "default::DeprecationWarning"}
+    with training(write_par(run_dir), run_dir, env, solver) as process:
         code = process.wait(timeout=100)
     assert code == 0, log_of(run_dir)
     assert solver.error is None and solver.written > 100
@@ -219,7 +220,11 @@ def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     assert meta["version"] == status["model_version"] and meta["origin"] == "trainer"
     assert (meta["n_in"], meta["n_out"], meta["dtype"]) == (1, 1, "float32")
     assert meta["hidden_layers"] == [32, 32] and len(meta["input_mean"]) == 1
-    model = torch.jit.load(io.BytesIO(blob))
+    assert meta["format"] == "export" and "DeprecationWarning" not in log_of(run_dir)
+    weights = aot.parse_weights(client.get_string(keys.model_weights(ns, "tau_model",
+                                                                     meta["version"])))
+    assert weights.graph == meta["graph"] and (weights.n_in, weights.n_out) == (1, 1)
+    model = torch.export.load(io.BytesIO(blob)).module()
     u = np.linspace(0.61, 1.09, 97)[:, None]  # not the streamed values
     with torch.no_grad():
         predicted = model(torch.from_numpy(u.astype(np.float32))).numpy()
@@ -228,7 +233,6 @@ def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     assert np.median(relative) < 0.02, f"median relative error {np.median(relative):.3%}"
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     ns = fresh_namespace()
     client = nekrs_ml.Client(**tcp_server.client_args())
@@ -446,7 +450,7 @@ def test_bad_records_are_skipped_counted_and_do_not_poison_the_model(tcp_server,
 
     blob, meta = registry.load(client, ns, "tau_model")
     assert math.isfinite(meta["val_loss"]) and meta["n_in"] == 1
-    model = torch.jit.load(io.BytesIO(blob))
+    model = torch.export.load(io.BytesIO(blob)).module()
     u = np.linspace(0.61, 1.09, 97)[:, None]
     with torch.no_grad():
         predicted = model(torch.from_numpy(u.astype(np.float32))).numpy()

@@ -13,6 +13,7 @@ metadata (normalisation, epoch, validation loss, ...) along."""
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -40,20 +41,35 @@ def probe_inputs(width: int, seed: int = 0):
     return torch.cat([typical, large, torch.zeros(1, width)]).to(torch.float32)
 
 
+def _archive_kind(blob: bytes) -> str:
+    """"export" (torch.export.save), "torchscript" (torch.jit.save) or "unknown", from the
+    names inside the zip archive, so that neither loader is tried on the other's files."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(blob)).namelist()
+    except (zipfile.BadZipFile, ValueError):
+        return "unknown"
+    if any(name.endswith("/archive_format") for name in names):
+        return "export"
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    return "unknown"
+
+
 def _load_module(path: Path, blob: bytes):
-    """(module, format) of a saved torch.export program or a TorchScript archive; the export
-    form is tried first (loading TorchScript warns that it is deprecated)."""
+    """(module, format) of a saved torch.export program or a legacy TorchScript archive."""
     import torch
 
+    kind = _archive_kind(blob)
     try:
-        return torch.export.load(io.BytesIO(blob)).module(), "export"
-    except Exception as export_error:
-        try:
+        if kind == "export":
+            return torch.export.load(io.BytesIO(blob)).module(), "export"
+        if kind == "torchscript":
             return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
-        except Exception:
-            raise ConfigError(
-                f"model file {path} is neither a saved torch.export program (torch.export.save) "
-                f"nor a TorchScript archive (torch.jit.save): {export_error}") from None
+        reason = "not a zip archive of either" if blob[:2] != b"PK" else "an unknown archive"
+    except Exception as exc:
+        reason = _last_line(exc)
+    raise ConfigError(f"model file {path} is neither a saved torch.export program "
+                      f"(torch.export.save) nor a TorchScript archive (torch.jit.save): {reason}")
 
 
 def probe(module, path: Path, width: int, n_out: Optional[int] = None) -> int:

@@ -621,6 +621,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
     errors += "]";
     s += ", \"inference\": {";
     s += "\"model\": " + json_string(options_.model);
+    s += ", \"backend\": " + json_string(options_.inprocess ? "inprocess" : "worker");
     s += ", \"calls\": " + json_number(totals[2]);
     s += ", \"waiting_calls\": " + json_number(totals[3]);
     s += ", \"predicted_calls\": " + json_number(totals[5]);
