@@ -112,6 +112,12 @@ def gll_points(n: int) -> np.ndarray:
     return np.concatenate(([-1.0], np.sort(interior.real), [1.0]))
 
 
+def gll_weights(n: int) -> np.ndarray:
+    """Gauss-Lobatto-Legendre quadrature weights of degree n: 2 / (n (n + 1) P_n(r_i)^2)."""
+    p = np.polynomial.legendre.Legendre.basis(n)(gll_points(n))
+    return 2.0 / (n * (n + 1) * p ** 2)
+
+
 # NekRS hex faces: (fixed axis, fixed index 0 or Nq-1, outward normal); face node m = a + b*Nq
 # with (a, b) the two free indices in (i, j, k) order.
 FACES = [(2, 0, (0, 0, -1)), (1, 0, (0, -1, 0)), (0, -1, (1, 0, 0)),
@@ -146,8 +152,13 @@ class HexMesh:
         self.normals = np.zeros((6 * self.E * self.Nfp, 3))
         self.t1 = np.zeros_like(self.normals)
         self.t2 = np.zeros_like(self.normals)
+        # surface quadrature weight of each face node (NekRS's WSJ): GLL weights times the
+        # face's area per unit reference area
+        self.surface_weights = np.zeros(6 * self.E * self.Nfp)
+        w = gll_weights(N)
         for e, (a, b, c) in enumerate(elements):
             base = e * self.Np
+            half = np.array([ex[a + 1] - ex[a], ey[b + 1] - ey[b], ez[c + 1] - ez[c]]) / 2
             ii, jj, kk = self.ijk.T
             self.x[base:base + self.Np] = ex[a] + (r[ii] + 1) / 2 * (ex[a + 1] - ex[a])
             self.y[base:base + self.Np] = ey[b] + (r[jj] + 1) / 2 * (ey[b + 1] - ey[b])
@@ -167,6 +178,8 @@ class HexMesh:
                     row = (e * 6 + f) * self.Nfp + m
                     self.vmapM[row] = base + idx[2] * Nq * Nq + idx[1] * Nq + idx[0]
                     self.normals[row], self.t1[row], self.t2[row] = n, t1, t2
+                    self.surface_weights[row] = (w[m % Nq] * w[m // Nq] *
+                                                 half[free[0]] * half[free[1]])
 
     def mark_faces(self, face: int, elements, boundary_id: int) -> None:
         for e in elements:
@@ -329,18 +342,25 @@ def test_normal_stress_is_not_part_of_the_shear(mesh):
 
 
 # --- BC hand-off: usrwrk and the traction formula -----------------------------------------------
-def test_scatter_writes_tau_magnitude_at_the_volume_index(mesh):
+def scatter_stress(points, stress, usrwrk, offset, field):
+    """What the adapter's WallStressField does: tau.t1 into field F, tau.t2 into field F + 1."""
+    points.scatter(stress, usrwrk, offset, component=0, field=field)
+    points.scatter(stress, usrwrk, offset, component=1, field=field + 1)
+
+
+def test_scatter_writes_each_component_at_the_volume_index(mesh):
     points = mesh.wall_points()
     rng = np.random.default_rng(2)
     predictions = rng.normal(size=(points.size, 2)).astype(np.float32)
     offset = mesh.field_offset
-    usrwrk = np.full(3 * offset, -7.0)
-    points.scatter(predictions, usrwrk, offset, field=1)
+    usrwrk = np.full(4 * offset, -7.0)
+    scatter_stress(points, predictions, usrwrk, offset, field=1)
     vol = points.volume_indices
-    magnitude = np.hypot(predictions[:, 0].astype(float), predictions[:, 1].astype(float))
-    np.testing.assert_allclose(usrwrk[offset + vol], magnitude, rtol=1e-12)
-    untouched = np.ones(3 * offset, bool)
-    untouched[offset + vol] = False
+    # both components unchanged, signs included (a spanwise part is not folded into a magnitude)
+    np.testing.assert_array_equal(usrwrk[offset + vol], predictions[:, 0])
+    np.testing.assert_array_equal(usrwrk[2 * offset + vol], predictions[:, 1])
+    untouched = np.ones(4 * offset, bool)
+    untouched[offset + vol] = untouched[2 * offset + vol] = False
     assert np.all(usrwrk[untouched] == -7.0)
 
 
@@ -370,68 +390,106 @@ def test_scatter_averages_nodes_shared_by_two_wall_faces():
     np.testing.assert_allclose(points.sample_points[xwall, 0], 0.1)
     predictions = np.zeros((points.size, 2))
     predictions[:, 0] = np.where(xwall, 3.0, 1.0)
-    usrwrk = np.zeros(mesh.field_offset)
-    points.scatter(predictions, usrwrk, mesh.field_offset)
+    predictions[:, 1] = np.where(xwall, -1.0, 0.5)
+    usrwrk = np.zeros(2 * mesh.field_offset)
+    scatter_stress(points, predictions, usrwrk, mesh.field_offset, field=0)
     np.testing.assert_allclose(usrwrk[shared], 2.0)  # mean of 1 and 3
+    np.testing.assert_allclose(usrwrk[mesh.field_offset + shared], -0.25)  # mean of 0.5 and -1
     only_bottom = np.setdiff1d(vol[~xwall], shared)
     np.testing.assert_allclose(usrwrk[only_bottom], 1.0)
+    np.testing.assert_allclose(usrwrk[mesh.field_offset + only_bottom], 0.5)
 
 
 def test_scatter_checks_sizes(mesh):
     points = mesh.wall_points()
     predictions = np.ones((points.size, 2))
     with pytest.raises(ConfigError, match="needs"):
-        points.scatter(predictions, np.zeros(mesh.field_offset), mesh.field_offset, field=1)
+        points.scatter(predictions, np.zeros(mesh.field_offset), mesh.field_offset, 1, field=1)
     with pytest.raises(ConfigError, match="field offset"):
-        points.scatter(predictions, np.zeros(mesh.Nlocal), 10)
+        points.scatter(predictions, np.zeros(mesh.Nlocal), 10, 0)
     with pytest.raises(ConfigError, match="shape"):
-        points.scatter(np.ones((points.size, 3)), np.zeros(mesh.field_offset), mesh.field_offset)
+        points.scatter(np.ones((points.size, 3)), np.zeros(mesh.field_offset), mesh.field_offset,
+                       0)
+    with pytest.raises(ConfigError, match="component must be 0"):
+        points.scatter(predictions, np.zeros(mesh.field_offset), mesh.field_offset, 2)
 
 
-@pytest.mark.parametrize("tau,slip", [(0.0025, (1.0, 0.0)), (0.0025, (-0.3, 0.4)),
-                                      (-0.01, (0.0, 2.0)), (1e-3, (1e-8, -1e-8))])
-def test_traction_opposes_the_slip_with_the_stress_magnitude(tau, slip):
-    tr = np.array(_core.wall_model_traction(tau, *slip))
-    s = np.array(slip)
-    np.testing.assert_allclose(np.linalg.norm(tr), abs(tau), rtol=1e-12)
-    np.testing.assert_allclose(tr, -abs(tau) * s / np.linalg.norm(s), rtol=1e-12)
+@pytest.mark.parametrize("tau", [(0.0025, 0.0), (0.0025, 8e-4), (-0.001, -0.003), (0.0, 0.0)])
+def test_traction_on_the_fluid_is_minus_the_stored_stress(tau):
+    """The fluid pulls the wall with tau; the wall holds the fluid back with -tau, spanwise part
+    included."""
+    assert _core.wall_model_traction(*tau) == (-tau[0], -tau[1])
 
 
-def test_traction_without_slip_is_zero():
-    assert _core.wall_model_traction(0.5, 0.0, 0.0) == (0.0, 0.0)
-    assert _core.wall_model_traction(0.5, float("nan"), 0.0) == (0.0, 0.0)
+def wall_face_rows(mesh, wall_id=1):
+    """Rows (face nodes) of the wall faces in the order the BC kernel visits them (and in which
+    WallPoints numbers its points)."""
+    return [(e * 6 + f) * mesh.Nfp + m for e in range(mesh.E) for f in range(6)
+            if mesh.EToB[f + 6 * e] == wall_id for m in range(mesh.Nfp)]
+
+
+def applied_tractions(mesh, usrwrk, field):
+    """The traction in space the BC applies at each wall face node: wall_model_traction of
+    the two usrwrk fields at idM, along that node's t1, t2."""
+    offset = mesh.field_offset
+    rows = wall_face_rows(mesh)
+    traction = np.zeros((len(rows), 3))
+    for k, row in enumerate(rows):
+        idM = mesh.vmapM[row]
+        tr1, tr2 = _core.wall_model_traction(usrwrk[field * offset + idM],
+                                             usrwrk[(field + 1) * offset + idM])
+        traction[k] = tr1 * mesh.t1[row] + tr2 * mesh.t2[row]
+    return rows, traction
 
 
 def test_bc_kernel_sees_the_prediction_at_its_volume_index(mesh):
     """The core side of the BC hand-off, face node by face node as the BC kernel visits them:
-    |tau| at usrwrk[field * fieldOffset + idM] and the traction -|tau| u_slip/|u_slip| of
-    wall_model_traction. The prediction of a wall point must reach its own face node. (The OKL
-    function itself is compiled as C++ and compared with wall_model_traction in
-    test_nekrs_stub.py, which also runs the adapter's hand-off end to end.)"""
+    (tau.t1, tau.t2) at usrwrk[F * fieldOffset + idM] and usrwrk[(F + 1) * fieldOffset + idM],
+    and the traction -(tau.t1 t1 + tau.t2 t2): the prediction of a wall point reaches its own
+    face node as a vector. (The OKL function itself is compiled as C++ and compared with
+    wall_model_traction in test_nekrs_stub.py, which also runs the adapter's hand-off end to
+    end.)"""
     points = mesh.wall_points()
     rng = np.random.default_rng(3)
-    predictions = rng.uniform(0.001, 0.004, size=(points.size, 2))
+    predictions = rng.uniform(-0.004, 0.004, size=(points.size, 2))
     offset, field = mesh.field_offset, 2
-    usrwrk = np.zeros((field + 1) * offset)
-    points.scatter(predictions, usrwrk, offset, field=field)
-    velocity = np.zeros((3, offset))
-    velocity[0, :mesh.Nlocal] = 1.0 + 0.1 * np.sin(mesh.z)  # slip along +x at the walls
-    velocity[2, :mesh.Nlocal] = 0.2 * np.cos(mesh.x)
-    walls = [(e, f) for e in range(mesh.E) for f in range(6) if mesh.EToB[f + 6 * e] == 1]
-    k = 0
-    for e, f in walls:
-        for m in range(mesh.Nfp):
-            row = (e * 6 + f) * mesh.Nfp + m
-            idM = mesh.vmapM[row]
-            u = velocity[:, idM]
-            s1, s2 = u @ mesh.t1[row], u @ mesh.t2[row]
-            tr1, tr2 = _core.wall_model_traction(usrwrk[field * offset + idM], s1, s2)
-            traction = tr1 * mesh.t1[row] + tr2 * mesh.t2[row]
-            assert points.volume_indices[k] == idM
-            expected = -np.hypot(*predictions[k]) * np.array([u[0], 0, u[2]]) / np.hypot(u[0], u[2])
-            np.testing.assert_allclose(traction, expected, rtol=1e-12, atol=1e-18)
-            k += 1
-    assert k == points.size
+    usrwrk = np.zeros((field + 2) * offset)
+    scatter_stress(points, predictions, usrwrk, offset, field)
+    rows, traction = applied_tractions(mesh, usrwrk, field)
+    assert len(rows) == points.size
+    np.testing.assert_array_equal(points.volume_indices, mesh.vmapM[rows])
+    expected = -(predictions[:, :1] * points.tangents1 + predictions[:, 1:] * points.tangents2)
+    np.testing.assert_allclose(traction, expected, rtol=1e-12, atol=1e-18)
+
+
+def test_area_weighted_streamwise_traction_equals_the_predicted_stress(mesh):
+    """A predicted stress with a streamwise part that varies along the wall and a spanwise part
+    (what a model of a turbulent channel predicts): summed with the surface weights, the
+    traction the BC applies on each wall is minus the predicted force, streamwise and
+    spanwise. (A magnitude applied along some other direction, e.g. the wall slip velocity,
+    would transfer less streamwise force and a different spanwise one.)"""
+    points = mesh.wall_points()
+    wall = points.wall_coordinates
+    # the stress in space: streamwise 2.5e-3 (1 + 0.3 sin x), spanwise 8e-4 (0.5 + cos(2 pi z))
+    stress = np.zeros((points.size, 3))
+    stress[:, 0] = 2.5e-3 * (1 + 0.3 * np.sin(wall[:, 0]))
+    stress[:, 2] = 8e-4 * (0.5 + np.cos(2 * np.pi * wall[:, 2]))
+    predictions = np.stack([np.einsum("ij,ij->i", stress, points.tangents1),
+                            np.einsum("ij,ij->i", stress, points.tangents2)], axis=1)
+    field = 0
+    usrwrk = np.zeros(2 * mesh.field_offset)
+    scatter_stress(points, predictions, usrwrk, mesh.field_offset, field)
+    rows, traction = applied_tractions(mesh, usrwrk, field)
+    weights = mesh.surface_weights[rows]
+    for side in (-1.0, 1.0):
+        on = np.sign(wall[:, 1]) == side
+        area = weights[on].sum()
+        np.testing.assert_allclose(area, 2.0 * 1.0, rtol=1e-12)  # lx * lz
+        applied = -(weights[on, None] * traction[on]).sum(axis=0) / area
+        predicted = (weights[on, None] * stress[on]).sum(axis=0) / area
+        np.testing.assert_allclose(applied, predicted, rtol=1e-12, atol=1e-18)
+        assert applied[0] > 2e-3 and applied[2] > 3e-4  # both parts are there
+        np.testing.assert_allclose(applied[1], 0.0, atol=1e-18)  # nothing along the normal
 
 
 def test_construction_errors(mesh):

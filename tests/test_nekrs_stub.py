@@ -11,7 +11,10 @@ NekRS's face tangents: t1 = +x on the bottom wall, -x on the top wall, t2 = +z o
     U0 = (a (1 - y^2) + e z,  c x,  b (1 - y^2) + g y),
 so that the inputs at the sample points and the wall shear stress are known exactly here.
 The wall-model BC function (udf/nekrs/wall_model.okl) is compiled as C++ (25.x and 24.x
-bcData) and compared with nekrs_ml::wall_model_traction. Needs cmake, mpicxx and mpiexec."""
+bcData) and compared with nekrs_ml::wall_model_traction; the stand-in NekRS also runs it on its
+wall faces after the last step (as the next step's boundary kernel would), so that the traction
+the BC applies is checked against the predicted stress vector end to end. Needs cmake, mpicxx
+and mpiexec."""
 
 from __future__ import annotations
 
@@ -185,28 +188,44 @@ class StubRun:
         assert self.returncode == 0, self.output[-6000:]
 
     def wall_nodes(self, wall_ranks=None):
-        """(wall, x, z, usrwrk field 0) of the volume nodes on the walls of `wall_ranks` (all)."""
+        """(wall, x, z, usrwrk fields 0 and 1 [n, 2]) of the volume nodes on the walls of
+        `wall_ranks` (all)."""
         rows = []
-        for result in self.ranks:
-            if wall_ranks is not None and result["rank"] not in wall_ranks:
-                continue
-            y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
-            x, z = np.array(result["x"]), np.array(result["z"])
+        for result in self.selected(wall_ranks):
+            y, x, z = (np.array(result[c]) for c in "yxz")
+            usrwrk = np.stack([result["usrwrk0"], result["usrwrk1"]], axis=1)
             for wall, wall_y in WALL_Y.items():
                 on = np.abs(y - wall_y) < 1e-12
                 rows.append((wall, x[on], z[on], usrwrk[on]))
         return rows
 
     def off_wall_usrwrk(self, wall_ranks=None) -> np.ndarray:
-        """usrwrk field 0 of the volume nodes that are not wall nodes."""
+        """usrwrk fields 0 and 1 of the volume nodes that are not wall nodes."""
         values = []
         for result in self.ranks:
-            y, usrwrk = np.array(result["y"]), np.array(result["usrwrk0"])
+            y = np.array(result["y"])
+            usrwrk = np.stack([result["usrwrk0"], result["usrwrk1"]], axis=1)
             if wall_ranks is not None and result["rank"] not in wall_ranks:
                 values.append(usrwrk)
             else:
                 values.append(usrwrk[np.abs(np.abs(y) - 1) > 1e-12])
         return np.concatenate(values)
+
+    def wall_bc(self, wall_ranks=None):
+        """(wall, x, z, traction [n, 3], surface weight) of the wall face nodes of
+        `wall_ranks` (all), as the stand-in's boundary kernel applied the BC after the last
+        step."""
+        rows = []
+        for result in self.selected(wall_ranks):
+            bc = {k: np.array(v) for k, v in result["wall_bc"].items()}
+            traction = np.stack([bc["tx"], bc["ty"], bc["tz"]], axis=1)
+            for wall, wall_y in WALL_Y.items():
+                on = np.abs(bc["y"] - wall_y) < 1e-12
+                rows.append((wall, bc["x"][on], bc["z"][on], traction[on], bc["weight"][on]))
+        return rows
+
+    def selected(self, wall_ranks=None) -> List[dict]:
+        return [r for r in self.ranks if wall_ranks is None or r["rank"] in wall_ranks]
 
 
 def write_par(path: Path, settings: Dict[str, object]) -> Path:
@@ -320,9 +339,14 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
                                             "NEKRS_ML_USRWRK_FIELD": "0"}
         assert any((Path(p) / "nekrs_ml" / "nekrs" / "wall_model.okl").is_file()
                    for p in result["okl_include_paths"])
-        # the BC field exists in every workflow and holds zeros when nothing is predicted
-        assert result["usrwrk_size"] >= result["field_offset"] > result["nlocal"]
-        assert np.all(np.array(result["usrwrk0"]) == 0)
+        # the BC fields exist in every workflow and hold zeros when nothing is predicted: the
+        # BC applies no traction
+        assert result["usrwrk_size"] >= 2 * result["field_offset"]
+        assert result["field_offset"] > result["nlocal"]
+        assert np.all(np.array(result["usrwrk0"]) == 0) and np.all(np.array(result["usrwrk1"]) == 0)
+        assert len(result["wall_bc"]["tx"]) == WALL_POINTS_PER_RANK
+        for c in ("tx", "ty", "tz"):
+            assert np.all(np.array(result["wall_bc"][c]) == 0)
 
     snapshots = read_snapshots(client, ns)
     assert sorted((s.rank, s.step) for s in snapshots) == [
@@ -368,14 +392,15 @@ def test_trainer_stop_request_makes_the_next_step_the_last(stub_build, tcp_serve
 
 # --- inference ------------------------------------------------------------------------------------
 class KnownModel(torch.nn.Module):
-    """Predictions [2 u_t1, u_t2 + u_n]: |tau| at each wall node is known from the field."""
+    """Predictions [2 u_t1, u_t2 + u_n]: the stress vector at each wall node is known from the
+    field, with a spanwise part, and points elsewhere than the wall slip velocity."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([2.0 * x[:, 0], x[:, 1] + x[:, 2]], 1)
 
 
-def known_model_magnitude(inputs: np.ndarray) -> np.ndarray:
-    return np.hypot(2.0 * inputs[:, 0], inputs[:, 1] + inputs[:, 2])
+def known_model_stress(inputs: np.ndarray) -> np.ndarray:
+    return np.stack([2.0 * inputs[:, 0], inputs[:, 1] + inputs[:, 2]], axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -396,29 +421,49 @@ def served(stub_build, tcp_server, tmp_path_factory):
         worker.stop()
 
 
-def expected_bc(run: StubRun, magnitude, wall_ranks=None) -> None:
-    """usrwrk field 0 at every wall node = magnitude(inputs of that node at the last step);
-    zero elsewhere."""
+def expected_bc(run: StubRun, stress, wall_ranks=None) -> None:
+    """usrwrk fields 0 and 1 at every wall node = stress(inputs of that node at the last step)
+    = [tau.t1, tau.t2], zero elsewhere; and the traction the BC function applies at every wall
+    face node is minus that vector, so that on each wall the area-weighted streamwise (and
+    spanwise) traction equals minus the area-weighted predicted stress."""
     t = run.ranks[0]["time"]
     for wall, x, z, usrwrk in run.wall_nodes(wall_ranks):
         assert len(usrwrk) > 0
-        np.testing.assert_allclose(usrwrk, magnitude(expected_inputs(wall, x, z, t)), rtol=1e-5,
-                                   err_msg=f"|tau| on the {wall} wall")
+        np.testing.assert_allclose(usrwrk, stress(expected_inputs(wall, x, z, t)), rtol=1e-5,
+                                   atol=1e-12, err_msg=f"[tau.t1, tau.t2] on the {wall} wall")
     assert np.all(run.off_wall_usrwrk(wall_ranks) == 0)
 
+    for wall, x, z, traction, weight in run.wall_bc(wall_ranks):
+        assert len(weight) > 0 and np.all(weight > 0)
+        t1, t2, _ = FRAMES[wall]
+        predicted = stress(expected_inputs(wall, x, z, t))
+        predicted_xyz = predicted[:, :1] * t1 + predicted[:, 1:] * t2
+        np.testing.assert_allclose(traction, -predicted_xyz, rtol=1e-5, atol=1e-12,
+                                   err_msg=f"traction on the {wall} wall")
+        applied = -(weight[:, None] * traction).sum(axis=0) / weight.sum()
+        expected = (weight[:, None] * predicted_xyz).sum(axis=0) / weight.sum()
+        np.testing.assert_allclose(applied[[0, 2]], expected[[0, 2]], rtol=1e-5,
+                                   err_msg=f"area-weighted streamwise, spanwise stress, {wall}")
+        # both parts are there
+        assert abs(expected[0]) > 0 and abs(expected[2]) > 0.01 * abs(expected[0])
 
-def test_inference_puts_the_predicted_magnitude_into_usrwrk(stub_build, tcp_server, served, client,
-                                                            tmp_path):
+
+def test_inference_puts_the_predicted_vector_into_usrwrk(stub_build, tcp_server, served, client,
+                                                         tmp_path):
     ns, _ = served
     clear_run_keys(client, ns)
     run = run_stub(stub_build, tcp_server, ns, tmp_path, 2,
                    {"workflow": "infer", "modelName": "stub_model", "inferenceInterval": 1}, 3)
     run.assert_ok()
-    expected_bc(run, known_model_magnitude)
+    expected_bc(run, known_model_stress)
 
 
-def reichardt_magnitude(inputs: np.ndarray) -> np.ndarray:
-    return _core.reichardt_wall_shear_stress(np.hypot(inputs[:, 0], inputs[:, 1]), HEIGHT, MU)
+def reichardt_stress(inputs: np.ndarray) -> np.ndarray:
+    """Reichardt's |tau| at the tangential sample velocity, along that velocity."""
+    tangential = inputs[:, :2].astype(np.float64)
+    speed = np.hypot(tangential[:, 0], tangential[:, 1])
+    magnitude = _core.reichardt_wall_shear_stress(speed, HEIGHT, MU)
+    return magnitude[:, None] * tangential / speed[:, None]
 
 
 def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, served, client,
@@ -431,7 +476,7 @@ def test_no_published_model_yet_applies_reichardts_law(stub_build, tcp_server, s
                    {"workflow": "train+infer", "modelName": "not_yet_trained", "sampleInterval": 2,
                     "maxSnapshots": 50}, 2)
     run.assert_ok()
-    expected_bc(run, reichardt_magnitude)
+    expected_bc(run, reichardt_stress)
     assert sorted((s.rank, s.step) for s in read_snapshots(client, ns)) == [(0, 2), (1, 2)]
 
 
@@ -447,7 +492,7 @@ def test_rank_without_wall_faces_takes_part_in_every_collective(stub_build, tcp_
                     "maxSnapshots": 50}, 2, ranks_without_walls=[1])
     run.assert_ok()
     assert [r["last_step"] for r in run.ranks] == [2, 2]
-    expected_bc(run, known_model_magnitude, wall_ranks=[0])
+    expected_bc(run, known_model_stress, wall_ranks=[0])
     snapshots = read_snapshots(client, ns)
     walled = [s for s in snapshots if s.rank == 0]
     assert [s.step for s in walled] == [2]
@@ -476,7 +521,7 @@ def test_dead_worker_falls_back_to_reichardts_law(stub_build, tcp_server, client
     run = run_stub(stub_build, tcp_server, ns, tmp_path / "run", 2,
                    {"workflow": "infer", "modelName": "stub_model", "inferenceTimeout": 5}, 2)
     run.assert_ok()
-    expected_bc(run, reichardt_magnitude)
+    expected_bc(run, reichardt_stress)
     # every call (steps 0, 1, 2 on 2 ranks) fell back, counted in the run summary
     summary = json.loads(client.get_string(keys.solver_summary(ns)))
     inference = summary["inference"]

@@ -7,13 +7,19 @@
 // The "solve" sets the analytic velocity (1 + t) * U0(x) with
 //   U0 = (a (1 - y^2) + e z,  c x,  b (1 - y^2) + g y),
 // a polynomial of degree 2 per direction, represented exactly by the order-2 elements.
+// After the last step each rank runs the wall-model boundary function on its wall faces as
+// NekRS's boundary kernel would in the next step (boundary_kernel.hpp: wall_model.okl compiled
+// as C++, with the usrwrk field this program is built with, which must be the one
+// UDF_LoadKernels defines).
 // At the end each rank writes <out>/rank<R>.json: steps run, the options, the kernel properties
-// UDF_LoadKernels set, and per volume node its coordinates and usrwrk field 0.
+// UDF_LoadKernels set, per volume node its coordinates and usrwrk fields 0 and 1, and per wall
+// face node the BC's traction in space with its surface weight.
 //
 // Usage, in the case directory:
 //   nekrs_stub_run --setup CASE.par --out DIR [--steps N] [--dt DT] [--viscosity MU]
 //                  [--density RHO] [--field a,c,e,b,g] [--correctors K] [--order N]
 //                  [--option "KEY=VALUE"]... [--no-walls-on-rank R]... [--udf LIBUDF]
+#include "boundary_kernel.hpp"
 #include "nekrs_stub.hpp"
 #include "udf.hpp"
 
@@ -152,31 +158,68 @@ std::string kernel_properties(occa::json& info) {
   return "\"kernel_defines\":" + defines + ",\"okl_include_paths\":" + paths;
 }
 
+// usrwrk field `field` of the volume nodes (NaN where usrwrk is too short).
+std::vector<double> usrwrk_field(const std::vector<dfloat>& work, const mesh_t* mesh, dlong offset,
+                                 int field) {
+  std::vector<double> values(mesh->Nlocal, std::nan(""));
+  for (dlong i = 0; i < mesh->Nlocal; ++i) {
+    const std::size_t at = static_cast<std::size_t>(field) * offset + i;
+    if (at < work.size()) values[i] = work[at];
+  }
+  return values;
+}
+
+// "wall_bc": per wall face node its position, the BC's traction and its surface weight.
+std::string wall_bc(const std::vector<nekrs_stub::WallTraction>& nodes) {
+  std::vector<double> columns[7];
+  for (const auto& node : nodes) {
+    for (int d = 0; d < 3; ++d) {
+      columns[d].push_back(node.position[d]);
+      columns[3 + d].push_back(node.traction[d]);
+    }
+    columns[6].push_back(node.weight);
+  }
+  const char* names[7] = {"x", "y", "z", "tx", "ty", "tz", "weight"};
+  std::string out = "\"wall_bc\":{";
+  for (int c = 0; c < 7; ++c) out += (c ? "," : "") + quoted(names[c]) + ":" + array(columns[c]);
+  return out + "}";
+}
+
 void write_result(const Arguments& args, nrs_t* nrs, int rank, int size, int last_step,
-                  double time, const std::string& kernels) {
+                  double time, const std::string& kernels,
+                  const std::vector<nekrs_stub::WallTraction>& tractions) {
   mesh_t* mesh = nrs->meshV;
   auto [x, y, z] = mesh->xyzHost();
   deviceMemory<dfloat>& usrwrk = nrs->bc->o_usrwrk;
   std::vector<dfloat> work(usrwrk.size());
   if (!work.empty()) usrwrk.copyTo(work);
-  std::vector<double> field0(mesh->Nlocal, std::nan(""));
-  for (dlong i = 0; i < mesh->Nlocal && static_cast<std::size_t>(i) < work.size(); ++i) {
-    field0[i] = work[i];
-  }
+  const dlong offset = nrs->fluid->fieldOffset;
 
   std::ofstream out(args.out + "/rank" + std::to_string(rank) + ".json");
   out << "{\"rank\":" << rank << ",\"size\":" << size << ",\"last_step\":" << last_step
       << ",\"time\":" << number(time) << ",\"number_timesteps\":"
       << quoted(platform->options.getArgs("NUMBER TIMESTEPS"))
       << ",\"end_time\":" << quoted(platform->options.getArgs("END TIME"))
-      << ",\"field_offset\":" << nrs->fluid->fieldOffset << ",\"nlocal\":" << mesh->Nlocal
+      << ",\"field_offset\":" << offset << ",\"nlocal\":" << mesh->Nlocal
       << ",\"usrwrk_size\":" << work.size() << "," << kernels << ",\"x\":"
       << array(std::vector<double>(x.begin(), x.end()))
       << ",\"y\":" << array(std::vector<double>(y.begin(), y.end()))
       << ",\"z\":" << array(std::vector<double>(z.begin(), z.end()))
-      << ",\"usrwrk0\":" << array(field0)
-      << "}\n";
+      << ",\"usrwrk0\":" << array(usrwrk_field(work, mesh, offset, 0))
+      << ",\"usrwrk1\":" << array(usrwrk_field(work, mesh, offset, 1)) << ","
+      << wall_bc(tractions) << "}\n";
   if (!out) throw std::runtime_error("cannot write the result into " + args.out);
+}
+
+// The BC function of this program reads the usrwrk field it was built with: the one the udf
+// must have handed to its kernels.
+void check_kernel_field(occa::json& info) {
+  const std::string built = std::to_string(NEKRS_ML_USRWRK_FIELD);
+  if (!info.has("defines") || !info.at("defines").has("NEKRS_ML_USRWRK_FIELD") ||
+      info.at("defines").at("NEKRS_ML_USRWRK_FIELD").text() != built) {
+    throw std::runtime_error("UDF_LoadKernels did not define NEKRS_ML_USRWRK_FIELD = " + built +
+                             ", the field the stand-in boundary kernel is built with");
+  }
 }
 
 int run(int argc, char** argv) {
@@ -222,6 +265,7 @@ int run(int argc, char** argv) {
   deviceKernelProperties kernelInfo{occa::json()};
   if (udf_load_kernels) udf_load_kernels(kernelInfo);
   const std::string kernels = kernel_properties(kernelInfo);
+  if (udf_load_kernels) check_kernel_field(kernelInfo);
 
   double time = 0.0;
   set_velocity(nrs, args.field, time); // initial condition
@@ -247,7 +291,10 @@ int run(int argc, char** argv) {
     time = timeNew;
     if (tstep > 100000) throw std::runtime_error("no last step after 100000 steps");
   }
-  write_result(args, nrs, rank, size, tstep, time, kernels);
+  // the next step's boundary kernel on this rank's walls (none on a rank without walls)
+  const auto tractions = spec.wall_id > 0 ? nekrs_stub::wall_tractions(nrs, spec.wall_id, time)
+                                          : std::vector<nekrs_stub::WallTraction>{};
+  write_result(args, nrs, rank, size, tstep, time, kernels, tractions);
   if (rank == 0) std::cout << "nekrs_stub: ran to step " << tstep << std::endl;
   return 0;
 }

@@ -144,7 +144,7 @@ py::array wall_shear_stress(const WallPoints& self, const CArray<double>& strain
 }
 
 void scatter(const WallPoints& self, const py::array& predictions, py::array_t<double> usrwrk,
-             std::size_t field_offset, int field) {
+             std::size_t field_offset, int component, int field) {
   const auto n = static_cast<py::ssize_t>(self.size());
   if (predictions.ndim() != 2 || predictions.shape(0) != n || predictions.shape(1) != 2) {
     throw ConfigError("WallPoints.scatter: predictions must have shape [" + std::to_string(n) +
@@ -159,18 +159,18 @@ void scatter(const WallPoints& self, const py::array& predictions, py::array_t<d
   if (predictions.dtype().is(py::dtype::of<float>())) {
     const auto p = CArray<float>::ensure(predictions);
     py::gil_scoped_release release;
-    self.scatter(p.data(), out, size, field_offset, field);
+    self.scatter(p.data(), component, out, size, field_offset, field);
   } else {
     const auto p = CArray<double>::ensure(predictions);
     if (!p) throw ConfigError("WallPoints.scatter: predictions must be float32 or float64");
     py::gil_scoped_release release;
-    self.scatter(p.data(), out, size, field_offset, field);
+    self.scatter(p.data(), component, out, size, field_offset, field);
   }
 }
 
-py::tuple traction(double tau, double slip1, double slip2) {
+py::tuple traction(double tau1, double tau2) {
   double tr1 = 0.0, tr2 = 0.0;
-  wall_model_traction(tau, slip1, slip2, tr1, tr2);
+  wall_model_traction(tau1, tau2, tr1, tr2);
   return py::make_tuple(tr1, tr2);
 }
 
@@ -230,10 +230,12 @@ void bind_wall_points(py::module_& m) {
            "nodes, from a strain-rate volume field [6, field_offset] in NekRS order (S11, S12, "
            "S13, S22, S23, S33); float32 unless out is given")
       .def("scatter", &scatter, py::arg("predictions"), py::arg("usrwrk"),
-           py::arg("field_offset"), py::arg("field") = 0,
-           "Writes |tau| of predictions [n, 2] (averaged over wall points sharing a volume "
-           "node) into usrwrk[field * field_offset + volume index] (float64, in place)");
+           py::arg("field_offset"), py::arg("component"), py::arg("field") = 0,
+           "Writes column `component` (0: tau.t1, 1: tau.t2) of predictions [n, 2] (averaged "
+           "over wall points sharing a volume node) into usrwrk[field * field_offset + volume "
+           "index] (float64, in place)");
 
-  m.def("wall_model_traction", &traction, py::arg("tau"), py::arg("slip1"), py::arg("slip2"),
-        "Traction (tr1, tr2) of the wall-model BC: -|tau| (slip1, slip2) / |slip| (0 without slip)");
+  m.def("wall_model_traction", &traction, py::arg("tau1"), py::arg("tau2"),
+        "Traction (tr1, tr2) of the wall-model BC on the fluid for the stored wall shear stress "
+        "(tau1, tau2) = [tau.t1, tau.t2]: -(tau1, tau2)");
 }

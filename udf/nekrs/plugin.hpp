@@ -14,7 +14,7 @@
 //
 // What the glue does (docs/nekrs.md):
 //  - setup: reads the [NEKRS_ML] section of the case .par with nekrs_ml::Config, reserves the
-//    usrwrk field of the BC, and creates the Coupling with MPI collectives (mpi_collective.hpp)
+//    usrwrk fields of the BC, and creates the Coupling with MPI collectives (mpi_collective.hpp)
 //    and NekRS's wall (wall_fields.hpp: sample-point velocity, resolved wall shear stress, BC);
 //    the connection comes from the launcher's environment;
 //  - execute_step: hands each step to Coupling::step (with NekRS's lastStep); the coupling ends
@@ -42,7 +42,8 @@
 #include <memory>
 #include <string>
 
-// Field of the user work array that holds |tau| for the BC (also passed to the OKL snippet).
+// First of the two fields of the user work array that hold the BC's wall shear stress
+// [tau.t1, tau.t2] (fields F and F + 1; also passed to the OKL snippet; bc.hpp).
 #ifndef NEKRS_ML_USRWRK_FIELD
 #define NEKRS_ML_USRWRK_FIELD 0
 #endif
@@ -82,7 +83,8 @@ public:
       collective_ = std::make_unique<MpiCollective>(comm_);
       coupling_ = std::make_unique<Coupling>(config, *collective_, *fields_);
       if (rank_ == 0) {
-        std::cout << "nekrs_ml: usrwrk field " << NEKRS_ML_USRWRK_FIELD << " (NekRS "
+        std::cout << "nekrs_ml: usrwrk fields " << NEKRS_ML_USRWRK_FIELD << ", "
+                  << NEKRS_ML_USRWRK_FIELD + 1 << " (NekRS "
                   << NEKRS_ML_NEKRS_VERSION << " API)" << std::endl;
       }
     });

@@ -1,5 +1,6 @@
 // NekRS's wall as the coupling sees it (nekrs_ml::WallFields): the sample-point velocity and the
-// resolved wall shear stress from WallSampler, the wall stress into the BC's usrwrk field.
+// resolved wall shear stress from WallSampler, the wall stress vector into the BC's two usrwrk
+// fields (bc.hpp).
 #pragma once
 
 #include "nekrs_ml/nekrs/bc.hpp"

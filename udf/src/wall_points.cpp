@@ -19,17 +19,9 @@ std::string where(std::size_t e, int f) {
 
 } // namespace
 
-void wall_model_traction(double tau_magnitude, double slip1, double slip2, double& tr1,
-                         double& tr2) {
-  const double slip = std::hypot(slip1, slip2);
-  if (!(slip > 1e-300)) { // also NaN-safe: no direction, no traction
-    tr1 = 0.0;
-    tr2 = 0.0;
-    return;
-  }
-  const double scale = -std::fabs(tau_magnitude) / slip;
-  tr1 = scale * slip1;
-  tr2 = scale * slip2;
+void wall_model_traction(double tau1, double tau2, double& tr1, double& tr2) {
+  tr1 = -tau1;
+  tr2 = -tau2;
 }
 
 WallPoints::WallPoints(const WallMeshView& mesh, const std::vector<long long>& wall_ids,
@@ -162,8 +154,12 @@ void WallPoints::wall_shear_stress(const double* strain_rate, std::size_t field_
 }
 
 template <typename T>
-void WallPoints::scatter_impl(const T* predictions, double* usrwrk, std::size_t usrwrk_size,
-                              std::size_t field_offset, int field) const {
+void WallPoints::scatter_impl(const T* predictions, int component, double* usrwrk,
+                              std::size_t usrwrk_size, std::size_t field_offset, int field) const {
+  if (component != 0 && component != 1) {
+    throw ConfigError("WallPoints::scatter: component must be 0 (tau.t1) or 1 (tau.t2), got " +
+                      std::to_string(component));
+  }
   if (field < 0) throw ConfigError("WallPoints::scatter: field must be >= 0");
   const std::size_t base = static_cast<std::size_t>(field) * field_offset;
   if (usrwrk_size < base + field_offset) {
@@ -174,8 +170,7 @@ void WallPoints::scatter_impl(const T* predictions, double* usrwrk, std::size_t 
   }
   std::vector<double> sum(nodes_.size(), 0.0);
   for (std::size_t i = 0; i < size(); ++i) {
-    sum[node_of_point_[i]] += std::hypot(static_cast<double>(predictions[2 * i]),
-                                         static_cast<double>(predictions[2 * i + 1]));
+    sum[node_of_point_[i]] += static_cast<double>(predictions[2 * i + component]);
   }
   for (std::size_t j = 0; j < nodes_.size(); ++j) {
     const auto v = static_cast<std::size_t>(nodes_[j]);
@@ -187,13 +182,13 @@ void WallPoints::scatter_impl(const T* predictions, double* usrwrk, std::size_t 
   }
 }
 
-void WallPoints::scatter(const float* predictions, double* usrwrk, std::size_t usrwrk_size,
-                         std::size_t field_offset, int field) const {
-  scatter_impl(predictions, usrwrk, usrwrk_size, field_offset, field);
+void WallPoints::scatter(const float* predictions, int component, double* usrwrk,
+                         std::size_t usrwrk_size, std::size_t field_offset, int field) const {
+  scatter_impl(predictions, component, usrwrk, usrwrk_size, field_offset, field);
 }
-void WallPoints::scatter(const double* predictions, double* usrwrk, std::size_t usrwrk_size,
-                         std::size_t field_offset, int field) const {
-  scatter_impl(predictions, usrwrk, usrwrk_size, field_offset, field);
+void WallPoints::scatter(const double* predictions, int component, double* usrwrk,
+                         std::size_t usrwrk_size, std::size_t field_offset, int field) const {
+  scatter_impl(predictions, component, usrwrk, usrwrk_size, field_offset, field);
 }
 
 } // namespace nekrs_ml

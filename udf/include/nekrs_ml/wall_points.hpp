@@ -14,8 +14,9 @@
 //  - the wall shear stress tau is the stress the fluid exerts on the wall,
 //    tau = 2 mu S n (minus its normal part) with S the strain rate at the wall node: for a
 //    no-slip wall it points along the near-wall flow; the targets are [tau.t1, tau.t2];
-//  - the traction applied to the fluid by the wall model is -|tau| u_slip / |u_slip|
-//    (wall_model_traction), opposing the tangential slip velocity at the wall node.
+//  - the wall model stores the stress it applies as [tau.t1, tau.t2] per wall node (two usrwrk
+//    fields, scatter) and applies the traction -[tau.t1, tau.t2] to the fluid
+//    (wall_model_traction): the wall holds the fluid back with the stress the fluid exerts on it.
 #pragma once
 
 #include <cstddef>
@@ -45,11 +46,10 @@ struct WallMeshView {
   const double* z = nullptr;
 };
 
-// The traction (tr1, tr2) along (t1, t2) that the wall model applies to the fluid at a wall node:
-// -|tau| * (slip1, slip2) / |slip|, where (slip1, slip2) is the tangential velocity at the wall
-// node in the same frame. Zero when the slip velocity vanishes (|slip| <= tiny).
-void wall_model_traction(double tau_magnitude, double slip1, double slip2, double& tr1,
-                         double& tr2);
+// The traction (tr1, tr2) along (t1, t2) that the wall model applies to the fluid at a wall node
+// whose stored wall shear stress is (tau1, tau2) = [tau.t1, tau.t2] in the same frame:
+// -(tau1, tau2), whatever the velocity at the wall node (the BC function of wall_model.okl).
+void wall_model_traction(double tau1, double tau2, double& tr1, double& tr2);
 
 class WallPoints {
 public:
@@ -96,21 +96,23 @@ public:
   void wall_shear_stress(const double* strain_rate, std::size_t field_offset, double viscosity,
                          double* targets) const;
 
-  // The BC hand-off: writes |tau| of the predictions [size()][2] (averaged over the wall points
-  // that share a volume node) to usrwrk[field * field_offset + volume index] of each wall node.
-  // Other entries of usrwrk are left as they are. usrwrk must hold at least
-  // (field + 1) * field_offset values and field_offset must exceed every volume index
-  // (ConfigError otherwise).
-  void scatter(const float* predictions, double* usrwrk, std::size_t usrwrk_size,
+  // The BC hand-off of one component: writes component `component` (0: tau.t1, 1: tau.t2) of
+  // the predictions [size()][2] to usrwrk[field * field_offset + volume index] of each wall
+  // node, averaged over the wall points that share the volume node (each in its own face's
+  // frame: exact where those faces share the tangents, an approximation at a wall edge whose
+  // faces do not). Other entries of usrwrk are left as they are. component must be 0 or 1,
+  // usrwrk must hold at least (field + 1) * field_offset values and field_offset must exceed
+  // every volume index (ConfigError otherwise).
+  void scatter(const float* predictions, int component, double* usrwrk, std::size_t usrwrk_size,
                std::size_t field_offset, int field) const;
-  void scatter(const double* predictions, double* usrwrk, std::size_t usrwrk_size,
-               std::size_t field_offset, int field) const;
+  void scatter(const double* predictions, int component, double* usrwrk,
+               std::size_t usrwrk_size, std::size_t field_offset, int field) const;
 
 private:
   template <typename T> void frame_impl(const double*, std::size_t, std::size_t, T*) const;
   template <typename T> void shear_impl(const double*, std::size_t, double, T*) const;
   template <typename T>
-  void scatter_impl(const T*, double*, std::size_t, std::size_t, int) const;
+  void scatter_impl(const T*, int, double*, std::size_t, std::size_t, int) const;
 
   double height_;
   std::vector<long long> wall_ids_;
