@@ -16,6 +16,7 @@ in-process users once the package of its graph exists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -54,9 +55,23 @@ def device_kind(device: str) -> str:
     return kind
 
 
+@contextlib.contextmanager
+def quiet_torch():
+    """Silences warnings torch raises about its own internals (not about the user's model),
+    which would otherwise land in every launcher and trainer log."""
+    with warnings.catch_warnings():
+        # inductor imports torch.utils.mkldnn, which still uses TorchScript
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated",
+                                category=DeprecationWarning)
+        # loading a saved program goes through torch's pytree internals
+        warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*", category=FutureWarning)
+        yield
+
+
 def load_program(blob: bytes):
     """The ExportedProgram of a saved torch.export blob."""
-    return _torch().export.load(io.BytesIO(blob))
+    with quiet_torch():
+        return _torch().export.load(io.BytesIO(blob))
 
 
 def program_weights(program) -> Dict[str, "object"]:
@@ -157,11 +172,7 @@ def compile_package(program_blob: bytes, n_in: int, n_out: int, device: str = "c
         program = move_to_device_pass(program, torch.device(device))
     metadata = {f"{METADATA_PREFIX}graph": graph, f"{METADATA_PREFIX}torch": torch_version(),
                 f"{METADATA_PREFIX}n_in": str(int(n_in)), f"{METADATA_PREFIX}n_out": str(int(n_out))}
-    with tempfile.TemporaryDirectory(prefix="nekrs_ml-aoti-") as scratch, \
-            warnings.catch_warnings():
-        # inductor imports torch.utils.mkldnn, which still uses TorchScript: torch's warning
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*deprecated",
-                                category=DeprecationWarning)
+    with tempfile.TemporaryDirectory(prefix="nekrs_ml-aoti-") as scratch, quiet_torch():
         path = os.path.join(scratch, "model.pt2")
         torch._inductor.aoti_compile_and_package(
             program, package_path=path,

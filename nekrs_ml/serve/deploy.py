@@ -62,7 +62,7 @@ def _load_module(path: Path, blob: bytes):
     kind = _archive_kind(blob)
     try:
         if kind == "export":
-            return torch.export.load(io.BytesIO(blob)).module(), "export"
+            return aot.load_program(blob).module(), "export"
         if kind == "torchscript":
             return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
         reason = "not a zip archive of either" if blob[:2] != b"PK" else "an unknown archive"

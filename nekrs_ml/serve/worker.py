@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import codec, keys, registry
+from .. import aot, codec, keys, registry
 from ..client import Client
 from ..errors import KeyNotFoundError, NekrsMLError, TensorFormatError
 from ..inference import (
@@ -114,7 +114,7 @@ def load_module(blob: bytes, meta: dict, device, prefer_export: bool = False,
     if meta.get("format") == "export" or (prefer_export and export_blob is not None):
         from torch.export.passes import move_to_device_pass
 
-        program = torch.export.load(io.BytesIO(export_blob if export_blob is not None else blob))
+        program = aot.load_program(export_blob if export_blob is not None else blob)
         # an exported program is moved by rewriting its graph (module().to() keeps the
         # devices recorded in the graph)
         return move_to_device_pass(program, device).module()
