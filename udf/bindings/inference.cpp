@@ -31,6 +31,26 @@ TensorHeader header_of(const py::array& array, const char* what) {
   return TensorHeader{dtype_from_name(std::string(py::str(array.dtype()))), std::move(shape)};
 }
 
+// One call of an inference backend from `inputs` into `out` (numpy arrays used in place, the
+// GIL released); returns {'version', 'seconds', 'shape'}.
+py::dict run_on_arrays(PyClient& client, InferenceBackend& backend, const std::string& model,
+                       const py::array& inputs, py::array out) {
+  const TensorHeader in = header_of(inputs, "inputs");
+  header_of(out, "out");
+  if (!out.writeable()) throw ConfigError("out " + describe(out) + " is not writeable");
+  const void* in_data = inputs.data();
+  void* out_data = out.mutable_data();
+  const auto capacity = static_cast<std::size_t>(out.nbytes());
+  const InferenceResult result = client.call([&](Client&) {
+    return backend.run(model, in, in_data, out_data, capacity);
+  });
+  py::dict reply;
+  reply["version"] = result.version;
+  reply["seconds"] = result.seconds;
+  reply["shape"] = py::tuple(py::cast(result.header.shape));
+  return reply;
+}
+
 // An InferenceClient together with the client it talks through (kept alive by keep_alive).
 class PyInference {
 public:
@@ -41,20 +61,7 @@ public:
 
   // Predictions into `out` (C-contiguous, writeable, large enough); returns the model version.
   py::dict run(const std::string& model, const py::array& inputs, py::array out) {
-    const TensorHeader in = header_of(inputs, "inputs");
-    header_of(out, "out");
-    if (!out.writeable()) throw ConfigError("out " + describe(out) + " is not writeable");
-    const void* in_data = inputs.data();
-    void* out_data = out.mutable_data();
-    const auto capacity = static_cast<std::size_t>(out.nbytes());
-    const InferenceResult result = client_.call([&](Client&) {
-      return inference_->run(model, in, in_data, out_data, capacity);
-    });
-    py::dict reply;
-    reply["version"] = result.version;
-    reply["seconds"] = result.seconds;
-    reply["shape"] = py::tuple(py::cast(result.header.shape));
-    return reply;
+    return run_on_arrays(client_, *inference_, model, inputs, std::move(out));
   }
 
   bool worker_alive() {
@@ -89,20 +96,7 @@ public:
         })) {}
 
   py::dict run(const std::string& model, const py::array& inputs, py::array out) {
-    const TensorHeader in = header_of(inputs, "inputs");
-    header_of(out, "out");
-    if (!out.writeable()) throw ConfigError("out " + describe(out) + " is not writeable");
-    const void* in_data = inputs.data();
-    void* out_data = out.mutable_data();
-    const auto capacity = static_cast<std::size_t>(out.nbytes());
-    const InferenceResult result = client_.call([&](Client&) {
-      return backend_->run(model, in, in_data, out_data, capacity);
-    });
-    py::dict reply;
-    reply["version"] = result.version;
-    reply["seconds"] = result.seconds;
-    reply["shape"] = py::tuple(py::cast(result.header.shape));
-    return reply;
+    return run_on_arrays(client_, *backend_, model, inputs, std::move(out));
   }
 
   std::uint64_t refresh(const std::string& model) {
