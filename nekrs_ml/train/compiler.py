@@ -48,11 +48,12 @@ class BackgroundCompiler:
             pending, self.pending = self.pending, None
             self._start(*pending)
 
-    def close(self, wait: float) -> None:
+    def close(self, wait: float, stopping: Callable[[], bool] = lambda: False) -> None:
         """Lets the running (and pending) compilation finish for up to ``wait`` seconds, so the
-        final model reaches in-process users, then stops whatever is left."""
+        final model reaches in-process users, then stops whatever is left; a signal to the
+        trainer (``stopping``) ends the wait at once."""
         deadline = time.monotonic() + max(0.0, wait)
-        while self.process is not None and time.monotonic() < deadline:
+        while self.process is not None and time.monotonic() < deadline and not stopping():
             self.poll()
             time.sleep(0.1)
         if self.process is not None:

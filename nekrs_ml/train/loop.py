@@ -136,7 +136,7 @@ class Trainer:
     def finish(self, state: str, reason: str) -> None:
         self.publish_best()
         if self.compiler is not None:
-            self.compiler.close(wait=COMPILE_WAIT_AT_END)
+            self.compiler.close(wait=COMPILE_WAIT_AT_END, stopping=lambda: self.stop.received)
         if self.world.rank == 0:
             self.save_checkpoint()
             self.save_trained_model(state, reason)
