@@ -148,13 +148,6 @@ def load_export(client: Client, ns: str, name: str, version: int) -> bytes:
     return blob
 
 
-def attach_export(client: Client, ns: str, name: str, version: int, export_blob: bytes) -> None:
-    """Adds the torch.export form to an already published version."""
-    blob, meta = load(client, ns, name, version)
-    client.set_string(keys.model_export(ns, name, version), export_blob)
-    client.set_string(keys.model_meta(ns, name, version), json.dumps(dict(meta, export=True)))
-
-
 def rollback(client: Client, ns: str, name: str, version: Optional[int] = None) -> int:
     """Makes ``version`` (default: the newest stored version below the current one) the current
     version of ``name``; workers switch to it between batches. Returns that version."""

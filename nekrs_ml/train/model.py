@@ -59,12 +59,6 @@ def program_bytes(program) -> bytes:
     return buffer.getvalue()
 
 
-def export_program_bytes(mlp: nn.Module, input_mean, input_std, target_mean, target_std) -> bytes:
-    """A deployable model as a saved torch.export program."""
-    return program_bytes(export_program(deployable(mlp, input_mean, input_std, target_mean,
-                                                   target_std)))
-
-
 class Exporter:
     """Exports the wall model once per architecture (seconds) and afterwards only swaps each new
     version's weights into that program (milliseconds), so publishing does not stall training."""
