@@ -125,14 +125,20 @@ def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir
 
 
 class Progress:
-    """One status line, redrawn in place on a terminal, printed every few seconds otherwise
-    (a log file gets one line per interval, not carriage returns)."""
+    """One status line, redrawn in place on a terminal; otherwise printed at most every
+    PRINT_EVERY seconds when it changed, and every QUIET_EVERY seconds when it did not (a log
+    file gets lines that say something, not carriage returns or a page of repeats while the
+    solver builds)."""
+
+    PRINT_EVERY = 5.0
+    QUIET_EVERY = 60.0
 
     def __init__(self, total_steps: Optional[int], end_time: Optional[float] = None):
         self.total = total_steps
         self.end_time = end_time
         self.tty = sys.stdout.isatty()
         self.last_print = 0.0
+        self.last_text = ""
 
     def show(self, step: int, sim_time: Optional[float], snapshots: int, status: Dict) -> None:
         width = 30
@@ -152,9 +158,11 @@ class Progress:
                 f"model v{status.get('model_version') or '-'}  {status.get('state', 'waiting')}")
         if self.tty:
             print("\r" + text.ljust(120), end="", flush=True)
-        elif time.monotonic() - self.last_print > 5:
+            return
+        since = time.monotonic() - self.last_print
+        if since > (self.PRINT_EVERY if text != self.last_text else self.QUIET_EVERY):
             print(text, flush=True)
-            self.last_print = time.monotonic()
+            self.last_print, self.last_text = time.monotonic(), text
 
     def done(self) -> None:
         if self.tty:
