@@ -247,10 +247,16 @@ def test_a_new_graph_loads_its_own_package(fresh):
 
 
 def test_missing_packages_and_libraries_are_named_with_the_fix(fresh, tcp_server):
-    fresh.publish(wall_model(30), plant_package=False)
+    model = wall_model(30)
+    fresh.publish(model, plant_package=False)
     native, backend = fresh.backend()
     out = np.empty((10, 2), np.float32)
     with pytest.raises(PackageMissingError, match="nekrs-ml compile --model m"):
+        backend.run("m", inputs(10), out)
+    graph = aot.graph_id(Exporter().program_for(model), 3, 2)
+    fresh.plant(graph, b"PK\x03\x04 planted, not a package")  # tried again: refused
+    time.sleep(0.02)
+    with pytest.raises(ModelError, match="not an AOTInductor package"):
         backend.run("m", inputs(10), out)
     with pytest.raises(ConfigError, match=r"cannot load /nonexistent/libnekrsml_torch.so .*"
                                           r"inferenceBackend = worker"):

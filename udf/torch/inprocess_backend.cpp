@@ -92,6 +92,14 @@ private:
   std::string directory_, path_;
 };
 
+// The message of a torch error without its C++ backtrace (torch's own exceptions carry one).
+std::string reason(const std::exception& error) {
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&error)) {
+    return torch_error->what_without_backtrace();
+  }
+  return error.what();
+}
+
 std::string lookup(const std::unordered_map<std::string, std::string>& metadata,
                    const std::string& key) {
   const auto found = metadata.find(key);
@@ -170,9 +178,9 @@ private:
     std::vector<at::Tensor> answer;
     try {
       answer = loaded.loader->run({x}, stream);
-    } catch (const c10::Error& error) {
+    } catch (const std::exception& error) {
       throw ModelError(model + " v" + std::to_string(loaded.version) + " failed: " +
-                       error.what_without_backtrace());
+                       reason(error));
     }
     if (answer.size() != 1 || answer[0].dim() != 2 || answer[0].size(0) != rows ||
         answer[0].size(1) != loaded.n_out || answer[0].scalar_type() != at::kFloat) {
@@ -272,9 +280,9 @@ private:
     std::unordered_map<std::string, std::string> metadata;
     try {
       metadata = Loader::load_metadata_from_package(file.path(), "model");
-    } catch (const c10::Error& error) {
+    } catch (const std::exception& error) {
       throw ModelError(name + ": its package is not an AOTInductor package (" +
-                       error.what_without_backtrace() + ")");
+                       reason(error) + ")");
     }
     const std::pair<std::string, std::string> expected[] = {
         {"nekrs_ml.torch", torch_release()},
@@ -293,9 +301,9 @@ private:
     try {
       const c10::DeviceIndex index = device_.is_cuda() && device_.has_index() ? device_.index() : -1;
       return std::make_unique<Loader>(file.path(), "model", false, 1, index);
-    } catch (const c10::Error& error) {
+    } catch (const std::exception& error) {
       throw ModelError(name + ": its package cannot be loaded (" +
-                       error.what_without_backtrace() + ")");
+                       reason(error) + ")");
     }
   }
 
@@ -305,9 +313,9 @@ private:
                                 bool use_inactive, const std::string& version) {
     try {
       loader.load_constants(constants, use_inactive, /*check_full_update=*/true);
-    } catch (const c10::Error& error) {
+    } catch (const std::exception& error) {
       throw ModelError(version + ": its weights do not fit its package (" +
-                       error.what_without_backtrace() + ")");
+                       reason(error) + ")");
     }
   }
 
