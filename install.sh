@@ -55,8 +55,10 @@ extras=train
 echo "== pip install .[$extras]"
 "$python" -m pip install -q --upgrade pip
 # torch is pinned: an open range would pull a multi-GB CUDA build.
-"$python" -m pip install -q "torch==2.13.0"
-"$python" -m pip install -q ".[$extras]"
+"$python" -m pip install -q "torch==2.13.0" "scikit-build-core>=0.10" "pybind11>=2.12"
+# Built against the torch installed here, without build isolation, so that CMake finds it and
+# builds libnekrsml_torch (in-process inference, inferenceBackend = inprocess).
+"$python" -m pip install -q --no-build-isolation ".[$extras]"
 
 # Run from outside the source tree so the installed package (with its compiled core) is used.
 case "$action" in
