@@ -20,7 +20,7 @@ esac
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 system_packages=(redis-server redis-tools libhiredis-dev openmpi-bin libopenmpi-dev
-                 cmake g++ make pkg-config python3-dev python3-venv python3-pip)
+                 cmake g++ gfortran make pkg-config python3-dev python3-venv python3-pip)
 if command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${system_packages[@]}"; do

@@ -27,6 +27,9 @@ def _config(parser: argparse.ArgumentParser):
     group.add_argument("--cmake-dir", action="store_true",
                        help="directory for find_package(nekrs_ml) (nekrs_ml_DIR)")
     group.add_argument("--udf-cmake", action="store_true", help="path of the case helper udf.cmake")
+    group.add_argument("--fortran-module", action="store_true",
+                       help="path of the Fortran module source nekrs_ml.f90 (compile it with the "
+                            "program; the C API it wraps is nekrs_ml.h under --includes)")
     group.add_argument("--udf-env", action="store_true",
                        help="`export` lines of NEKRS_ML_UDF_CMAKE and NEKRS_ML_CMAKE_DIR for a "
                             "NekRS case build")
@@ -38,6 +41,8 @@ def _config(parser: argparse.ArgumentParser):
             print(f"-I{base / 'include'}")
         elif args.libs:
             print(f"-L{lib} -lnekrsml -Wl,-rpath,{lib}")
+        elif args.fortran_module:
+            print(base / "include" / "nekrs_ml.f90")
         elif args.cmake_dir:
             print(lib / "cmake" / "nekrs_ml")
         elif args.udf_env:
