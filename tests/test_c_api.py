@@ -64,6 +64,16 @@ def connected(api, server):
         python.close()
 
 
+def deploy_mlp(python, ns: str, seed: int, tmp_path):
+    """A 3 -> 64 -> 64 -> 2 model deployed as "m" (torch.export program); returns the module."""
+    model = mlp(seed).eval()
+    program = torch.export.export(model, (torch.zeros(4, 3),),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    deploy(python, ns, "m", tmp_path / "m.pt2")
+    return model
+
+
 def error(ffi, lib) -> str:
     return ffi.string(lib.nkml_last_error()).decode()
 
@@ -153,11 +163,7 @@ def test_training_stream_and_control_flags(connected):
 
 def test_inference_through_a_model_worker(connected, server, tmp_path):
     ffi, lib, client, python, ns = connected
-    model = mlp(7)
-    program = torch.export.export(model.eval(), (torch.zeros(4, 3),),
-                                  dynamic_shapes=({0: torch.export.Dim("points")},))
-    torch.export.save(program, str(tmp_path / "m.pt2"))
-    deploy(python, ns, "m", tmp_path / "m.pt2")
+    model = deploy_mlp(python, ns, 7, tmp_path)
     worker = Worker(server, ns)
     try:
         inference = ffi.new("nkml_inference**")
@@ -239,11 +245,7 @@ def test_fortran_program_streams_and_infers(server, tmp_path):
                             *libs], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr
     python = Client(**server.client_args())
-    model = mlp(8)
-    program = torch.export.export(model.eval(), (torch.zeros(4, 3),),
-                                  dynamic_shapes=({0: torch.export.Dim("points")},))
-    torch.export.save(program, str(tmp_path / "m.pt2"))
-    deploy(python, ns, "m", tmp_path / "m.pt2")
+    model = deploy_mlp(python, ns, 8, tmp_path)
     worker = Worker(server, ns)
     try:
         env = {**os.environ, **server.info["env"], "TEST_NAMESPACE": ns}
