@@ -222,10 +222,13 @@ def ensure_package(client: Client, ns: str, name: str, version: Optional[int] = 
     return weights.graph, True
 
 
-def packages(client: Client, ns: str, name: str) -> List[str]:
-    """The stored package keys of model ``name``."""
-    pattern = keys.model_package(ns, name, "*", "*", "*")
-    return sorted(k.decode() if isinstance(k, bytes) else k
-                  for k in client.redis.scan_iter(match=pattern.replace("{", "\\{").replace("}", "\\}"),
-                                                  count=1000))
-
+def packages(client: Client, ns: str, name: str) -> List[Dict[str, str]]:
+    """The stored packages of model ``name``: [{"graph", "device", "torch"}], sorted."""
+    prefix = keys.model_package(ns, name, "", "", "")[:-2]  # "...:package:"
+    pattern = registry.glob_escape(prefix) + "*"
+    found = []
+    for key in client.redis.scan_iter(match=pattern, count=1000):
+        text = key.decode() if isinstance(key, bytes) else key
+        graph, device, release = text[len(prefix):].split(":", 2)
+        found.append({"graph": graph, "device": device, "torch": release})
+    return sorted(found, key=lambda p: (p["graph"], p["device"], p["torch"]))

@@ -171,7 +171,7 @@ def rollback(client: Client, ns: str, name: str, version: Optional[int] = None) 
 def versions(client: Client, ns: str, name: str) -> List[int]:
     """The stored versions of ``name``, ascending (found by SCAN, so deleted ones are gone)."""
     prefix = keys.model_blob(ns, name, 0)[:-1]  # "...:v"
-    pattern = _glob_escape(prefix) + "[0-9]*"
+    pattern = glob_escape(prefix) + "[0-9]*"
     found = set()
     for key in client.redis.scan_iter(match=pattern, count=1000):
         suffix = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
@@ -188,7 +188,8 @@ def models(client: Client, ns: str) -> Dict[str, Optional[int]]:
     return {name: latest_version(client, ns, name) for name in decoded}
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 

@@ -54,6 +54,8 @@ def package_of_graph_a(tcp_server, tmp_path_factory):
         assert compiled and graph == aot.graph_id(program, 3, 2)
         package = client.get_string(keys.model_package(ns, "m", graph, "cpu", aot.torch_version()))
         assert aot.ensure_package(client, ns, "m") == (graph, False)  # compiled once per graph
+        assert aot.packages(client, ns, "m") == [
+            {"graph": graph, "device": "cpu", "torch": aot.torch_version()}]
     return model, blob, weights, package
 
 

@@ -31,7 +31,7 @@ def _models(parser: argparse.ArgumentParser):
     add_namespace_option(parser)
 
     def run(args) -> int:
-        from .. import registry
+        from .. import aot, registry
         from ..client import Client
 
         ns = environment.resolve_namespace(args.namespace)
@@ -50,8 +50,8 @@ def _models(parser: argparse.ArgumentParser):
             blob, meta = registry.load(client, ns, args.name, args.version)
             if args.output:
                 Path(args.output).write_bytes(blob)
-            print(json.dumps(dict(meta, versions=registry.versions(client, ns, args.name)),
-                             indent=2))
+            print(json.dumps(dict(meta, versions=registry.versions(client, ns, args.name),
+                                  packages=aot.packages(client, ns, args.name)), indent=2))
         return 0
     return run
 
