@@ -287,6 +287,19 @@ def test_report_names_the_sampling_window(run_dir):
     assert no_servers_left(run_dir)
 
 
+def test_a_run_that_ends_before_its_sampling_window_says_so(run_dir):
+    case = write_case(run_dir, {"NEKRS_ML": {"sampleStart": 1000},
+                                "REPRODUCER": {"steps": 100, "stepCost": 0.005}})
+    code, out = finish(start_run(case, run_dir), timeout=240)
+    data = report(run_dir)
+    assert code != 0 and data["status"] == "trainer", out[-3000:]
+    assert data["snapshots"]["written"] == 0 and data["snapshots"]["window"]["first_step"] is None
+    error = data["trainer_last"]["error"]  # the trainer's own message (its status)
+    assert "received no training data" in error
+    assert "sampling window (sampleStart, sampleStartTime)" in error
+    assert no_servers_left(run_dir)
+
+
 NEKRS_ML_SECTION = "[NEKRS_ML]\nworkflow = train\n"
 
 

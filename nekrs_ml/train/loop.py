@@ -187,7 +187,8 @@ class Trainer:
                     "(split round-robin), so use trainerRanks <= solverRanks")
         else:
             hint = (f"check that the solver streams samples (workflow = train or train+infer) "
-                    f"into namespace {self.ns!r}")
+                    f"into namespace {self.ns!r} and that the run reaches its sampling window "
+                    "(sampleStart, sampleStartTime)")
         if any(signalled for _, _, signalled in ranks):
             return "signalled", ""
         if any(done for _, done, _ in ranks):
