@@ -166,6 +166,37 @@ def test_snapshots_every_sample_interval_with_3_inputs_and_2_targets(coupled):
     np.testing.assert_array_equal(held_out, sent[20][1])
 
 
+@pytest.mark.parametrize("window, first", [({"sampleStart": 12}, 15),
+                                            ({"sampleStartTime": 0.0175}, 20),
+                                            ({"sampleStart": 12, "sampleStartTime": 0.0175}, 20)])
+def test_snapshots_before_the_sampling_window_are_never_streamed(coupled, window, first):
+    """sampleStart (a step) and sampleStartTime (the solver's time, here step * 1e-3): only the
+    multiples of sampleInterval inside the window are streamed, and the summary says which."""
+    coupling, field = coupled("train", sampleInterval=5, **window)
+    drive(coupling, field, 30, last=30)
+    assert coupling.finished
+    expected = list(range(first, 31, 5))
+    assert [step for _, step in make_index(coupled)] == expected
+    summary = summary_of(coupled, coupling)
+    assert summary["snapshots_written"] == len(expected)
+    sampled = summary["sample_window"]
+    assert (sampled["first_step"], sampled["last_step"]) == (first, 30)
+    assert sampled["first_time"] == pytest.approx(first * 1e-3)
+    assert sampled["last_time"] == pytest.approx(0.03)
+    assert sampled["sample_start"] == window.get("sampleStart", 0)
+    assert sampled["sample_start_time"] == window.get("sampleStartTime", 0)
+
+
+def test_a_window_the_run_never_reaches_streams_nothing(coupled):
+    coupling, field = coupled("train", sampleInterval=5, sampleStart=100)
+    drive(coupling, field, 20, last=20)
+    assert make_index(coupled) == []
+    summary = summary_of(coupled, coupling)
+    assert summary["snapshots_written"] == 0
+    assert summary["sample_window"]["first_step"] is None
+    assert summary["sample_window"]["last_step"] is None
+
+
 def make_index(make):
     """(seq, step) of the announced snapshots of rank 0."""
     raw = make.client.list_range(keys.snapshot_index(make.ns, 0))

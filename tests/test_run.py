@@ -266,6 +266,108 @@ def test_a_killed_worker_ends_the_run_cleanly_after_max_inference_failures(run_d
     assert no_servers_left(run_dir)
 
 
+def test_report_names_the_sampling_window(run_dir):
+    """sampleStart = 100 on a 300-step run: the solver streams steps 100..300 only, and
+    report.json says so for the solver (snapshots.window) and the trainer (trainer.data_window)."""
+    case = write_case(run_dir, {"NEKRS_ML": {"sampleStart": 100, "minSnapshots": 10},
+                                "REPRODUCER": {"steps": 300, "stepCost": 0.005}})
+    code, out = finish(start_run(case, run_dir), timeout=240)
+    assert code == 0, out[-3000:]
+    data = report(run_dir)
+    assert data["status"] == "ok"
+    streamed = data["snapshots"]
+    assert streamed["written"] == 2 * len(range(100, 301, 10))  # 2 solver ranks
+    assert (streamed["window"]["first_step"], streamed["window"]["last_step"]) == (100, 300)
+    assert streamed["window"]["sample_start"] == 100
+    trained = data["trainer"]["data_window"]
+    assert trained["first_step"] >= 100 and trained["last_step"] <= 300
+    assert trained["first_time"] == pytest.approx(trained["first_step"] * 1e-3)
+    assert 0 < trained["snapshots"] == data["trainer"]["snapshots"] <= streamed["written"]
+    assert data["trainer_last"]["data_window"] == trained
+    assert no_servers_left(run_dir)
+
+
+def test_a_run_that_ends_before_its_sampling_window_says_so(run_dir):
+    case = write_case(run_dir, {"NEKRS_ML": {"sampleStart": 1000},
+                                "REPRODUCER": {"steps": 100, "stepCost": 0.005}})
+    code, out = finish(start_run(case, run_dir), timeout=240)
+    data = report(run_dir)
+    assert code != 0 and data["status"] == "trainer", out[-3000:]
+    assert data["snapshots"]["written"] == 0 and data["snapshots"]["window"]["first_step"] is None
+    error = data["trainer_last"]["error"]  # the trainer's own message (its status)
+    assert "received no training data" in error
+    assert "sampling window (sampleStart, sampleStartTime)" in error
+    assert no_servers_left(run_dir)
+
+
+NEKRS_ML_SECTION = "[NEKRS_ML]\nworkflow = train\n"
+
+
+@pytest.mark.parametrize("general, message", [
+    ("stopAt = elapsedTime\nelapsedTime = 10",
+     "stopAt = elapsedTime without endTime or numSteps: NekRS 25 then skips time stepping"),
+    ("stopAt = endTime\nnumSteps = 10", "stopAt = endTime but no endTime"),
+    ("stopAt = numSteps\nendTime = 10", "stopAt = numSteps but no numSteps"),
+    ("polynomialOrder = 7", "has no end condition"),
+])
+def test_a_nekrs_case_without_a_usable_end_condition_is_refused(run_dir, general, message):
+    case = Path(run_dir) / "case.par"
+    case.write_text(f"[GENERAL]\n{general}\n\n{NEKRS_ML_SECTION}")
+    code, out = finish(start_nekrs_run(case, run_dir), timeout=60)
+    assert code != 0 and message in out and f"{case}: [GENERAL]" in out, out
+    assert not (Path(run_dir) / "db").exists() and not (Path(run_dir) / "solver.log").exists()
+
+
+@pytest.mark.parametrize("general", ["stopAt = elapsedTime\nelapsedTime = 10\nendTime = 1e9",
+                                     "stopAt = elapsedTime\nelapsedTime = 10\nnumSteps = 100",
+                                     "stopAt = endTime\nendTime = 50", "numSteps = 20"])
+def test_usable_nekrs_end_conditions_pass_the_check(tmp_path, general):
+    from nekrs_ml.launch.nekrs_case import check_end_condition
+
+    case = tmp_path / "case.par"
+    case.write_text(f"[GENERAL]\n{general}\n\n{NEKRS_ML_SECTION}")
+    check_end_condition(case)  # no error
+
+
+def write_cmake_cache(case_dir: Path, built_in: Path) -> Path:
+    """The CMakeCache.txt NekRS's udf build leaves in <case>/.cache/udf, made in `built_in`."""
+    udf = case_dir / ".cache" / "udf"
+    udf.mkdir(parents=True)
+    (udf / "CMakeCache.txt").write_text(
+        f"# For build in directory: {built_in}\nCMAKE_BUILD_TYPE:STRING=Release\n"
+        f"CMAKE_CACHEFILE_DIR:INTERNAL={built_in}\nCMAKE_HOME_DIRECTORY:INTERNAL={built_in}\n")
+    return udf / "CMakeCache.txt"
+
+
+def test_a_nekrs_case_copied_with_its_cache_is_refused(run_dir, tmp_path):
+    case_dir = Path(run_dir) / "copied_case"
+    case_dir.mkdir()
+    case = case_dir / "case.par"
+    case.write_text(f"[GENERAL]\nnumSteps = 20\n\n{NEKRS_ML_SECTION}")
+    stale = write_cmake_cache(case_dir, tmp_path / "original_case" / ".cache" / "udf")
+    code, out = finish(start_nekrs_run(case, run_dir), timeout=60)
+    assert code != 0, out
+    assert f"{stale} was created in {tmp_path / 'original_case'}" in out, out
+    assert f"rm -rf {case_dir / '.cache'}" in out, out
+    assert not (Path(run_dir) / "db").exists() and not (Path(run_dir) / "solver.log").exists()
+
+
+def test_a_nekrs_cache_built_in_place_passes_the_check(tmp_path):
+    from nekrs_ml.launch.nekrs_case import check_cache
+
+    write_cmake_cache(tmp_path, tmp_path / ".cache" / "udf")
+    check_cache(tmp_path)  # no error
+
+
+def start_nekrs_run(case: Path, run_dir: str) -> subprocess.Popen:
+    """`nekrs-ml run --solver nekrs` (refused before NekRS is looked for: no NEKRS_HOME needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "NEKRS_HOME"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nekrs_ml.cli", "run", str(case), "--solver", "nekrs",
+         "--run-dir", run_dir], cwd=run_dir, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
 @pytest.mark.parametrize("general, expected", [
     ("stopAt = numSteps\nnumSteps = 20\ndt = 1e-3", (20, None)),
     ("numSteps = 20", (20, None)),

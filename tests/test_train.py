@@ -259,6 +259,98 @@ def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, tcp_server)
 
 
+def test_no_convergence_nor_stop_request_before_min_snapshots(tcp_server, run_dir):
+    """A setting that converges at once (patience 1, an improvement must be 99 %) still trains
+    until minSnapshots have arrived, only then asks the solver to stop, and names the window."""
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    minimum = 120  # the stand-in streams 10 snapshots a second: ~12 s of data
+    par = write_par(run_dir, stopSolver="true", patience=1, minImprovement=0.99,
+                    minSnapshots=minimum)
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=60.0)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=90)
+    assert code == 0, log_of(run_dir)
+    assert solver.stop_seen and solver.error is None
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "converged", log_of(run_dir)
+    assert status["snapshots"] >= minimum and solver.written >= minimum
+    history = [json.loads(line) for line in
+               Path(run_dir, "trainer_history.jsonl").read_text().splitlines()]
+    epochs = [row for row in history if row["state"] == "training"]
+    # it would have converged at epoch 2 without minSnapshots
+    assert len(epochs) >= 2 and epochs[1]["snapshots"] < minimum, [r["snapshots"] for r in epochs]
+    window = status["data_window"]
+    assert window["snapshots"] == status["snapshots"]
+    # the stand-in announces step = 10 * seq and time = 0.01 * seq on both ranks (its oldest
+    # snapshots may be dropped before the trainer is up): >= minimum / 2 distinct steps consumed
+    assert window["first_step"] % 10 == 0
+    assert window["last_step"] - window["first_step"] >= 10 * (minimum // 2 - 1)
+    for end in ("first", "last"):
+        assert window[f"{end}_time"] == pytest.approx(window[f"{end}_step"] * 1e-3)
+    summary = json.loads(Path(run_dir, "trainer.json").read_text())
+    assert summary["data_window"] == window and summary["snapshots"] == status["snapshots"]
+
+
+class DevelopingFlowSolver(StreamingSolver):
+    """A flow with a transient: the first ``transient`` snapshots of each rank follow a clean
+    law of half the stress (easy to fit), the later ones the Reichardt law with 20 % noise (the
+    developed flow: a higher loss floor). Starts streaming once the trainer is up, so that the
+    trainer sees the transient."""
+
+    def __init__(self, *args, transient: int = 30, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.transient = transient
+
+    def stream(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.client.exists(keys.trainer_status(self.ns)):
+            if time.monotonic() > deadline or self.halted.is_set():
+                raise TimeoutError("the trainer did not report within 60 s")
+            time.sleep(0.1)
+        super().stream()
+
+    def write(self, rank: int, seq: int) -> None:
+        u = self.rng.uniform(*U_RANGE, size=(self.points, 1))
+        if seq < self.transient:
+            tau = 0.5 * wall_shear_stress(u)
+        else:
+            tau = wall_shear_stress(u) * (1.0 + 0.2 * self.rng.standard_normal(u.shape))
+        self.client.put_tensor(keys.snapshot_inputs(self.ns, rank, seq), u.astype(np.float32))
+        self.client.put_tensor(keys.snapshot_targets(self.ns, rank, seq), tau.astype(np.float32))
+        self.client.list_push(keys.snapshot_index(self.ns, rank), f"{seq} {seq * 10} {seq * 0.01}")
+        self.written += 1
+
+
+def test_convergence_is_judged_on_the_developed_flow(tcp_server, run_dir):
+    """The best state of the clean transient has a tiny loss that the noisy developed flow can
+    never beat; compared on the newest held-out data it loses its standing, so the trainer goes
+    on and the model it converges to (and stops the solver with) fits the developed flow."""
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    # a transient of 6 s (the trainer's first epochs fit it alone); 85 snapshots a rank before
+    # convergence may be declared, 25 of them past the transient; a replay buffer of 10
+    # snapshots a rank forgets the transient quickly
+    par = write_par(run_dir, stopSolver="true", patience=20, minImprovement=0.05,
+                    minSnapshots=170, replayBuffer=4000, publishInterval=1000)
+    solver = DevelopingFlowSolver(tcp_server.client_args(), ns, interval=0.1, duration=60.0,
+                                  keep=1000, transient=60)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=120)
+    assert code == 0, log_of(run_dir)
+    assert solver.error is None and solver.stop_seen, log_of(run_dir)
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "converged" and status["data_window"]["first_step"] == 0
+    blob, _ = registry.load(client, ns, "tau_model")
+    model = torch.export.load(io.BytesIO(blob)).module()
+    u = np.linspace(0.61, 1.09, 97)[:, None]
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(u.astype(np.float32))).numpy()
+    relative = np.abs(predicted[:, 0] / wall_shear_stress(u)[:, 0] - 1.0)
+    # the transient's model is 50 % off
+    assert np.median(relative) < 0.1, f"median relative error {np.median(relative):.3%}"
+
+
 # --- the trained model carried to other runs ------------------------------------------------
 def forward(blob: bytes, meta: dict, inputs: np.ndarray) -> np.ndarray:
     """Predictions of a registry version, evaluated as a model worker evaluates it."""

@@ -58,17 +58,10 @@ def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
     """(last step, end time) of a NekRS case from its [GENERAL] section: numSteps, or endTime
     (with a fixed dt also the step). A variable dt (targetCFL=...) leaves only the end time."""
     import math
-    import re
 
-    section, values = "", {}
-    for line in par.read_text().splitlines():
-        line = re.split(r"[#;]", line, maxsplit=1)[0].strip()
-        header = re.fullmatch(r"\[(.+)\]", line)
-        if header:
-            section = header.group(1).strip().lower()
-        elif section == "general" and "=" in line:
-            key, value = (part.strip().lower() for part in line.split("=", 1))
-            values[key] = value
+    from .nekrs_case import read_general
+
+    values = {key: value.lower() for key, value in read_general(par).items()}
 
     def number(key):
         try:
@@ -418,7 +411,8 @@ class Run:
                                  "samples": evaluation["samples"], "data": "held-out snapshot"}
                                 if tested else None),
             "snapshots": ({"written": solver_summary.get("snapshots_written"),
-                           "dropped": solver_summary.get("snapshots_dropped")}
+                           "dropped": solver_summary.get("snapshots_dropped"),
+                           "window": solver_summary.get("sample_window")}
                           if solver_summary else None),
             "inference": (solver_summary or {}).get("inference"),
             "solver_summary": solver_summary,
@@ -446,6 +440,10 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
     par_path = Path(par).absolute()
     if not par_path.exists():
         raise ConfigError(f"case file {par} not found")
+    if solver == "nekrs":  # NekRS reports these late or not at all: refuse before starting
+        from .nekrs_case import check_case
+
+        check_case(par_path)
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
     run_path.mkdir(parents=True, exist_ok=True)
     # --- one live run per directory: refused before anything in it is touched -------------

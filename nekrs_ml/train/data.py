@@ -255,6 +255,39 @@ def moments(vector: np.ndarray, features: int) -> Tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(np.sqrt(var), STD_FLOOR)
 
 
+@dataclass
+class Window:
+    """The solver steps and times of the snapshots taken (training and validation alike)."""
+
+    snapshots: int = 0
+    first_step: Optional[int] = None
+    last_step: Optional[int] = None
+    first_time: Optional[float] = None
+    last_time: Optional[float] = None
+
+    def add(self, step: int, when: float) -> None:
+        self.snapshots += 1
+        if self.first_step is None or step < self.first_step:
+            self.first_step, self.first_time = step, when
+        if self.last_step is None or step > self.last_step:
+            self.last_step, self.last_time = step, when
+
+    def merge(self, other: "Window") -> "Window":
+        """Both windows as one (the snapshots of several ranks, or of a resumed run)."""
+        merged = Window(self.snapshots + other.snapshots, self.first_step, self.last_step,
+                        self.first_time, self.last_time)
+        if other.first_step is not None and (merged.first_step is None
+                                             or other.first_step < merged.first_step):
+            merged.first_step, merged.first_time = other.first_step, other.first_time
+        if other.last_step is not None and (merged.last_step is None
+                                            or other.last_step > merged.last_step):
+            merged.last_step, merged.last_time = other.last_step, other.last_time
+        return merged
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
 class Samples:
     """What one trainer rank holds: training and validation buffers plus the statistics of
     the training rows (the normalisation is fitted on training data only). The buffers are
@@ -265,6 +298,8 @@ class Samples:
         self.validation_capacity = max(1, validation_capacity)
         self.period = period
         self.snapshots = 0  # consumed by this rank, training and validation
+        self.validation_snapshots = 0
+        self.window = Window()
         self.rows = 0
         self.train: Optional[ReplayBuffer] = None
         self.validation: Optional[ReplayBuffer] = None
@@ -291,7 +326,9 @@ class Samples:
                 f"{n_out} targets per sample, earlier ones had {self.dims[0]} / {self.dims[1]}")
         self.snapshots += 1
         self.rows += snapshot.inputs.shape[0]
+        self.window.add(snapshot.step, snapshot.time)
         if is_validation(snapshot.seq, self.period):
+            self.validation_snapshots += 1
             self.validation.add(snapshot.inputs, snapshot.targets)
             return
         self.train.add(snapshot.inputs, snapshot.targets)

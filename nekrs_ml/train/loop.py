@@ -6,6 +6,12 @@ mini-batches from its replay buffer (DistributedDataParallel averages the gradie
 validation loss is summed over the ranks. Rank 0 then decides whether to go on and broadcasts
 its decision, so all ranks stop together. The best state is published to the model registry
 every ``publishInterval`` epochs and at the end.
+
+Convergence is judged on recent data: the validation buffer is a ring that keeps the held-out
+rows of the newest snapshots, and whenever new held-out rows arrive the best state is measured
+again on them. A developing flow (a laminar transient turning turbulent) makes the old best
+worse on the new data, so a model fitted to the transient cannot look converged once the flow
+has moved on; and no convergence (nor stop request) is declared before ``minSnapshots``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import aot, keys, registry
 from ..client import Client
 from . import checkpoints, outputs
-from .data import Samples, SnapshotReader, moments, validation_period
+from .data import Samples, SnapshotReader, Window, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
 from .compiler import BackgroundCompiler
@@ -88,6 +94,7 @@ class Progress:
     new_snapshots: int
     solver_done: bool
     signalled: bool
+    new_validation: int = 0  # held-out snapshots that arrived in this epoch (all ranks)
 
 
 class Trainer:
@@ -122,6 +129,9 @@ class Trainer:
         self.published_epoch: Optional[int] = None
         self.stats_vectors: Tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         self.prior = (np.zeros(2), 0.0, 0.0)  # totals of a resumed run: counts, input, target stats
+        self.prior_window = Window()  # the snapshots of a resumed run
+        self.window = Window()  # steps and times of every snapshot taken, all ranks
+        self.best_model: Optional[Tuple[int, torch.nn.Module]] = None  # (epoch, best weights)
 
     # --- the whole run ----------------------------------------------------------------------
     def run(self) -> int:
@@ -177,7 +187,8 @@ class Trainer:
                     "(split round-robin), so use trainerRanks <= solverRanks")
         else:
             hint = (f"check that the solver streams samples (workflow = train or train+infer) "
-                    f"into namespace {self.ns!r}")
+                    f"into namespace {self.ns!r} and that the run reaches its sampling window "
+                    "(sampleStart, sampleStartTime)")
         if any(signalled for _, _, signalled in ranks):
             return "signalled", ""
         if any(done for _, done, _ in ranks):
@@ -240,6 +251,8 @@ class Trainer:
             scale = norm.on(self.device)
             self.train_loss = self.train_steps(scale)
             self.val_loss = self.validate(scale)
+            if progress.new_validation and self.best is not None and self.val_loss is not None:
+                self.remeasure_best(scale)
             self.track_best(self.val_loss if self.val_loss is not None else self.train_loss, norm)
             self.idle = self.idle + 1 if progress.solver_done and not progress.new_snapshots else 0
             state, reason = self.world.comm.bcast(
@@ -257,11 +270,16 @@ class Trainer:
     def sync_epoch(self) -> Tuple[Progress, Normalisation]:
         """Ingests new data and sums the counts and statistics over the ranks."""
         done = self.client.exists(keys.solver_done(self.ns))
+        comm, samples = self.world.comm, self.samples
+        validation_before = samples.validation_snapshots
         new = self.ingest()
         self.check_skips()
-        comm, samples = self.world.comm, self.samples
-        flags = comm.allreduce(np.array([new, done, self.stop.received], dtype=np.int64),
-                               op=MPI.SUM)
+        new_validation = samples.validation_snapshots - validation_before
+        flags = comm.allreduce(np.array([new, done, self.stop.received, new_validation],
+                                        dtype=np.int64), op=MPI.SUM)
+        self.window = self.prior_window
+        for window in comm.allgather(samples.window):
+            self.window = self.window.merge(window)
         counts = comm.allreduce(np.array([samples.snapshots, samples.rows], dtype=np.float64),
                                 op=MPI.SUM) + self.prior[0]
         self.snapshots, self.samples_seen = int(counts[0]), int(counts[1])
@@ -269,7 +287,7 @@ class Trainer:
         targets = comm.allreduce(samples.target_stats.vector(), op=MPI.SUM) + self.prior[2]
         self.stats_vectors = (inputs, targets)
         norm = Normalisation.from_vectors(inputs, targets, *samples.dims)
-        return Progress(int(flags[0]), bool(flags[1]), bool(flags[2])), norm
+        return Progress(int(flags[0]), bool(flags[1]), bool(flags[2]), int(flags[3])), norm
 
     def batch(self, inputs: np.ndarray, targets: np.ndarray, scale) -> Tuple[torch.Tensor, ...]:
         """Normalised (x, y) on the training device."""
@@ -292,19 +310,42 @@ class Trainer:
         local = float(total) / self.settings.steps_per_epoch
         return self.world.comm.allreduce(local, op=MPI.SUM) / self.world.size
 
-    def validate(self, scale) -> Optional[float]:
-        """MSE in normalised units over the held-out rows of all ranks; None when there are none."""
+    def validate(self, scale, model=None, model_scale=None) -> Optional[float]:
+        """MSE in normalised units (``scale``) over the held-out rows of all ranks; None when
+        there are none. ``model`` (default: the current one) works in ``model_scale`` (default:
+        ``scale``): its predictions are taken back to physical units and normalised with
+        ``scale``, so that models fitted under different statistics compare on the same data."""
+        model = model if model is not None else self.mlp
         inputs, targets = self.samples.validation.contents()
         sse = 0.0
-        self.mlp.eval()
+        model.eval()
         with torch.no_grad():
             for start in range(0, len(inputs), EVAL_CHUNK):
                 chunk = slice(start, start + EVAL_CHUNK)
                 x, y = self.batch(inputs[chunk], targets[chunk], scale)
-                sse += float(torch.sum((self.mlp(x) - y) ** 2))
+                if model_scale is None:
+                    predicted = model(x)
+                else:
+                    x = self.batch(inputs[chunk], targets[chunk], model_scale)[0]
+                    physical = model(x) * model_scale[3] + model_scale[2]
+                    predicted = (physical - scale[2]) / scale[3]
+                sse += float(torch.sum((predicted - y) ** 2))
         total, count = self.world.comm.allreduce(np.array([sse, targets.size], dtype=np.float64),
                                                  op=MPI.SUM)
         return total / count if count else None
+
+    def remeasure_best(self, scale) -> None:
+        """Collective: the best state's loss on the current held-out rows (new data came in),
+        so that the current model is compared with it on the same, recent data."""
+        best = self.best
+        if self.best_model is None or self.best_model[0] != best.epoch:
+            n_in, n_out = self.samples.dims
+            model = build_mlp(n_in, self.settings.hidden_layers, n_out)
+            model.load_state_dict(best.state)
+            self.best_model = (best.epoch, model.to(self.device))
+        loss = self.validate(scale, self.best_model[1], best.norm.on(self.device))
+        if loss is not None and math.isfinite(loss):
+            best.loss = loss
 
     def track_best(self, loss: float, norm: Normalisation) -> None:
         best = self.best
@@ -348,12 +389,17 @@ class Trainer:
         if self.non_finite >= s.patience:
             return "failed", (f"the loss was NaN or infinite for {self.non_finite} epochs in a "
                               "row (patience); lower learningRate or check the data")
-        # a NaN loss is no evidence of convergence
-        if self.stale >= s.patience and not self.non_finite:
+        # a NaN loss is no evidence of convergence, nor is a fit to too few snapshots (the
+        # flow's transient): below minSnapshots training goes on whatever the loss does
+        if (self.stale >= s.patience and not self.non_finite
+                and self.snapshots >= s.min_snapshots):
             return "converged", (f"converged: no validation improvement of minImprovement = "
                                  f"{s.min_improvement:g} for patience = {s.patience} epochs")
         if self.idle >= IDLE_EPOCHS:
-            return "done", f"the solver finished and no new data arrived for {IDLE_EPOCHS} epochs"
+            short = (f" (only {self.snapshots} of minSnapshots = {s.min_snapshots} snapshots: not "
+                     "judged converged)" if self.snapshots < s.min_snapshots else "")
+            return "done", (f"the solver finished and no new data arrived for {IDLE_EPOCHS} "
+                            f"epochs{short}")
         if self.epoch >= s.max_epochs:
             return "done", f"maxEpochs = {s.max_epochs} reached"
         return "training", ""
@@ -414,7 +460,8 @@ class Trainer:
         outputs.write_summary(self.settings.run_dir, dict(
             fields, state=state, reason=reason, best_epoch=best.epoch if best else None,
             best_val_loss=_finite(best.loss) if best else None, epochs=self.epoch,
-            snapshots=self.snapshots, samples_seen=self.samples_seen))
+            snapshots=self.snapshots, samples_seen=self.samples_seen,
+            data_window=self.window.as_dict()))
         if fields["model_file"]:
             self.say(f"wrote {fields['model_file']} (v{self.version}; deployModel accepts it)")
         else:
@@ -436,6 +483,7 @@ class Trainer:
             "model": self.mlp.state_dict(), "optimizer": self.optimizer.state_dict(),
             "input_stats": self.stats_vectors[0], "target_stats": self.stats_vectors[1],
             "counts": np.array([self.snapshots, self.samples_seen], dtype=np.float64),
+            "window": self.window.as_dict(),
             "best": vars(best) | {"norm": vars(best.norm)}, "stale": self.stale,
             "model_version": self.version, "published_epoch": self.published_epoch,
         })
@@ -448,6 +496,7 @@ class Trainer:
         self.mlp.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.prior = (saved["counts"], saved["input_stats"], saved["target_stats"])
+        self.prior_window = Window(**saved.get("window", {}))
         best = dict(saved["best"])
         self.best = Best(**(best | {"norm": Normalisation(**best["norm"])}))
         self.epoch, self.stale = saved["epoch"], saved["stale"]
@@ -462,6 +511,7 @@ class Trainer:
         return {"epoch": self.epoch, "train_loss": _finite(self.train_loss),
                 "val_loss": _finite(self.val_loss), "samples_seen": self.samples_seen,
                 "snapshots": self.snapshots, "model_version": self.version,
+                "data_window": self.window.as_dict(),
                 "skipped": dict(self.skipped), "time": time.time(), "state": state}
 
     def write_status(self, record: dict) -> None:

@@ -25,6 +25,7 @@ class Settings:
     validation_fraction: float
     publish_interval: int
     patience: int
+    min_snapshots: int
     min_improvement: float
     max_epochs: int
     stop_solver: bool
@@ -55,6 +56,7 @@ class Settings:
             validation_fraction=ml["validationFraction"],
             publish_interval=ml["publishInterval"],
             patience=ml["patience"],
+            min_snapshots=ml["minSnapshots"],
             min_improvement=ml["minImprovement"],
             max_epochs=ml["maxEpochs"],
             stop_solver=ml["stopSolver"],

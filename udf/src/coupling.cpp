@@ -107,6 +107,8 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   const char* ns = std::getenv("NEKRS_ML_NAMESPACE");
   options.ns = (ns && *ns) ? ns : config.get_string(section, "namespace");
   options.sample_interval = static_cast<int>(config.get_int(section, "sampleInterval"));
+  options.sample_start = static_cast<long>(config.get_int(section, "sampleStart"));
+  options.sample_start_time = config.get_double(section, "sampleStartTime");
   options.inference_interval = static_cast<int>(config.get_int(section, "inferenceInterval"));
   options.model = config.get_string(section, "modelName");
   options.sample_height = config.get_double(section, "sampleHeight");
@@ -230,7 +232,8 @@ void Coupling::step(long tstep, double time, bool last_step) {
   last_tstep_ = tstep;
   if (!started_) start();
   have_inputs_ = have_targets_ = false;
-  const bool sample = options_.training && tstep > 0 && stream_->due(tstep);
+  const bool sample = options_.training && tstep > 0 && stream_->due(tstep) &&
+                      in_sampling_window(tstep, time);
   const bool infer = options_.inferring && tstep % options_.inference_interval == 0;
   if (sample || infer) {
     fields_.sample_inputs(inputs_.data());
@@ -411,7 +414,23 @@ void Coupling::record_failure(long tstep, InferenceFailure cause, const std::str
 
 // --- training ----------------------------------------------------------------------------------
 
+bool Coupling::in_sampling_window(long tstep, double time) const {
+  return tstep >= options_.sample_start && time >= options_.sample_start_time;
+}
+
 void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
+  if (!window_open_) {
+    window_open_ = true;
+    window_first_step_ = tstep;
+    window_first_time_ = time;
+    if (options_.sample_start > 0 || options_.sample_start_time > 0) {
+      log("step " + std::to_string(tstep) + " (time " + json_number(time) + "): the sampling "
+          "window opens (sampleStart = " + std::to_string(options_.sample_start) +
+          ", sampleStartTime = " + json_number(options_.sample_start_time) + ")");
+    }
+  }
+  window_last_step_ = tstep;
+  window_last_time_ = time;
   fields_.wall_targets(targets_.data());
   have_targets_ = true;
   PutResult result;
@@ -563,6 +582,19 @@ std::string Coupling::finish(long tstep) {
   return summary_;
 }
 
+// The sampling window: as configured, and the steps and times of the snapshots streamed.
+std::string Coupling::window_json() const {
+  const bool any = window_first_step_ >= 0;
+  std::string s = "{\"sample_start\": " + std::to_string(options_.sample_start);
+  s += ", \"sample_start_time\": " + json_number(options_.sample_start_time);
+  s += ", \"sample_interval\": " + std::to_string(options_.sample_interval);
+  s += ", \"first_step\": " + (any ? std::to_string(window_first_step_) : std::string("null"));
+  s += ", \"last_step\": " + (any ? std::to_string(window_last_step_) : std::string("null"));
+  s += ", \"first_time\": " + (any ? json_number(window_first_time_) : std::string("null"));
+  s += ", \"last_time\": " + (any ? json_number(window_last_time_) : std::string("null"));
+  return s + "}";
+}
+
 std::string Coupling::summary_json(const std::vector<double>& totals) const {
   std::size_t at = 8;
   std::string failures = "{";
@@ -596,6 +628,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   s += ", \"snapshots_written\": " + json_number(totals[0]);
   s += ", \"snapshots_dropped\": " + json_number(totals[1]);
   s += ", \"data_digest\": \"" + std::string(hex, hex_end) + "\"";
+  if (options_.training) s += ", \"sample_window\": " + window_json();
   s += ", \"nonfinite_input_steps\": " + json_number(totals[7]);
   if (options_.inferring) {
     std::set<long long> versions;

@@ -3,7 +3,8 @@
 // nekrs_ml._core. The solver supplies two small interfaces — its collective operations and its
 // wall fields — and calls step() once per time step; everything else lives here:
 //
-//  - the cadence: a snapshot every sampleInterval steps (from step sampleInterval on), an
+//  - the cadence: a snapshot every sampleInterval steps (from step sampleInterval on, inside
+//    the sampling window: from step sampleStart and time sampleStartTime on), an
 //    inference call every inferenceInterval steps (from step 0 on), the control keys (progress,
 //    the trainer's stop request) every sampleInterval steps;
 //  - the training stream ([u.t1, u.t2, u.n] -> [tau.t1, tau.t2] snapshots);
@@ -89,6 +90,8 @@ struct CouplingOptions {
   bool training = false, inferring = false;
   bool infer_only = false; // workflow = infer: a model must exist from the start
   int sample_interval = 10;
+  long sample_start = 0;          // sampleStart: first step streamed
+  double sample_start_time = 0.0; // sampleStartTime: first time streamed
   int inference_interval = 1;
   std::string model = "wall_model";
   double sample_height = 0.1;
@@ -170,6 +173,8 @@ public:
   }
   std::uint64_t model_version() const { return version_; }
   long long snapshots_written() const { return stream_ ? stream_->snapshots_written() : 0; }
+  // Whether (tstep, time) lies in the sampling window (sampleStart, sampleStartTime).
+  bool in_sampling_window(long tstep, double time) const;
 
 private:
   void start();
@@ -183,6 +188,7 @@ private:
   void control(long tstep, double time);
   void put_holdout();
   std::string summary_json(const std::vector<double>& totals) const;
+  std::string window_json() const;
   void warn(const std::string& text) const;
   void log(const std::string& text) const;
 
@@ -207,6 +213,10 @@ private:
   std::vector<float> inputs32_, targets32_;
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
+  bool window_open_ = false;     // a snapshot inside the sampling window was taken
+  // [first, last] step and time of the snapshots streamed (the same steps on every rank)
+  long window_first_step_ = -1, window_last_step_ = -1;
+  double window_first_time_ = 0.0, window_last_time_ = 0.0;
 
   // counters of this rank
   long long calls_ = 0, waiting_calls_ = 0, fallbacks_ = 0, predicted_steps_ = 0;
