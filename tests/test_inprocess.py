@@ -260,6 +260,9 @@ def test_missing_packages_and_libraries_are_named_with_the_fix(fresh, tcp_server
     time.sleep(0.02)
     with pytest.raises(ModelError, match="not an AOTInductor package"):
         backend.run("m", inputs(10), out)
+    fresh.client.set_string(keys.model_latest(fresh.ns, "planted"), "garbage")
+    with pytest.raises(ModelError, match="holds 'garbage', not a version number"):
+        backend.run("planted", inputs(10), out)
     with pytest.raises(ConfigError, match=r"cannot load /nonexistent/libnekrsml_torch.so .*"
                                           r"inferenceBackend = worker"):
         _core.InprocessBackend(native, fresh.ns, library="/nonexistent/libnekrsml_torch.so")

@@ -173,22 +173,24 @@ private:
     c10::InferenceMode guard;
     const auto floats = at::TensorOptions().dtype(at::kFloat);
     const auto where = on_device ? floats.device(device_) : floats;
-    at::Tensor x = at::from_blob(const_cast<void*>(inputs), {rows, loaded.n_in}, where);
-    if (!on_device && device_.is_cuda()) x = x.to(device_);
     std::vector<at::Tensor> answer;
-    try {
+    try { // torch's errors (a failing kernel, device memory) become the coupling's model errors
+      at::Tensor x = at::from_blob(const_cast<void*>(inputs), {rows, loaded.n_in}, where);
+      if (!on_device && device_.is_cuda()) x = x.to(device_);
       answer = loaded.loader->run({x}, stream);
+      if (answer.size() != 1 || answer[0].dim() != 2 || answer[0].size(0) != rows ||
+          answer[0].size(1) != loaded.n_out || answer[0].scalar_type() != at::kFloat) {
+        throw TensorFormatError(model + " v" + std::to_string(loaded.version) +
+                                " answered something other than float32[n, n_out]");
+      }
+      at::Tensor target = at::from_blob(outputs, {rows, loaded.n_out}, where);
+      target.copy_(answer[0]);
+    } catch (const Error&) {
+      throw;
     } catch (const std::exception& error) {
       throw ModelError(model + " v" + std::to_string(loaded.version) + " failed: " +
                        reason(error));
     }
-    if (answer.size() != 1 || answer[0].dim() != 2 || answer[0].size(0) != rows ||
-        answer[0].size(1) != loaded.n_out || answer[0].scalar_type() != at::kFloat) {
-      throw TensorFormatError(model + " v" + std::to_string(loaded.version) +
-                              " answered something other than float32[n, n_out]");
-    }
-    at::Tensor target = at::from_blob(outputs, {rows, loaded.n_out}, where);
-    target.copy_(answer[0]);
     InferenceResult result;
     result.header = TensorHeader{DType::float32,
                                  {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(loaded.n_out)}};
@@ -206,7 +208,14 @@ private:
       throw KeyNotFoundError("model " + model + " has no published version in namespace " +
                              options_.ns + " (no " + keys::model_latest(options_.ns, model) + ")");
     }
-    const std::uint64_t version = std::stoull(latest);
+    std::uint64_t version = 0;
+    try {
+      version = std::stoull(latest);
+    } catch (const std::exception&) {
+      if (loaded.loader) return; // a stray value: keep what runs
+      throw ModelError(keys::model_latest(options_.ns, model) + " holds '" + latest.substr(0, 40) +
+                       "', not a version number; publish or roll back the model again");
+    }
     if (version == loaded.version && loaded.loader) return;
     if (version == loaded.refused) {
       if (!loaded.loader) throw ModelError(loaded.refusal);
@@ -217,11 +226,22 @@ private:
     } catch (const PackageMissingError& error) {
       if (!loaded.loader) throw;
       warn_once(loaded, version, error.what()); // compiled later: tried again next time
-    } catch (const Error& error) {
-      loaded.refused = version;
-      loaded.refusal = error.what();
+    } catch (const ConnectionError&) { // the database, not the version: tried again next time
       if (!loaded.loader) throw;
-      warn_once(loaded, version, error.what());
+    } catch (const TimeoutError&) {
+      if (!loaded.loader) throw;
+    } catch (const ServerError&) {
+      if (!loaded.loader) throw;
+    } catch (const std::exception& error) { // the version itself: never tried again
+      const bool ours = dynamic_cast<const Error*>(&error) != nullptr;
+      loaded.refused = version;
+      loaded.refusal = ours ? error.what() : "model " + model + " v" + std::to_string(version) +
+                                                 " cannot be loaded: " + reason(error);
+      if (!loaded.loader) {
+        if (ours) throw;
+        throw ModelError(loaded.refusal);
+      }
+      warn_once(loaded, version, loaded.refusal);
     }
   }
 
