@@ -144,11 +144,13 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
 
 def _backend(client, modules, device):
     """This rank's in-process backend on ``device`` (one per process and device)."""
+    import torch
+
     from .. import _core
 
     key = f"backend@{device}"
     if key not in modules:
-        threads = max(1, __import__("torch").get_num_threads())
+        threads = max(1, torch.get_num_threads())  # the rank's own setting (--rank-threads)
         modules[key] = _core.InprocessBackend(client, NAMESPACE, device=device, threads=threads,
                                               reload_interval=3600.0)
     return modules[key]

@@ -287,24 +287,16 @@ void Coupling::run_inference(long tstep) {
                std::to_string(result.version) + " are " +
                (cause == InferenceFailure::not_finite ? "not finite" : "negative magnitudes");
     }
-  } catch (const PackageMissingError& error) {
-    cause = InferenceFailure::package_missing;
-    detail = error.what();
-    if (!options_.infer_only && version_ == 0) { // compiled beside the trainer: the wall law meanwhile
-      ++waiting_calls_;
-      fallback_stress();
-      apply_stress(tstep);
-      return;
-    }
   } catch (const KeyNotFoundError& error) {
     if (!options_.infer_only && version_ == 0) {
-      // train+infer before the trainer's first version: the wall law, as planned
+      // train+infer before the trainer's first version (or its package): the wall law, as planned
       ++waiting_calls_;
       fallback_stress();
       apply_stress(tstep);
       return;
     }
-    cause = InferenceFailure::unknown_model;
+    cause = dynamic_cast<const PackageMissingError*>(&error) ? InferenceFailure::package_missing
+                                                             : InferenceFailure::unknown_model;
     detail = error.what();
   } catch (const WorkerUnavailableError& error) {
     cause = InferenceFailure::worker_unavailable;
