@@ -78,7 +78,10 @@ class Client:
         self.timeout = float(timeout)
         self._parsed = [Address.parse(a) for a in self.addresses]
         self._fast = None
-        common = dict(password=password or None, socket_timeout=self.timeout,
+        # AUTH default PASSWORD (the two-argument form): a server with a password checks it; a
+        # --smartredis one, which takes clients without a password, accepts it as well
+        common = dict(username="default" if password else None, password=password or None,
+                      socket_timeout=self.timeout,
                       socket_connect_timeout=connect_timeout)
         try:
             if self.cluster:

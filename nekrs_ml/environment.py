@@ -43,15 +43,21 @@ def check_namespace(namespace: str, source: str = "namespace") -> str:
 
 
 def export(mode: str, addresses: List[str], password_file: str, run_dir: str,
-           namespace: str = "nkml") -> Dict[str, str]:
-    """The variables a child process needs, as a dict to merge into its environment."""
-    return {
+           namespace: str = "nkml", smartredis: bool = False) -> Dict[str, str]:
+    """The variables a child process needs, as a dict to merge into its environment; with
+    ``smartredis`` also the two SmartRedis clients read (docs/smartredis.md)."""
+    env = {
         MODE: mode,
         ADDRESSES: ",".join(addresses),
         PASSWORD_FILE: str(password_file),
         RUN_DIR: str(run_dir),
         NAMESPACE: namespace,
     }
+    if smartredis and addresses:
+        first = addresses[0]
+        env["SSDB"] = "unix://" + first[len("unix:"):] if first.startswith("unix:") else first
+        env["SR_DB_TYPE"] = "Clustered" if mode == "cluster" else "Standalone"
+    return env
 
 
 def read_password(path: str) -> str:

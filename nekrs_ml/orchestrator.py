@@ -18,6 +18,11 @@ into redis.conf is checked (a value that could end a line or a quote is refused,
 the servers run with umask 077 so that persistence files are private too. A per-node lock file,
 held by the servers themselves, keeps a second `db start` out of a live run's directory, and each
 server's start time is recorded so that `db stop` never signals a process that reused its pid.
+
+With ``smartredis=True`` every server loads the nkml_ai module (the RedisAI commands SmartRedis
+clients send, docs/smartredis.md). SmartRedis cannot send a password, so such a server takes
+clients without one: it must listen on a Unix socket in the private run directory only, unless
+``smartredis_tcp=True`` says that its TCP port may be reached without a password.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +52,8 @@ CLUSTER_SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000
 STATE_FILE = "state.json"
 PASSWORD_FILE = "password"
+SMARTREDIS_MODULE = "nkml_ai.so"
+SMARTREDIS_EXECUTE_TIMEOUT_MS = 60000  # longest an AI.MODELEXECUTE waits for a worker's answer
 LOCK_FILE = "db.lock"
 MODES = environment.MODES
 SERVER_UMASK = 0o077  # dump/AOF files, sockets and logs of the servers are theirs alone
@@ -75,13 +83,15 @@ class State:
     node: str
     namespace: str
     servers: List[Server] = field(default_factory=list)
+    smartredis: bool = False  # the servers answer RedisAI commands, without a password
 
     @classmethod
     def load(cls, path: Path) -> "State":
         # the pids in it get signalled: only a state file of ours counts
         raw = json.loads(rundir.read_private(path, "state file"))
         return cls(mode=raw["mode"], node=raw["node"], namespace=raw.get("namespace", "nkml"),
-                   servers=[Server(**s) for s in raw["servers"]])
+                   servers=[Server(**s) for s in raw["servers"]],
+                   smartredis=bool(raw.get("smartredis", False)))
 
     def save(self, path: Path) -> None:
         rundir.write_private(path, json.dumps(asdict(self), indent=2))
@@ -95,6 +105,16 @@ def find_redis_server(path: Optional[str] = None) -> str:
             "(Debian: apt-get install redis-server) or pass --redis-server PATH "
             "(any Redis >= 7 or Valkey server binary)")
     return candidate
+
+
+def smartredis_module() -> Path:
+    """The nkml_ai Redis module built with the package (nekrs_ml/lib/nkml_ai.so)."""
+    path = Path(__file__).resolve().parent / "lib" / SMARTREDIS_MODULE
+    if not path.is_file():
+        raise OrchestratorError(
+            f"the RedisAI compatibility module {path} is not installed; rebuild the package "
+            "(pip install --no-build-isolation .) with a C compiler present")
+    return path
 
 
 def pid_alive(pid: int) -> bool:
@@ -217,7 +237,8 @@ class Orchestrator:
     def __init__(self, run_dir, mode: str = "single", transport: str = "tcp", shards: int = 3,
                  bind: str = "127.0.0.1", port: Optional[int] = None, maxmemory: str = "1gb",
                  persistence: bool = False, redis_server: Optional[str] = None,
-                 namespace: str = "nkml", start_timeout: float = 30.0):
+                 namespace: str = "nkml", start_timeout: float = 30.0, smartredis: bool = False,
+                 smartredis_tcp: bool = False):
         if mode not in MODES:
             raise OrchestratorError(f"mode {mode!r} is not valid; use one of {', '.join(MODES)}")
         if transport not in ("tcp", "unix"):
@@ -232,6 +253,13 @@ class Orchestrator:
             raise OrchestratorError(f"namespace {namespace!r}: use a non-empty name without '{{', '}}' or ':'")
         if port is not None and not 0 < int(port) < 65536:
             raise OrchestratorError(f"--port {port}: use a TCP port between 1 and 65535")
+        if smartredis and mode != "colocated" and transport == "tcp" and not smartredis_tcp:
+            raise OrchestratorError(
+                "SmartRedis clients send no password, so a --smartredis server takes clients "
+                "without one: serve it on a Unix socket in the private run directory "
+                "(--transport unix; .par transport = unix), or, knowing that anyone who reaches "
+                "the port gets in, allow it with --smartredis-tcp (.par smartredisTcp = true; "
+                "a Redis Cluster needs it)")
         self.run_dir = Path(run_dir).absolute()
         conf_path(self.run_dir, "run directory")
         self.mode = mode
@@ -244,6 +272,8 @@ class Orchestrator:
         self.redis_server = redis_server
         self.namespace = namespace
         self.start_timeout = start_timeout
+        self.smartredis = smartredis
+        self.smartredis_tcp = smartredis_tcp
         self.node = node_name()
 
     # --- paths ------------------------------------------------------------------------------
@@ -293,12 +323,21 @@ class Orchestrator:
             "namespace": namespace,
             "servers": [dict(address=s.address, pid=s.pid, node=st.node, log=s.log)
                         for st in states for s in st.servers],
-            "env": environment.export(mode, addresses, password_file, str(run_dir), namespace),
+            "smartredis": states[0].smartredis,
+            "env": environment.export(mode, addresses, password_file, str(run_dir), namespace,
+                                      smartredis=states[0].smartredis),
         }
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> dict:
         binary = find_redis_server(self.redis_server)
+        if self.smartredis:
+            smartredis_module()
+            if self.transport == "tcp":
+                sys.stderr.write(
+                    f"WARNING: nekrs-ml db: the --smartredis servers on {self.bind} accept clients "
+                    "without a password (--smartredis-tcp): anyone who reaches their ports can "
+                    "read, change or delete the run's data\n")
         rundir.private_dir(self.run_dir)
         rundir.private_dir(self.node_dir)
         # Taken before anything in the directory is read or changed; the servers inherit it,
@@ -315,7 +354,8 @@ class Orchestrator:
     def _start_locked(self, binary: str, lock: rundir.RunLock) -> dict:
         self._check_run_dir()
         password = self._ensure_password()
-        state = State(mode=self.mode, node=self.node, namespace=self.namespace)
+        state = State(mode=self.mode, node=self.node, namespace=self.namespace,
+                      smartredis=self.smartredis)
         state_path = self.node_dir / STATE_FILE
         try:
             taken: set = set()
@@ -433,10 +473,11 @@ class Orchestrator:
 
     def _config_text(self, server_dir: Path, host, port, sock, password: str, log: Path) -> str:
         password = check_password(password, self.password_file)
-        lines = [
+        lines = [line for line in [
             f"port {int(port) if port is not None else 0}",
             f"bind {check_bind(host)}" if host else "bind 127.0.0.1",
-            f"requirepass {password}",
+            # SmartRedis sends no password: the default user needs none (module doc)
+            f"requirepass {password}" if not self.smartredis else "",
             f"maxmemory {check_maxmemory(self.maxmemory)}",
             "maxmemory-policy noeviction",
             f"dir {conf_path(server_dir)}",
@@ -448,25 +489,47 @@ class Orchestrator:
             # Large tensors: a client's pending query may be big; replies to readers too.
             "proto-max-bulk-len 2gb",
             "client-query-buffer-limit 2gb",
-        ]
+        ] if line]
         if sock:
             lines += [f"unixsocket {conf_path(sock)}", "unixsocketperm 700"]
         if self.persistence:
             lines += ["appendonly yes", 'save "900 1 300 100"']
         else:
             lines += ["appendonly no", 'save ""']
+        if self.smartredis:
+            lines += [f"loadmodule {conf_path(self._private_module(), 'module path')} "
+                      f"EXECUTE_TIMEOUT {SMARTREDIS_EXECUTE_TIMEOUT_MS}"]
+            if self.transport == "tcp" and not ipaddress.ip_address(self.bind).is_loopback:
+                lines += ["protected-mode no"]  # allowed with --smartredis-tcp, warned about
         if self.mode == "cluster":
             lines += ["cluster-enabled yes", 'cluster-config-file "nodes.conf"',
                       "cluster-node-timeout 5000", f"masterauth {password}"]
         return "\n".join(lines) + "\n"
 
+    def _private_module(self) -> Path:
+        """A copy of the nkml_ai module in this node's private directory: redis-server loads
+        only executable files, which a wheel's data files need not be, and a copy of ours
+        cannot be swapped under a running server."""
+        copy = self.node_dir / SMARTREDIS_MODULE
+        if getattr(self, "_module_copied", False):  # once per start: servers may be loading it
+            return copy
+        self._module_copied = True
+        rundir.check_ours(copy, "module copy")
+        copy.unlink(missing_ok=True)
+        shutil.copyfile(smartredis_module(), copy)
+        copy.chmod(0o700)
+        return copy
+
     @staticmethod
     def _connect(server: Server, password: str, timeout: float = 2.0) -> redis.Redis:
+        # AUTH default PASSWORD: accepted by a server with a password and by a --smartredis one
         if server.socket:
-            return redis.Redis(unix_socket_path=server.socket, password=password,
-                               socket_timeout=timeout, socket_connect_timeout=timeout)
-        return redis.Redis(host=server.host, port=server.port, password=password,
-                           socket_timeout=timeout, socket_connect_timeout=timeout)
+            return redis.Redis(unix_socket_path=server.socket, username="default",
+                               password=password, socket_timeout=timeout,
+                               socket_connect_timeout=timeout)
+        return redis.Redis(host=server.host, port=server.port, username="default",
+                           password=password, socket_timeout=timeout,
+                           socket_connect_timeout=timeout)
 
     def _wait_ready(self, server: Server, password: str) -> None:
         deadline = time.monotonic() + self.start_timeout

@@ -26,6 +26,13 @@ def _db(parser: argparse.ArgumentParser):
     start.add_argument("--maxmemory", default="1gb", help="memory cap per server (Redis units: 512mb, 4gb)")
     start.add_argument("--persist", action="store_true", help="keep the data on disk (AOF + snapshots)")
     start.add_argument("--redis-server", help="redis-server (or valkey-server) binary to run")
+    start.add_argument("--smartredis", action="store_true",
+                       help="also answer the RedisAI commands of SmartRedis clients (nkml_ai "
+                       "module; no password: needs --transport unix, --mode colocated or "
+                       "--smartredis-tcp); run their models with `nekrs-ml serve --smartredis`")
+    start.add_argument("--smartredis-tcp", action="store_true",
+                       help="with --smartredis: allow TCP servers without a password (a Redis "
+                       "Cluster needs it); anyone who reaches the ports gets in")
     add_namespace_option(start)
     stop = sub.add_parser("stop", help="stop this node's servers of a run directory")
     stop.add_argument("--dir", required=True)
@@ -40,7 +47,8 @@ def _db(parser: argparse.ArgumentParser):
             info = Orch(args.dir, mode=args.mode, transport=args.transport, shards=args.shards,
                         bind=args.bind, port=args.port, maxmemory=args.maxmemory,
                         persistence=args.persist, redis_server=args.redis_server,
-                        namespace=environment.resolve_namespace(args.namespace)).start()
+                        namespace=environment.resolve_namespace(args.namespace),
+                        smartredis=args.smartredis, smartredis_tcp=args.smartredis_tcp).start()
             print(json.dumps(info, indent=2))
         elif args.db_command == "stop":
             stopped = Orch.stop_dir(args.dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 
 from .commands import command
@@ -24,23 +25,38 @@ def _serve(parser: argparse.ArgumentParser):
     parser.add_argument("--export", action="store_true",
                         help="evaluate the torch.export form of a model when it was published")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--smartredis", action="store_true",
+                        help="also run the models and scripts of SmartRedis clients "
+                        "(servers started with --smartredis; default: smartredisCompat)")
+    parser.add_argument("--dir", help="run directory of `nekrs-ml db start`: connect to its "
+                        "servers (default: the NEKRS_ML_* environment)")
     add_namespace_option(parser)
 
     def run(args) -> int:
+        import os
+
+        from .. import environment
         from ..client import Client
+        from ..orchestrator import Orchestrator
         from ..serve.settings import WorkerSettings
+        from ..serve.smartredis import SmartRedisBridge
         from ..serve.worker import ModelWorker
 
+        env = dict(os.environ, **Orchestrator.info(args.dir)["env"]) if args.dir else os.environ
         settings = WorkerSettings.resolve(
             args.par, namespace=args.namespace, worker=args.worker, device=args.device,
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
             reload_interval=args.reload_interval, prefer_export=args.export,
-            threads=args.threads, duration=args.duration)
+            threads=args.threads, duration=args.duration, smartredis=args.smartredis)
         if settings.threads:
             import torch
 
             torch.set_num_threads(settings.threads)
-        with Client.from_env() as client:
+        options = environment.connection_options(env)
+        if args.dir and not args.namespace:
+            settings = dataclasses.replace(
+                settings, namespace=environment.resolve_namespace(None, None, env))
+        with Client(**options) as client:
             worker = ModelWorker(
                 client, settings.namespace, worker=settings.worker, device=settings.device,
                 max_batch=settings.max_batch, max_wait=settings.max_wait_s,
@@ -52,9 +68,23 @@ def _serve(parser: argparse.ArgumentParser):
 
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
+            bridge = None
+            if settings.smartredis:
+                bridge = SmartRedisBridge(
+                    options["addresses"], options["password"], worker.device,
+                    log=lambda text: print(f"nekrs-ml serve: SmartRedis: {text}", flush=True),
+                    timeout=options.get("timeout", 10.0)).start()
             print(f"nekrs-ml serve: worker {settings.worker} on {worker.device}, queue "
-                  f"{worker.queue!r}", flush=True)
-            stats = worker.serve(settings.duration_s)
+                  f"{worker.queue!r}" + (", SmartRedis jobs of " + ", ".join(options["addresses"])
+                                         if bridge else ""), flush=True)
+            try:
+                stats = worker.serve(settings.duration_s)
+            finally:
+                if bridge:
+                    bridge.stop()
+            if bridge:
+                print(f"nekrs-ml serve: SmartRedis: {bridge.jobs} jobs run, {bridge.errors} "
+                      "failed", flush=True)
         sizes = stats.batch_sizes
         print(f"nekrs-ml serve: stopped after {stats.requests} requests in {stats.batches} "
               f"batches (mean batch {sum(sizes) / len(sizes) if sizes else 0:.1f}), "

@@ -192,7 +192,8 @@ class Run:
                 "with `nekrs-ml reproduce` / `nekrs-ml train` under your own mpiexec")
         self.orchestrator = Orchestrator(
             self.run_dir / "db", mode=self.settings.deployment, transport=self.settings.transport,
-            shards=self.settings.shards, maxmemory=self.settings.max_memory, namespace=self.ns)
+            shards=self.settings.shards, maxmemory=self.settings.max_memory, namespace=self.ns,
+            smartredis=self.settings.smartredis, smartredis_tcp=self.settings.smartredis_tcp)
         self.info = self.orchestrator.start()
         self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(self.settings.timeout_s))
         self.client = Client(**environment.connection_options(self.env))
@@ -211,6 +212,7 @@ class Run:
             self.deploy_model()
             if self.settings.inference_backend == "inprocess":
                 self.compile_package()
+        if self.settings.model_workers:
             for index in range(self.settings.model_workers):
                 argv = [sys.executable, "-m", "nekrs_ml.cli", "serve", str(self.par),
                         "--worker", str(index)]

@@ -26,6 +26,8 @@ class LaunchSettings:
     model_name: str
     inference_backend: str = "worker"
     inprocess_device: str = "cpu"
+    smartredis: bool = False      # smartredisCompat
+    smartredis_tcp: bool = False  # smartredisTcp
 
     @property
     def training(self) -> bool:
@@ -37,8 +39,10 @@ class LaunchSettings:
 
     @property
     def model_workers(self) -> int:
-        """Model workers to start: none when the solver evaluates the model in-process."""
-        return self.workers if self.inferring and self.inference_backend == "worker" else 0
+        """Model workers to start: none when the solver evaluates the model in-process, unless
+        they serve SmartRedis clients."""
+        serve_solver = self.inferring and self.inference_backend == "worker"
+        return self.workers if serve_solver or self.smartredis else 0
 
     @classmethod
     def from_case(cls, case: Config) -> "LaunchSettings":
@@ -58,6 +62,8 @@ class LaunchSettings:
             model_name=ml["modelName"],
             inference_backend=ml["inferenceBackend"],
             inprocess_device=ml["inprocessDevice"],
+            smartredis=ml["smartredisCompat"],
+            smartredis_tcp=ml["smartredisTcp"],
         )
 
 

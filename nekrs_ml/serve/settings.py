@@ -35,13 +35,15 @@ class WorkerSettings:
     prefer_export: bool
     threads: Optional[int]
     duration_s: Optional[float]
+    smartredis: bool = False  # also run the jobs of SmartRedis clients (smartredisCompat)
 
     @classmethod
     def resolve(cls, par=None, *, namespace: Optional[str] = None, worker: int = 0,
                 device: Optional[str] = None, max_batch: Optional[int] = None,
                 max_wait_ms: Optional[float] = None, reload_interval: Optional[float] = None,
                 prefer_export: bool = False, threads: Optional[int] = None,
-                duration: Optional[float] = None) -> "WorkerSettings":
+                duration: Optional[float] = None,
+                smartredis: Optional[bool] = None) -> "WorkerSettings":
         case = _case(par)
         return cls(
             namespace=environment.resolve_namespace(
@@ -54,6 +56,7 @@ class WorkerSettings:
             prefer_export=prefer_export,
             threads=threads,
             duration_s=duration,
+            smartredis=bool(_pick(smartredis or None, case, "smartredisCompat", False)),
         )
 
 

@@ -90,7 +90,9 @@ void Connection::apply_timeout(double extra_wait_s) {
 }
 
 void Connection::authenticate(const Op& op) {
-  Reply reply = command({"AUTH", options_.password}, op);
+  // The two-argument form: a server with a password checks it; a --smartredis server, whose
+  // default user needs none (SmartRedis sends none), accepts it as well.
+  Reply reply = command({"AUTH", "default", options_.password}, op);
   if (reply->type == REDIS_REPLY_ERROR) {
     const std::string reason(reply->str, reply->len);
     drop();
