@@ -245,6 +245,51 @@ def test_nekrs_ml_run_serves_smartredis_clients_in_a_training_run(smartredis_pyt
 
 
 # --- the module's contract, through redis-py ------------------------------------------------------
+def test_scriptexecute_modelrun_and_chunked_modelget(tmp_path):
+    """RedisAI 1.2 forms SmartRedis 0.6 does not send: AI.SCRIPTSTORE / AI.SCRIPTEXECUTE with
+    counts, AI.MODELRUN without; AI.MODELGET in chunks of MODEL_CHUNK_SIZE."""
+    x, expected = save_models(tmp_path)
+    run = CompatRun("single")
+    try:
+        with run.node(run.addresses[0]) as conn:
+            conn.execute_command("AI.TENSORSET", "x", "FLOAT", *x.shape, "BLOB", x.tobytes())
+            source = ("def split(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+                      "    return tensors[0][:, 0:1], tensors[0].sum(dim=1, keepdim=True)\n")
+            conn.execute_command("AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "split",
+                                 "SOURCE", source)
+            assert conn.execute_command("AI.SCRIPTEXECUTE", "s", "split", "INPUTS", 1, "x",
+                                        "OUTPUTS", 2, "first", "total", "TIMEOUT", 20000) == b"OK"
+            total = codec.decode(conn.get("total"))
+            np.testing.assert_allclose(total, x.sum(1, keepdims=True), rtol=1e-6)
+            meta = conn.execute_command("AI.SCRIPTGET", "s", "META")
+            assert meta[4:] == [b"entry_points", [b"split"]]
+            blob = (tmp_path / "mlp.pt").read_bytes()
+            conn.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "INPUTS", 1, "x",
+                                 "OUTPUTS", 1, "y", "BLOB", blob[:1000], blob[1000:])
+            assert conn.execute_command("AI.MODELRUN", "m", "INPUTS", "x", "OUTPUTS", "y") == b"OK"
+            np.testing.assert_allclose(codec.decode(conn.get("y")), expected, rtol=1e-6, atol=1e-6)
+            conn.execute_command("AI.CONFIG", "MODEL_CHUNK_SIZE", 4096)
+            chunks = conn.execute_command("AI.MODELGET", "m", "BLOB")
+            assert isinstance(chunks, list) and b"".join(chunks) == blob
+            assert all(len(c) <= 4096 for c in chunks) and len(chunks) == -(-len(blob) // 4096)
+            meta = conn.execute_command("AI.MODELGET", "m", "META")
+            assert meta[10:14] == [b"inputs", [b"x"], b"outputs", [b"y"]]
+            # a new store is a new version: the worker runs the new model at the next call
+            conn.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "BLOB",
+                                 (tmp_path / "two.pt").read_bytes())
+            with pytest.raises(redis.ResponseError, match="forward"):
+                conn.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
+            for args in [("AI.MODELEXECUTE", "m", "INPUTS", 5, "x"), ("AI.TENSORGET",),
+                         ("AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y", "TIMEOUT", -1),
+                         ("NKML.AI.DONE", 12345, "OK"), ("AI.INFO", "x"), ("AI.CONFIG", "SET", "X")]:
+                with pytest.raises(redis.ResponseError):
+                    conn.execute_command(*args)
+            assert conn.ping()
+    finally:
+        run.stop()
+
+
+
 @pytest.fixture
 def bare():
     run = CompatRun("single", workers=False)

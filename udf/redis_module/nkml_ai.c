@@ -615,6 +615,19 @@ typedef struct {
     int keys_first, n_keys, n_args;
 } IOArgs;
 
+/* A parse error: replied to a caller, but not to the server asking for key positions (then the
+ * command itself runs and replies it). Returns -1. */
+static int io_error(RedisModuleCtx *ctx, const char *fmt, ...) {
+    if (RedisModule_IsKeysPositionRequest(ctx)) return -1;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    RedisModule_ReplyWithError(ctx, text);
+    return -1;
+}
+
 static int parse_io(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int pos, int counted,
                     int allow_keys_args, IOArgs *io) {
     memset(io, 0, sizeof *io);
@@ -625,7 +638,7 @@ static int parse_io(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int
         if (arg_is(argv[pos], "TIMEOUT")) {
             if (pos + 1 >= argc || RedisModule_StringToLongLong(argv[pos + 1], &io->timeout_ms) != REDISMODULE_OK ||
                 io->timeout_ms <= 0)
-                return RedisModule_ReplyWithError(ctx, "ERR TIMEOUT takes a positive number of milliseconds"), -1;
+                return io_error(ctx, "ERR TIMEOUT takes a positive number of milliseconds");
             pos += 2;
         } else if (is_in || is_out || is_keys || is_args) {
             const char *word = arg_text(argv[pos]);
@@ -634,7 +647,7 @@ static int parse_io(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int
             if (counted) {
                 if (pos + 1 >= argc || RedisModule_StringToLongLong(argv[pos + 1], &n) != REDISMODULE_OK ||
                     n < 0 || pos + 2 + n > argc)
-                    return reply_errorf(ctx, "ERR %s needs a count and that many names", word), -1;
+                    return io_error(ctx, "ERR %s needs a count and that many names", word);
                 first = pos + 2;
                 pos = first + (int)n;
             } else {
@@ -659,7 +672,7 @@ static int parse_io(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int
                 io->n_args = (int)n;
             }
         } else {
-            return reply_errorf(ctx, "ERR unexpected argument %s", arg_text(argv[pos])), -1;
+            return io_error(ctx, "ERR unexpected argument %s", arg_text(argv[pos]));
         }
     }
     return 0;
