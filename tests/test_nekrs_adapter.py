@@ -219,6 +219,37 @@ def test_one_wall_point_per_wall_face_node(mesh):
     np.testing.assert_array_equal(points.multiplicity, 1)
 
 
+def test_surface_weights_integrate_the_wall_and_edges_are_marked(mesh):
+    points = _core.WallPoints(mesh.EToB, mesh.vmapM, mesh.normals, mesh.t1, mesh.t2, mesh.x,
+                              mesh.y, mesh.z, face_nodes=mesh.Nfp, wall_ids=[1], height=0.1,
+                              surface_weights=mesh.surface_weights)
+    w = points.weights
+    assert w.shape == (points.size,) and np.all(w > 0)
+    assert w.sum() == pytest.approx(2 * 2.0 * 1.0, rel=1e-12)  # two walls of lx * lz
+    xyz = points.wall_coordinates  # the quadrature is exact for a polynomial of the face degree
+    assert (w * xyz[:, 0] ** 3).sum() / w.sum() == pytest.approx(2.0 ** 3 / 4, rel=1e-12)
+    # face node m = a + b * Nq: on an edge when a or b is 0 or N
+    edge = points.on_face_edge
+    m = np.tile(np.arange(mesh.Nfp), points.size // mesh.Nfp)
+    a, b = m % mesh.Nq, m // mesh.Nq
+    np.testing.assert_array_equal(edge, (a == 0) | (a == mesh.N) | (b == 0) | (b == mesh.N))
+    assert (~edge).sum() == 2 * 3 * 2 * (mesh.N - 1) ** 2
+    # without weights every wall point counts 1
+    np.testing.assert_array_equal(mesh.wall_points().weights, 1.0)
+    with pytest.raises(Exception, match="surface_weights"):
+        _core.WallPoints(mesh.EToB, mesh.vmapM, mesh.normals, mesh.t1, mesh.t2, mesh.x, mesh.y,
+                         mesh.z, face_nodes=mesh.Nfp, wall_ids=[1], height=0.1,
+                         surface_weights=mesh.surface_weights[:-1])
+    bad = mesh.surface_weights.copy()
+    bad[mesh.vmapM.size // 2] = np.nan  # a NaN weight on a wall face node is refused
+    wall_rows = np.repeat(np.isin(mesh.EToB, [1]), mesh.Nfp)
+    bad[np.flatnonzero(wall_rows)[0]] = -1.0
+    with pytest.raises(Exception, match="surface weight"):
+        _core.WallPoints(mesh.EToB, mesh.vmapM, mesh.normals, mesh.t1, mesh.t2, mesh.x, mesh.y,
+                         mesh.z, face_nodes=mesh.Nfp, wall_ids=[1], height=0.1,
+                         surface_weights=bad)
+
+
 @pytest.mark.parametrize("h", [0.1, 0.25])
 def test_sample_points_lie_at_h_along_the_inward_normal(mesh, h):
     points = mesh.wall_points(h=h)

@@ -60,6 +60,8 @@ FRAMES = {
 }
 WALL_Y = {"bottom": -1.0, "top": 1.0}
 WALL_POINTS_PER_RANK = 2 * ELEMENTS[0] * ELEMENTS[2] * len(GLL_ORDER_2) ** 2
+# trainingNodes = interior: the nodes off the face edges (N = 2: the face centre)
+INTERIOR_POINTS_PER_RANK = 2 * ELEMENTS[0] * ELEMENTS[2] * (len(GLL_ORDER_2) - 2) ** 2
 
 
 # --- build ----------------------------------------------------------------------------------------
@@ -128,14 +130,16 @@ def expected_targets(wall: str, t) -> np.ndarray:
     return np.array([tau @ t1, tau @ t2])
 
 
-def wall_face_nodes(rank: int) -> Counter:
-    """(x, z) of every wall point of one wall of a rank: one per node of every wall face."""
+def wall_face_nodes(rank: int, nodes_kind: str = "all") -> Counter:
+    """(x, z) of every wall point of one wall of a rank: one per node of every wall face
+    (nodes_kind = "interior": only those off the face edges)."""
     nodes = Counter()
     hx, hz = X_LENGTH / ELEMENTS[0], Z_LENGTH / ELEMENTS[2]
+    inner = GLL_ORDER_2[1:-1] if nodes_kind == "interior" else GLL_ORDER_2
     for ex in range(ELEMENTS[0]):
         for ez in range(ELEMENTS[2]):
-            for r in GLL_ORDER_2:
-                for q in GLL_ORDER_2:
+            for r in inner:
+                for q in inner:
                     x = rank * X_LENGTH + ex * hx + (r + 1) / 2 * hx
                     z = ez * hz + (q + 1) / 2 * hz
                     nodes[(round(2 * x), round(2 * z))] += 1  # grid of spacing 0.5
@@ -156,10 +160,11 @@ def locate_rows(inputs: np.ndarray, t: float):
 
 
 def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float,
-                   dtype=np.float32) -> None:
+                   dtype=np.float32, nodes_kind: str = "interior") -> None:
     assert inputs.dtype == dtype and targets.dtype == dtype
     rtol = 2e-6 if dtype == np.float32 else 1e-12
-    assert inputs.shape == (WALL_POINTS_PER_RANK, 3) and targets.shape == (WALL_POINTS_PER_RANK, 2)
+    rows = WALL_POINTS_PER_RANK if nodes_kind == "all" else INTERIOR_POINTS_PER_RANK
+    assert inputs.shape == (rows, 3) and targets.shape == (rows, 2)
     walls, x, z = locate_rows(inputs.astype(np.float64), t)
     np.testing.assert_allclose(2 * x, np.round(2 * x), atol=1e-4, err_msg="x off the wall nodes")
     np.testing.assert_allclose(2 * z, np.round(2 * z), atol=1e-4, err_msg="z off the wall nodes")
@@ -169,7 +174,8 @@ def check_snapshot(inputs: np.ndarray, targets: np.ndarray, rank: int, t: float,
         grid = zip(np.round(2 * x[rows]).astype(int).tolist(),
                    np.round(2 * z[rows]).astype(int).tolist())
         seen = Counter(grid)
-        assert seen == wall_face_nodes(rank), f"{wall} wall: not one row per wall face node"
+        assert seen == wall_face_nodes(rank, nodes_kind), \
+            f"{wall} wall: not one row per {nodes_kind} wall face node"
         np.testing.assert_allclose(inputs[rows], expected_inputs(wall, x[rows], z[rows], t),
                                    rtol=rtol, atol=rtol / 10, err_msg=f"{wall} wall inputs")
         expected = np.tile(expected_targets(wall, t), (rows.sum(), 1))
@@ -324,13 +330,15 @@ def test_okl_traction_equals_wall_model_traction(stub_build, version, usrwrk_fie
 
 
 # --- training -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ranks,dtype", [(1, "float32"), (2, "float32"), (2, "float64")])
+@pytest.mark.parametrize("ranks,dtype,nodes_kind", [(1, "float32", "interior"),
+                                                    (2, "float32", "all"),
+                                                    (2, "float64", "interior")])
 def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp_path, ranks,
-                                             dtype):
+                                             dtype, nodes_kind):
     ns, steps, interval = new_namespace(), 6, 2
     run = run_stub(stub_build, tcp_server, ns, tmp_path, ranks,
                    {"workflow": "train", "sampleInterval": interval, "maxSnapshots": 50,
-                    "snapshotDtype": dtype}, steps)
+                    "snapshotDtype": dtype, "trainingNodes": nodes_kind}, steps)
     run.assert_ok()
     assert [r["last_step"] for r in run.ranks] == [steps] * ranks
     # UDF_LoadKernels handed the OKL snippet its version, usrwrk field and include path
@@ -354,8 +362,23 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
     for snapshot in snapshots:
         assert snapshot.time == pytest.approx(snapshot.step * DT)
         check_snapshot(snapshot.inputs, snapshot.targets, snapshot.rank, snapshot.time,
-                       np.dtype(dtype))
+                       np.dtype(dtype), nodes_kind)
     assert client.exists(keys.solver_done(ns))
+    # the summary's wall statistics: quadrature-weighted, in the global frame, time-averaged
+    # over the snapshot steps; the analytic stress is uniform on each wall
+    stress = json.loads(client.get_string(keys.solver_summary(ns)))["wall_stress"]
+    assert stress["area"] == pytest.approx(2 * X_LENGTH * Z_LENGTH * ranks, rel=1e-12)
+    assert stress["training_nodes"] == nodes_kind
+    assert stress["points_trained"] == ranks * (
+        WALL_POINTS_PER_RANK if nodes_kind == "all" else INTERIOR_POINTS_PER_RANK)
+    times = [step * DT for step in range(interval, steps + 1, interval)]
+    expected = np.mean([sum(tau[0] * FRAMES[w][0] + tau[1] * FRAMES[w][1]
+                            for w in FRAMES for tau in [expected_targets(w, t)]) / 2
+                        for t in times], axis=0)
+    for group in ("resolved", "resolved_off_edges", "resolved_on_edges"):
+        assert stress[group]["steps"] == len(times)
+        np.testing.assert_allclose(stress[group]["mean"], expected, rtol=1e-9, atol=1e-15)
+    assert stress["applied"] is None  # nothing applied in a training run
     assert int(client.get_string(keys.solver_step(ns))) == steps
     members = client.command(["SMEMBERS", keys.solver_members(ns)], key=keys.solver_members(ns))
     assert sorted(int(m) for m in members) == list(range(ranks))
@@ -456,6 +479,18 @@ def test_inference_puts_the_predicted_vector_into_usrwrk(stub_build, tcp_server,
                    {"workflow": "infer", "modelName": "stub_model", "inferenceInterval": 1}, 3)
     run.assert_ok()
     expected_bc(run, known_model_stress)
+    # the summary's applied stress: area-weighted (the stress is linear in x and z, so its wall
+    # mean is its value at the walls' centre, x = 2, z = 1), in the global frame, averaged over
+    # the 4 inference steps
+    summary = json.loads(client.get_string(keys.solver_summary(ns)))
+    assert summary["inference"]["fallbacks"] == 0
+    applied = summary["wall_stress"]["applied"]
+    expected = np.mean([known_model_stress(expected_inputs(w, np.array([2.0]), np.array([1.0]), t))[0]
+                        @ np.stack(FRAMES[w][:2]) for w in FRAMES for t in (0.0, 0.1, 0.2, 0.3)],
+                       axis=0)
+    assert applied["steps"] == 4
+    np.testing.assert_allclose(applied["mean"], expected, rtol=1e-5)
+    assert summary["wall_stress"]["resolved"] is None  # no targets in an inference run
 
 
 def reichardt_stress(inputs: np.ndarray) -> np.ndarray:

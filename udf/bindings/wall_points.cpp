@@ -46,7 +46,8 @@ std::unique_ptr<WallPoints> make_wall_points(const CArray<int>& boundary_ids,
                                              const CArray<double>& x, const CArray<double>& y,
                                              const CArray<double>& z, int face_nodes,
                                              const std::vector<long long>& wall_ids,
-                                             double height, int faces) {
+                                             double height, int faces,
+                                             const std::optional<CArray<double>>& surface_weights) {
   if (faces < 1 || face_nodes < 1) throw ConfigError("WallPoints: faces and face_nodes must be >= 1");
   const auto face_count = static_cast<std::size_t>(boundary_ids.size());
   if (face_count % faces != 0) {
@@ -73,6 +74,10 @@ std::unique_ptr<WallPoints> make_wall_points(const CArray<int>& boundary_ids,
   mesh.x = x.data();
   mesh.y = y.data();
   mesh.z = z.data();
+  if (surface_weights) {
+    check_size(*surface_weights, nodes, "surface_weights");
+    mesh.surface_weights = surface_weights->data();
+  }
   return std::make_unique<WallPoints>(mesh, wall_ids, height);
 }
 
@@ -184,10 +189,11 @@ void bind_wall_points(py::module_& m) {
       .def(py::init(&make_wall_points), py::arg("boundary_ids"), py::arg("face_to_volume"),
            py::arg("normals"), py::arg("tangents1"), py::arg("tangents2"), py::arg("x"),
            py::arg("y"), py::arg("z"), py::arg("face_nodes"), py::arg("wall_ids"),
-           py::arg("height"), py::arg("faces") = 6,
+           py::arg("height"), py::arg("faces") = 6, py::arg("surface_weights") = py::none(),
            "From NekRS-style mesh arrays: boundary_ids = EToB [elements * faces], "
            "face_to_volume = vmapM [elements * faces * face_nodes], outward normals and "
-           "tangents [elements * faces * face_nodes, 3], volume coordinates x, y, z")
+           "tangents [elements * faces * face_nodes, 3], volume coordinates x, y, z; "
+           "optional surface quadrature weights [elements * faces * face_nodes]")
       .def_property_readonly("size", &WallPoints::size)
       .def("__len__", &WallPoints::size)
       .def_property_readonly("height", &WallPoints::height)
@@ -215,6 +221,23 @@ void bind_wall_points(py::module_& m) {
                                    static_cast<py::ssize_t>(self.wall_nodes().size()),
                                    self.wall_nodes().data());
                              })
+      .def_property_readonly("weights",
+                             [](const WallPoints& self) {
+                               return py::array_t<double>(
+                                   static_cast<py::ssize_t>(self.weights().size()),
+                                   self.weights().data());
+                             },
+                             "Surface quadrature weight of each wall point [n]")
+      .def_property_readonly("on_face_edge",
+                             [](const WallPoints& self) {
+                               py::array_t<bool> out(static_cast<py::ssize_t>(self.size()));
+                               auto view = out.mutable_unchecked<1>();
+                               for (std::size_t i = 0; i < self.size(); ++i) {
+                                 view(static_cast<py::ssize_t>(i)) = self.on_face_edge()[i] != 0;
+                               }
+                               return out;
+                             },
+                             "Whether each wall point lies on an edge of its face [n]")
       .def_property_readonly("multiplicity",
                              [](const WallPoints& self) {
                                return py::array_t<int>(

@@ -44,6 +44,11 @@ public:
 
   double kinematic_viscosity() const override { return nu_; }
 
+  Geometry geometry() override {
+    const WallPoints& points = sampler_->points();
+    return {points.weights(), points.tangents1(), points.tangents2(), points.on_face_edge()};
+  }
+
   void end_run_at(long step) override { compat::end_run_at(static_cast<int>(step)); }
 
   // Releases the point interpolation while MPI and the device are still up (collective).

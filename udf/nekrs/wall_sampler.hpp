@@ -29,9 +29,10 @@ public:
 
     std::vector<dfloat> sgeo(nodes * mesh->Nsgeo);
     mesh->o_sgeo.copyTo(sgeo.data(), sgeo.size());
-    std::vector<double> normals(3 * nodes), t1(3 * nodes), t2(3 * nodes);
+    std::vector<double> normals(3 * nodes), t1(3 * nodes), t2(3 * nodes), weights(nodes);
     for (std::size_t k = 0; k < nodes; ++k) {
       const dfloat* g = &sgeo[k * mesh->Nsgeo];
+      weights[k] = g[WSJID]; // GLL weights times the surface Jacobian
       const int ids[3][3] = {{NXID, NYID, NZID}, {T1XID, T1YID, T1ZID}, {T2XID, T2YID, T2ZID}};
       for (int c = 0; c < 3; ++c) {
         normals[3 * k + c] = g[ids[0][c]];
@@ -57,6 +58,7 @@ public:
     view.x = xd.data();
     view.y = yd.data();
     view.z = zd.data();
+    view.surface_weights = weights.data();
     points_ = std::make_unique<WallPoints>(view, wall_ids, height);
 
     // Locate the sample points (find is collective, also on ranks without wall points).

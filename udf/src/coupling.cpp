@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <numeric>
 #include <set>
 #include <utility>
 
@@ -124,6 +125,7 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.inprocess_device = config.get_string(section, "inprocessDevice");
   options.inprocess_threads = static_cast<int>(config.get_int(section, "inprocessThreads"));
   options.reload_interval_s = config.get_double(section, "reloadInterval");
+  options.train_edge_nodes = config.get_string(section, "trainingNodes") == "all";
   return options;
 }
 
@@ -222,6 +224,12 @@ void Coupling::start() {
   stress_.assign(kTargets * n_, 0.0);
   model_inputs_.resize(kInputs * n_);
   predictions_.resize(kTargets * n_);
+  geometry_ = fields_.geometry();
+  const bool geometry_ok = geometry_.weights.size() == n_ && geometry_.tangents1.size() == 3 * n_ &&
+                           geometry_.tangents2.size() == 3 * n_ &&
+                           geometry_.on_element_edge.size() == n_;
+  if (!geometry_ok) geometry_ = {};
+  select_training_rows();
   log(std::to_string(static_cast<long long>(total)) + " wall points, sample height " +
       json_number(options_.sample_height) + ", namespace " + options_.ns +
       (options_.training ? ", training" : "") + (options_.inferring ? ", inference" : ""));
@@ -244,6 +252,10 @@ void Coupling::step(long tstep, double time, bool last_step) {
     const long long before = predicted_steps_;
     run_inference(tstep);
     predicted = predicted_steps_ > before;
+  }
+  if (infer && !geometry_.weights.empty() && in_sampling_window(tstep, time)) {
+    add_wall_stress(stress_, false, stress_sums_); // what the wall applies
+    ++applied_steps_;
   }
   if (sample) put_snapshot(tstep, time, predicted);
   if (tstep > 0 && tstep % options_.sample_interval == 0) control(tstep, time);
@@ -425,17 +437,25 @@ void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
   window_last_time_ = time;
   fields_.wall_targets(targets_.data());
   have_targets_ = true;
+  if (!geometry_.weights.empty()) {
+    add_wall_stress(targets_, true, stress_sums_); // the resolved stress, all wall points
+    ++resolved_steps_;
+  }
+  // the rows that train: edge nodes left out unless trainingNodes = all
+  const std::size_t rows = train_rows_.size();
+  const double* in = training_rows(inputs_, kInputs, train_inputs_);
+  const double* out = training_rows(targets_, kTargets, train_targets_);
   PutResult result;
   if (options_.float64) {
-    fnv1a(data_digest_, inputs_.data(), inputs_.size() * sizeof(double));
-    fnv1a(data_digest_, targets_.data(), targets_.size() * sizeof(double));
-    result = stream_->put(tstep, time, n_, kInputs, inputs_.data(), kTargets, targets_.data());
+    fnv1a(data_digest_, in, rows * kInputs * sizeof(double));
+    fnv1a(data_digest_, out, rows * kTargets * sizeof(double));
+    result = stream_->put(tstep, time, rows, kInputs, in, kTargets, out);
   } else {
-    inputs32_.assign(inputs_.begin(), inputs_.end());
-    targets32_.assign(targets_.begin(), targets_.end());
+    inputs32_.assign(in, in + rows * kInputs);
+    targets32_.assign(out, out + rows * kTargets);
     fnv1a(data_digest_, inputs32_.data(), inputs32_.size() * sizeof(float));
     fnv1a(data_digest_, targets32_.data(), targets32_.size() * sizeof(float));
-    result = stream_->put(tstep, time, n_, kInputs, inputs32_.data(), kTargets, targets32_.data());
+    result = stream_->put(tstep, time, rows, kInputs, inputs32_.data(), kTargets, targets32_.data());
   }
   if (!result.warning.empty() && ++warnings_ <= 3) warn(result.warning);
 
@@ -443,7 +463,7 @@ void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
   // train+infer: the model's stress of this step against the resolved one (a-posteriori check)
   const std::vector<double>& predicted = options_.apply ? stress_ : model_stress_;
   double sums[2] = {0.0, 0.0};
-  for (std::size_t i = 0; i < n_; ++i) {
+  for (const std::size_t i : train_rows_) { // the targets of edge nodes are biased
     const double d1 = predicted[2 * i] - targets_[2 * i];
     const double d2 = predicted[2 * i + 1] - targets_[2 * i + 1];
     const double t = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
@@ -464,19 +484,22 @@ void Coupling::put_holdout() {
   if (!have_targets_) fields_.wall_targets(targets_.data());
   have_inputs_ = have_targets_ = true;
   const int rank = comm_.rank();
+  const std::size_t rows = train_rows_.size(); // tested where it was trained: off the edges
+  const double* in = training_rows(inputs_, kInputs, train_inputs_);
+  const double* out = training_rows(targets_, kTargets, train_targets_);
   try {
     if (options_.float64) {
       client_->put_tensors({{keys::holdout_inputs(options_.ns, rank),
-                             TensorHeader{DType::float64, {n_, 3}}, inputs_.data()},
+                             TensorHeader{DType::float64, {rows, 3}}, in},
                             {keys::holdout_targets(options_.ns, rank),
-                             TensorHeader{DType::float64, {n_, 2}}, targets_.data()}});
+                             TensorHeader{DType::float64, {rows, 2}}, out}});
     } else {
-      inputs32_.assign(inputs_.begin(), inputs_.end());
-      targets32_.assign(targets_.begin(), targets_.end());
+      inputs32_.assign(in, in + rows * kInputs);
+      targets32_.assign(out, out + rows * kTargets);
       client_->put_tensors({{keys::holdout_inputs(options_.ns, rank),
-                             TensorHeader{DType::float32, {n_, 3}}, inputs32_.data()},
+                             TensorHeader{DType::float32, {rows, 3}}, inputs32_.data()},
                             {keys::holdout_targets(options_.ns, rank),
-                             TensorHeader{DType::float32, {n_, 2}}, targets32_.data()}});
+                             TensorHeader{DType::float32, {rows, 2}}, targets32_.data()}});
     }
   } catch (const ServerError& error) {
     warn(std::string("the held-out snapshot was not stored: ") + error.what());
@@ -543,6 +566,10 @@ std::string Coupling::finish(long tstep) {
   }
   totals.insert(totals.end(), latency_.bins().begin(), latency_.bins().end());
   totals.insert(totals.end(), error_.bins().begin(), error_.bins().end());
+  totals.push_back(static_cast<double>(train_rows_.size()));
+  totals.push_back(geometry_.weights.empty() ? 0.0 : 1.0); // ranks that know their geometry
+  totals.push_back(std::accumulate(geometry_.weights.begin(), geometry_.weights.end(), 0.0));
+  totals.insert(totals.end(), stress_sums_.begin(), stress_sums_.end());
   comm_.sum(totals.data(), totals.size());
   comm_.barrier(); // every rank's last snapshot is announced before the solver is marked done
 
@@ -572,6 +599,77 @@ std::string Coupling::finish(long tstep) {
         " inference calls fell back to the wall law");
   }
   return summary_;
+}
+
+// --- wall statistics ---------------------------------------------------------------------------
+
+void Coupling::select_training_rows() {
+  train_rows_.clear();
+  const auto& edge = geometry_.on_element_edge;
+  for (std::size_t i = 0; i < n_; ++i) {
+    if (options_.train_edge_nodes || edge.empty() || !edge[i]) train_rows_.push_back(i);
+  }
+  if (train_rows_.empty() && n_ > 0) { // e.g. N = 1: every node is an edge node
+    warn("every wall point of this rank lies on an element edge: all of them train "
+         "(trainingNodes = interior needs polynomial order N >= 2)");
+    for (std::size_t i = 0; i < n_; ++i) train_rows_.push_back(i);
+  }
+}
+
+// The training rows of a [n_][columns] array: the array itself when every row trains.
+const double* Coupling::training_rows(const std::vector<double>& values, std::size_t columns,
+                                      std::vector<double>& scratch) const {
+  if (train_rows_.size() == n_) return values.data();
+  scratch.resize(train_rows_.size() * columns);
+  for (std::size_t r = 0; r < train_rows_.size(); ++r) {
+    std::copy_n(values.data() + train_rows_[r] * columns, columns, scratch.data() + r * columns);
+  }
+  return scratch.data();
+}
+
+// Adds the area-weighted stress [n_][2] (wall frame) in the global frame to group 0 (applied)
+// or, with interior_edge_split, to groups 1 (all), 2 (off edges) and 3 (edges).
+void Coupling::add_wall_stress(const std::vector<double>& tau, bool interior_edge_split,
+                               std::vector<double>& sums) const {
+  const auto& w = geometry_.weights;
+  const auto& t1 = geometry_.tangents1;
+  const auto& t2 = geometry_.tangents2;
+  for (std::size_t i = 0; i < n_; ++i) {
+    if (!std::isfinite(tau[2 * i]) || !std::isfinite(tau[2 * i + 1])) continue;
+    double v[4];
+    for (int c = 0; c < 3; ++c) v[c] = w[i] * (tau[2 * i] * t1[3 * i + c] + tau[2 * i + 1] * t2[3 * i + c]);
+    v[3] = w[i];
+    const std::size_t groups[2] = {interior_edge_split ? 1u : 0u,
+                                   geometry_.on_element_edge[i] ? 3u : 2u};
+    for (int g = 0; g < (interior_edge_split ? 2 : 1); ++g) {
+      for (int c = 0; c < 4; ++c) sums[4 * groups[g] + c] += v[c];
+    }
+  }
+}
+
+// "wall_stress": the wall area, the training rows, and the time mean over the sampling window
+// of the area-weighted wall stress vector (global frame) that was applied and that was resolved
+// (all points, off element edges, on element edges). null when the solver gives no geometry.
+std::string Coupling::wall_stress_json(const std::vector<double>& totals, std::size_t at) const {
+  const double trained = totals[at], ranks_with_geometry = totals[at + 1], area = totals[at + 2];
+  const double* sums = &totals[at + 3];
+  if (ranks_with_geometry < comm_.size()) return "null";
+  auto group = [&](int g, long long steps) {
+    const double* s = sums + 4 * g;
+    if (steps == 0 || !(s[3] > 0)) return std::string("null");
+    return "{\"mean\": [" + json_number(s[0] / s[3]) + ", " + json_number(s[1] / s[3]) + ", " +
+           json_number(s[2] / s[3]) + "], \"magnitude\": " +
+           json_number(std::sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2]) / s[3]) +
+           ", \"steps\": " + std::to_string(steps) + "}";
+  };
+  std::string s = "{\"area\": " + json_number(area);
+  s += ", \"training_nodes\": " + json_string(options_.train_edge_nodes ? "all" : "interior");
+  s += ", \"points_trained\": " + json_number(trained);
+  s += ", \"applied\": " + group(0, applied_steps_);
+  s += ", \"resolved\": " + group(1, resolved_steps_);
+  s += ", \"resolved_off_edges\": " + group(2, resolved_steps_);
+  s += ", \"resolved_on_edges\": " + group(3, resolved_steps_);
+  return s + "}";
 }
 
 // The sampling window: as configured, and the steps and times of the snapshots streamed.
@@ -604,6 +702,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   std::copy(totals.begin() + at, totals.begin() + at + LogHistogram::kBins, latency.bins().begin());
   at += LogHistogram::kBins;
   std::copy(totals.begin() + at, totals.begin() + at + LogHistogram::kBins, error.bins().begin());
+  at += LogHistogram::kBins;
 
   char hex[17];
   const auto hex_end = std::to_chars(hex, hex + 16, digest, 16).ptr;
@@ -622,6 +721,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   s += ", \"data_digest\": \"" + std::string(hex, hex_end) + "\"";
   if (options_.training) s += ", \"sample_window\": " + window_json();
   s += ", \"nonfinite_input_steps\": " + json_number(totals[7]);
+  s += ", \"wall_stress\": " + wall_stress_json(totals, at);
   if (options_.inferring) {
     std::set<long long> versions;
     std::string segments = "[";

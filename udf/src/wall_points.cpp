@@ -41,6 +41,9 @@ WallPoints::WallPoints(const WallMeshView& mesh, const std::vector<long long>& w
     throw ConfigError("WallPoints: a mesh array is missing");
   }
 
+  // The face grid is (N+1) x (N+1) for a hexahedral mesh; otherwise no node counts as an edge.
+  int nq = static_cast<int>(std::lround(std::sqrt(static_cast<double>(mesh.face_nodes))));
+  if (nq * nq != mesh.face_nodes) nq = 0;
   std::unordered_map<std::int64_t, std::size_t> node_index;
   for (std::size_t e = 0; e < mesh.elements; ++e) {
     for (int f = 0; f < mesh.faces; ++f) {
@@ -66,6 +69,14 @@ WallPoints::WallPoints(const WallMeshView& mesh, const std::vector<long long>& w
         const double n[3] = {-normal[0] / length, -normal[1] / length, -normal[2] / length};
         const double wall[3] = {mesh.x[v], mesh.y[v], mesh.z[v]};
         volume_.push_back(v);
+        const double weight = mesh.surface_weights ? mesh.surface_weights[k] : 1.0;
+        if (!(weight >= 0.0) || !std::isfinite(weight)) {
+          throw ConfigError("WallPoints: " + where(e, f) + " node " + std::to_string(m) +
+                            " has the surface weight " + std::to_string(weight));
+        }
+        weights_.push_back(weight);
+        const int i = nq ? m % nq : 1, j = nq ? m / nq : 1;
+        on_edge_.push_back(nq && (i == 0 || j == 0 || i == nq - 1 || j == nq - 1) ? 1 : 0);
         for (int c = 0; c < 3; ++c) {
           n_.push_back(n[c]);
           t1_.push_back(mesh.tangents1[3 * k + c]);

@@ -63,6 +63,15 @@ public:
   virtual void apply_wall_stress(const double* tau) = 0;
   // Kinematic viscosity nu (for the fallback wall law).
   virtual double kinematic_viscosity() const = 0;
+  // The wall's geometry, asked once after wall_points(): per wall point its surface quadrature
+  // weight, its unit tangents t1, t2 (row-major [n][3]) and whether it lies on an element
+  // edge. Empty vectors mean "not known": unit weights, no wall statistics in the global frame,
+  // every point trains.
+  struct Geometry {
+    std::vector<double> weights, tangents1, tangents2;
+    std::vector<unsigned char> on_element_edge;
+  };
+  virtual Geometry geometry() { return {}; }
   // Makes `step` the last step of the run (the trainer's stop request, or too many failures).
   virtual void end_run_at(long step) = 0;
 };
@@ -106,6 +115,7 @@ struct CouplingOptions {
   std::string inprocess_device = "cpu";
   int inprocess_threads = 1;
   double reload_interval_s = 0.25;
+  bool train_edge_nodes = false; // trainingNodes = all (default interior: edge nodes left out)
 
   // The [NEKRS_ML] options; the namespace of the launcher's environment (NEKRS_ML_NAMESPACE)
   // wins over the .par's. Throws ConfigError for workflow = off (nothing to couple).
@@ -187,6 +197,12 @@ private:
   void put_snapshot(long tstep, double time, bool predicted_now);
   void control(long tstep, double time);
   void put_holdout();
+  void select_training_rows();
+  const double* training_rows(const std::vector<double>& values, std::size_t columns,
+                              std::vector<double>& scratch) const;
+  void add_wall_stress(const std::vector<double>& tau, bool interior_edge_split,
+                       std::vector<double>& sums) const;
+  std::string wall_stress_json(const std::vector<double>& totals, std::size_t at) const;
   std::string summary_json(const std::vector<double>& totals) const;
   std::string window_json() const;
   void warn(const std::string& text) const;
@@ -211,6 +227,15 @@ private:
   std::vector<double> model_stress_; // the model's stress when applyPredictions = false
   std::vector<float> model_inputs_, predictions_;
   std::vector<float> inputs32_, targets32_;
+  // Wall geometry (empty when the solver gives none), the rows that train (all or the points
+  // off element edges) and the time sums of area-weighted wall stress in the global frame:
+  // per group (applied, resolved, resolved interior, resolved edge) sum w tau_x, w tau_y,
+  // w tau_z and w over the steps of the sampling window.
+  WallFields::Geometry geometry_;
+  std::vector<std::size_t> train_rows_;
+  std::vector<double> train_inputs_, train_targets_;
+  std::vector<double> stress_sums_ = std::vector<double>(16, 0.0);
+  long long applied_steps_ = 0, resolved_steps_ = 0;
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
   bool window_open_ = false;     // a snapshot inside the sampling window was taken

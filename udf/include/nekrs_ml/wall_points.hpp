@@ -44,6 +44,9 @@ struct WallMeshView {
   const double* x = nullptr;
   const double* y = nullptr;
   const double* z = nullptr;
+  // Optional, per face node (same index as face_to_volume): the surface quadrature weight, the
+  // GLL weights times the surface Jacobian (NekRS's sgeo WSJID). Without it every weight is 1.
+  const double* surface_weights = nullptr;
 };
 
 // The traction (tr1, tr2) along (t1, t2) that the wall model applies to the fluid at a wall node
@@ -73,6 +76,13 @@ public:
   // share each of them.
   const std::vector<std::int64_t>& wall_nodes() const { return nodes_; }
   const std::vector<int>& multiplicity() const { return multiplicity_; }
+  // Surface quadrature weight of each wall point: the sum over a wall is its area, and a wall
+  // average is the weighted mean (a plain mean over-counts the nodes of small or edge regions).
+  const std::vector<double>& weights() const { return weights_; }
+  // Whether each wall point lies on an edge of its face (face-local index 0 or N in either
+  // direction of the (N+1)^2 face grid): there the strain rate is the average of the adjacent
+  // elements' one-sided values, not the element's own (docs/nekrs.md, "Training nodes").
+  const std::vector<unsigned char>& on_face_edge() const { return on_edge_; }
 
   // Sample coordinates split by component (what NekRS's point interpolation takes).
   void sample_coordinates(std::vector<double>& x, std::vector<double>& y,
@@ -117,7 +127,8 @@ private:
   double height_;
   std::vector<long long> wall_ids_;
   std::vector<std::int64_t> volume_;
-  std::vector<double> samples_, wall_xyz_, t1_, t2_, n_;
+  std::vector<double> samples_, wall_xyz_, t1_, t2_, n_, weights_;
+  std::vector<unsigned char> on_edge_;
   std::vector<std::int64_t> nodes_;
   std::vector<std::size_t> node_of_point_; // index into nodes_ of each wall point
   std::vector<int> multiplicity_;
