@@ -568,6 +568,7 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
     text = re.sub(r"(?im)^\s*endTime\s*=.*$", "numSteps = 4", text)
     text = re.sub(r"(?im)^\s*numSteps\s*=.*$", "numSteps = 4", text)
     text = re.sub(r"(?im)^\s*sampleInterval\s*=.*$", "sampleInterval = 2", text)
+    text = re.sub(r"(?im)^\s*sampleStart(Time)?\s*=.*$", "", text)  # sample from the start
     text = re.sub(r"(?im)^\s*checkpointInterval\s*=.*$", "checkpointInterval = 0", text)
     # the mesh this test makes (or copies) below, whatever the case's [MESH] file names
     text = re.sub(r"(?im)^\s*file\s*=.*$", 'file = "smoke.re2"', text)
@@ -606,5 +607,16 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
             assert x.dtype == np.float32 and x.shape[1] == 3 and y.shape == (x.shape[0], 2)
             assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
             total += x.shape[0]
-    # 36 x 18 wall faces per wall, 2 walls, 25 nodes per face (N = 4), 2 sampling steps
-    assert total == 2 * 2 * 36 * 18 * 25
+    # 36 x 18 wall faces per wall, 2 walls, 9 face-interior nodes of 25 per face (N = 4,
+    # trainingNodes = interior), 2 sampling steps
+    assert total == 2 * 2 * 36 * 18 * 9
+    import json
+
+    stress = json.loads(client.get_string(keys.solver_summary(ns)))["wall_stress"]
+    assert stress["points_trained"] == 2 * 36 * 18 * 9
+    assert stress["area"] == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)  # 2 walls, 2 pi x pi
+    for group in ("resolved", "resolved_off_edges", "resolved_on_edges"):
+        assert stress[group]["steps"] == 2 and np.all(np.isfinite(stress[group]["mean"]))
+    balance = stress["momentum_balance"]  # dp/dx = (950 / 19000)^2 declared by the case's udf
+    assert balance["driving_gradient"] == pytest.approx(0.05 ** 2, rel=1e-6)
+    assert balance["volume"] == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)

@@ -379,6 +379,17 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
         assert stress[group]["steps"] == len(times)
         np.testing.assert_allclose(stress[group]["mean"], expected, rtol=1e-9, atol=1e-15)
     assert stress["applied"] is None  # nothing applied in a training run
+    # the momentum balance at the control steps: the case's body force 0.25 and the analytic
+    # bulk velocity U_b = (1 + t) (2/3 a + e <z>), <z> = 1; V / A = 1 for this box
+    balance = stress["momentum_balance"]
+    bulk_rate = 2 / 3 * FIELD["a"] + FIELD["e"] * 1.0
+    assert balance["steps"] == len(times) and balance["time"] == pytest.approx([times[0], times[-1]])
+    assert balance["driving_gradient"] == pytest.approx(0.25)
+    assert balance["volume"] == pytest.approx(2 * X_LENGTH * Z_LENGTH * ranks)
+    assert balance["bulk_velocity"] == pytest.approx([(1 + t) * bulk_rate for t in (times[0], times[-1])])
+    assert balance["dUb_dt"] == pytest.approx(bulk_rate)
+    assert balance["tau_w_implied"] == pytest.approx(0.25 - bulk_rate)
+    assert balance["tau_w_measured"] == pytest.approx(stress["resolved"]["mean"][0])
     assert int(client.get_string(keys.solver_step(ns))) == steps
     members = client.command(["SMEMBERS", keys.solver_members(ns)], key=keys.solver_members(ns))
     assert sorted(int(m) for m in members) == list(range(ranks))

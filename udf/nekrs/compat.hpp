@@ -9,7 +9,9 @@
 
 #include <mpi.h>
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 namespace nekrs_ml::nekrs::compat {
 
@@ -88,6 +90,34 @@ inline double density() {
   platform->options.getArgs("DENSITY", rho);
 #endif
   return rho;
+}
+
+// rho * mean dp/dx with which NekRS held the flow rate constant at the last step (constFlowRate
+// in the .par), 0 without constFlowRate; NaN where the NekRS version does not tell (24.x).
+inline double flow_rate_pressure_gradient(nrs_t* nrs) {
+  if (!platform->options.compareArgs("CONSTANT FLOW RATE", "TRUE")) return 0.0;
+#if NEKRS_ML_NEKRS_VERSION >= 25
+  return nrs->flowRateScaleFactor();
+#else
+  (void)nrs;
+  return std::nan("");
+#endif
+}
+
+// Volume integral of the x velocity and the fluid volume, with the mass matrix (collective).
+inline void x_flow_and_volume(nrs_t* nrs, MPI_Comm comm, double& flow, double& volume) {
+  mesh_t* mesh = nrs->meshV;
+  std::vector<dfloat> lmm(mesh->Nlocal), ux(mesh->Nlocal);
+  mesh->o_LMM.copyTo(lmm.data(), mesh->Nlocal);
+  velocity(nrs).copyTo(ux.data(), mesh->Nlocal); // component 0 comes first
+  double sums[2] = {0.0, 0.0};
+  for (dlong i = 0; i < mesh->Nlocal; ++i) {
+    sums[0] += lmm[i] * ux[i];
+    sums[1] += lmm[i];
+  }
+  MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm);
+  flow = sums[0];
+  volume = sums[1];
 }
 
 // Whether NekRS will end the run after the current step.

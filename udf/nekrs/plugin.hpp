@@ -109,6 +109,12 @@ public:
     });
   }
 
+  // The case's uniform body force along x per unit mass (e.g. dp/dx of a pressure-driven
+  // channel), for the momentum balance of the run summary. Call after setup().
+  void set_body_force(double fx) {
+    if (fields_) fields_->set_body_force(fx);
+  }
+
   const WallSampler* sampler() const { return fields_ ? fields_->sampler() : nullptr; }
   const Coupling* coupling() const { return coupling_.get(); }
 
@@ -157,5 +163,6 @@ inline void load_kernels(deviceKernelProperties& kernelInfo) {
 inline void setup(const std::string& par_file = "") { Plugin::instance().setup(par_file); }
 inline void execute_step(double time, int tstep) { Plugin::instance().execute_step(time, tstep); }
 inline void finalize() { Plugin::instance().finalize(); }
+inline void set_body_force(double fx) { Plugin::instance().set_body_force(fx); }
 
 } // namespace nekrs_ml::nekrs

@@ -44,6 +44,19 @@ public:
 
   double kinematic_viscosity() const override { return nu_; }
 
+  bool flow_state(FlowState& state) override {
+    double flow = 0.0;
+    compat::x_flow_and_volume(nrs_, compat::comm(), flow, state.volume); // collective
+    state.bulk_velocity = state.volume > 0 ? flow / state.volume : 0.0;
+    state.driving_gradient =
+        body_force_ + compat::flow_rate_pressure_gradient(nrs_) / compat::density();
+    return true;
+  }
+
+  // The case's own uniform body force along x per unit mass (a pressure-gradient drive set in
+  // its udf): part of the momentum balance.
+  void set_body_force(double fx) { body_force_ = fx; }
+
   Geometry geometry() override {
     const WallPoints& points = sampler_->points();
     return {points.weights(), points.tangents1(), points.tangents2(), points.on_face_edge()};
@@ -60,7 +73,7 @@ private:
   nrs_t* nrs_;
   std::vector<long long> wall_ids_;
   double height_;
-  double mu_ = 0.0, nu_ = 0.0;
+  double mu_ = 0.0, nu_ = 0.0, body_force_ = 0.0;
   std::unique_ptr<WallSampler> sampler_;
   std::unique_ptr<WallStressField> stress_;
   std::vector<double> velocity_, strain_;

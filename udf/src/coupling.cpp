@@ -258,7 +258,10 @@ void Coupling::step(long tstep, double time, bool last_step) {
     ++applied_steps_;
   }
   if (sample) put_snapshot(tstep, time, predicted);
-  if (tstep > 0 && tstep % options_.sample_interval == 0) control(tstep, time);
+  if (tstep > 0 && tstep % options_.sample_interval == 0) {
+    if (in_sampling_window(tstep, time)) add_flow_state(time);
+    control(tstep, time);
+  }
   if (last_step || tstep == end_step_) finish(tstep);
 }
 
@@ -647,6 +650,46 @@ void Coupling::add_wall_stress(const std::vector<double>& tau, bool interior_edg
   }
 }
 
+void Coupling::add_flow_state(double time) {
+  if (!balance_known_) return;
+  WallFields::FlowState state;
+  if (!fields_.flow_state(state) || !std::isfinite(state.driving_gradient) ||
+      !std::isfinite(state.bulk_velocity) || !(state.volume > 0)) {
+    balance_known_ = false; // the same answer on every rank: collective calls stay in step
+    return;
+  }
+  if (balance_steps_++ == 0) {
+    first_ub_time_ = time;
+    first_ub_ = state.bulk_velocity;
+  }
+  last_ub_time_ = time;
+  last_ub_ = state.bulk_velocity;
+  drive_sum_ += state.driving_gradient;
+  volume_ = state.volume;
+}
+
+// The momentum balance of the mean flow along x: the wall shear stress that the driving
+// gradient and the change of the bulk velocity imply, (dp/dx - dU_b/dt) V / A, beside the
+// area-weighted stress measured at the wall.
+std::string Coupling::momentum_json(double area, double tau_x) const {
+  if (!balance_known_ || balance_steps_ < 2 || !(area > 0)) return "null";
+  const double drive = drive_sum_ / static_cast<double>(balance_steps_);
+  const double dt = last_ub_time_ - first_ub_time_;
+  const double dub_dt = dt > 0 ? (last_ub_ - first_ub_) / dt : 0.0;
+  const double implied = (drive - dub_dt) * volume_ / area;
+  std::string s = "{\"steps\": " + std::to_string(balance_steps_);
+  s += ", \"driving_gradient\": " + json_number(drive);
+  s += ", \"bulk_velocity\": [" + json_number(first_ub_) + ", " + json_number(last_ub_) + "]";
+  s += ", \"time\": [" + json_number(first_ub_time_) + ", " + json_number(last_ub_time_) + "]";
+  s += ", \"dUb_dt\": " + json_number(dub_dt);
+  s += ", \"volume\": " + json_number(volume_);
+  s += ", \"tau_w_implied\": " + json_number(implied);
+  s += ", \"tau_w_measured\": " + (std::isfinite(tau_x) ? json_number(tau_x) : std::string("null"));
+  s += ", \"measured_over_implied\": " +
+       (implied != 0 && std::isfinite(tau_x) ? json_number(tau_x / implied) : std::string("null"));
+  return s + "}";
+}
+
 // "wall_stress": the wall area, the training rows, and the time mean over the sampling window
 // of the area-weighted wall stress vector (global frame) that was applied and that was resolved
 // (all points, off element edges, on element edges). null when the solver gives no geometry.
@@ -669,6 +712,12 @@ std::string Coupling::wall_stress_json(const std::vector<double>& totals, std::s
   s += ", \"resolved\": " + group(1, resolved_steps_);
   s += ", \"resolved_off_edges\": " + group(2, resolved_steps_);
   s += ", \"resolved_on_edges\": " + group(3, resolved_steps_);
+  // measured: the applied stress where the model sets the BC, else the resolved one
+  const int measured = applied_steps_ > 0 ? 0 : 1;
+  const double* m = sums + 4 * measured;
+  const bool have = (measured == 0 ? applied_steps_ : resolved_steps_) > 0 && m[3] > 0;
+  s += ", \"momentum_balance\": " +
+       momentum_json(area, have ? m[0] / m[3] : std::nan(""));
   return s + "}";
 }
 

@@ -40,6 +40,7 @@ public:
   dfloat* gllw = nullptr; // GLL weights
 
   occa::memory o_sgeo, o_vmapM, o_EToB, o_x, o_y, o_z;
+  occa::memory o_LMM; // lumped mass matrix: the volume quadrature weight of each node
 
   // Stand-in only: storage of the host arrays above and the bounds of each (box) element,
   // {x0, x1, y0, y1, z0, z1}.

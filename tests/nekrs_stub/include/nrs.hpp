@@ -22,6 +22,11 @@ public:
   occa::memory strainRate(bool smooth = true);
   occa::memory strainRate(dlong offset, const occa::memory& o_U, bool smooth = true);
 
+  // rho * mean dp/dx of the constant-flow-rate correction of the last step (NekRS 25.x);
+  // the stand-in has no flow-rate control and returns stubFlowRateScale.
+  dfloat flowRateScaleFactor() const { return stubFlowRateScale; }
+  dfloat stubFlowRateScale = 0;
+
   mesh_t* meshV = nullptr;
   dlong fieldOffset = -1;
   std::unique_ptr<fluidSolver_t> fluid = nullptr;

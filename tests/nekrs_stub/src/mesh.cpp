@@ -100,7 +100,7 @@ mesh_t* build_box(const BoxSpec& spec, int rank) {
   const double x0 = rank * spec.x_length;
   const double hx = spec.x_length / nx, hy = (spec.y_range[1] - spec.y_range[0]) / ny,
                hz = spec.z_length / nz;
-  std::vector<dfloat> x(mesh->Nlocal), y(mesh->Nlocal), z(mesh->Nlocal);
+  std::vector<dfloat> x(mesh->Nlocal), y(mesh->Nlocal), z(mesh->Nlocal), lmm(mesh->Nlocal);
   std::vector<dfloat> sgeo(static_cast<std::size_t>(mesh->Nelements) * Nfaces * Nfp * Nsgeo, 0.0);
   mesh->stubEToB.assign(mesh->Nelements * Nfaces, -1);
   mesh->stubVmapM.assign(static_cast<std::size_t>(mesh->Nelements) * Nfaces * Nfp, 0);
@@ -120,6 +120,7 @@ mesh_t* build_box(const BoxSpec& spec, int rank) {
               x[n] = box[0] + (mesh->gllz[i] + 1) / 2 * hx;
               y[n] = box[2] + (mesh->gllz[j] + 1) / 2 * hy;
               z[n] = box[4] + (mesh->gllz[k] + 1) / 2 * hz;
+              lmm[n] = mesh->gllw[i] * mesh->gllw[j] * mesh->gllw[k] * hx * hy * hz / 8;
             }
           }
         }
@@ -164,6 +165,8 @@ mesh_t* build_box(const BoxSpec& spec, int rank) {
   mesh->o_x.copyFrom(x.data());
   mesh->o_y.copyFrom(y.data());
   mesh->o_z.copyFrom(z.data());
+  mesh->o_LMM = occa::memory::allocate(mesh->Nlocal, occa::dtype::get<dfloat>());
+  mesh->o_LMM.copyFrom(lmm.data());
   mesh->o_sgeo = occa::memory::allocate(sgeo.size(), occa::dtype::get<dfloat>());
   mesh->o_sgeo.copyFrom(sgeo.data());
   mesh->o_vmapM = occa::memory::allocate(mesh->stubVmapM.size(), occa::dtype::get<dlong>());

@@ -72,6 +72,16 @@ public:
     std::vector<unsigned char> on_element_edge;
   };
   virtual Geometry geometry() { return {}; }
+  // The mean-flow momentum balance along x, where the solver knows it (collective; every rank
+  // answers alike): the mean pressure gradient (per unit mass) driving the flow, the bulk
+  // velocity and the fluid volume. False: not known (no momentum-balance check).
+  struct FlowState {
+    double driving_gradient = 0.0, bulk_velocity = 0.0, volume = 0.0;
+  };
+  virtual bool flow_state(FlowState& state) {
+    (void)state;
+    return false;
+  }
   // Makes `step` the last step of the run (the trainer's stop request, or too many failures).
   virtual void end_run_at(long step) = 0;
 };
@@ -203,6 +213,8 @@ private:
   void add_wall_stress(const std::vector<double>& tau, bool interior_edge_split,
                        std::vector<double>& sums) const;
   std::string wall_stress_json(const std::vector<double>& totals, std::size_t at) const;
+  void add_flow_state(double time);
+  std::string momentum_json(double area, double tau_x) const;
   std::string summary_json(const std::vector<double>& totals) const;
   std::string window_json() const;
   void warn(const std::string& text) const;
@@ -236,6 +248,12 @@ private:
   std::vector<double> train_inputs_, train_targets_;
   std::vector<double> stress_sums_ = std::vector<double>(16, 0.0);
   long long applied_steps_ = 0, resolved_steps_ = 0;
+  // The momentum balance over the sampling window (control steps): the mean driving gradient,
+  // the bulk velocity at the first and the last of them, and the fluid volume.
+  long long balance_steps_ = 0;
+  double drive_sum_ = 0.0, volume_ = 0.0;
+  double first_ub_time_ = 0.0, first_ub_ = 0.0, last_ub_time_ = 0.0, last_ub_ = 0.0;
+  bool balance_known_ = true;
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
   bool window_open_ = false;     // a snapshot inside the sampling window was taken
