@@ -546,6 +546,11 @@ def test_rank_without_wall_faces_takes_part_in_every_collective(stub_build, tcp_
     for snapshot in (s for s in snapshots if s.rank == 1):
         assert snapshot.inputs.shape == (0, 3) and snapshot.targets.shape == (0, 2)
     assert client.exists(keys.solver_done(ns))
+    # the wall statistics count the walled rank only, and the rank without walls agrees
+    stress = json.loads(client.get_string(keys.solver_summary(ns)))["wall_stress"]
+    assert stress["area"] == pytest.approx(2 * X_LENGTH * Z_LENGTH)
+    assert stress["points_trained"] == INTERIOR_POINTS_PER_RANK
+    assert stress["applied"]["steps"] == 3 and stress["resolved"]["steps"] == 1
 
 
 def leave_dead_worker(client: Client, ns: str, how: str) -> None:

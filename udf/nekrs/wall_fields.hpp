@@ -59,7 +59,8 @@ public:
 
   Geometry geometry() override {
     const WallPoints& points = sampler_->points();
-    return {points.weights(), points.tangents1(), points.tangents2(), points.on_face_edge()};
+    return {points.weights(), points.tangents1(), points.tangents2(), points.on_face_edge(),
+            true};
   }
 
   void end_run_at(long step) override { compat::end_run_at(static_cast<int>(step)); }

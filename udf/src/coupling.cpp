@@ -225,7 +225,8 @@ void Coupling::start() {
   model_inputs_.resize(kInputs * n_);
   predictions_.resize(kTargets * n_);
   geometry_ = fields_.geometry();
-  const bool geometry_ok = geometry_.weights.size() == n_ && geometry_.tangents1.size() == 3 * n_ &&
+  const bool geometry_ok = geometry_.known && geometry_.weights.size() == n_ &&
+                           geometry_.tangents1.size() == 3 * n_ &&
                            geometry_.tangents2.size() == 3 * n_ &&
                            geometry_.on_element_edge.size() == n_;
   if (!geometry_ok) geometry_ = {};
@@ -253,7 +254,7 @@ void Coupling::step(long tstep, double time, bool last_step) {
     run_inference(tstep);
     predicted = predicted_steps_ > before;
   }
-  if (infer && !geometry_.weights.empty() && in_sampling_window(tstep, time)) {
+  if (infer && geometry_.known && in_sampling_window(tstep, time)) {
     add_wall_stress(stress_, false, stress_sums_); // what the wall applies
     ++applied_steps_;
   }
@@ -440,7 +441,7 @@ void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
   window_last_time_ = time;
   fields_.wall_targets(targets_.data());
   have_targets_ = true;
-  if (!geometry_.weights.empty()) {
+  if (geometry_.known) {
     add_wall_stress(targets_, true, stress_sums_); // the resolved stress, all wall points
     ++resolved_steps_;
   }
@@ -570,7 +571,7 @@ std::string Coupling::finish(long tstep) {
   totals.insert(totals.end(), latency_.bins().begin(), latency_.bins().end());
   totals.insert(totals.end(), error_.bins().begin(), error_.bins().end());
   totals.push_back(static_cast<double>(train_rows_.size()));
-  totals.push_back(geometry_.weights.empty() ? 0.0 : 1.0); // ranks that know their geometry
+  totals.push_back(geometry_.known ? 1.0 : 0.0); // ranks that know their geometry
   totals.push_back(std::accumulate(geometry_.weights.begin(), geometry_.weights.end(), 0.0));
   totals.insert(totals.end(), stress_sums_.begin(), stress_sums_.end());
   comm_.sum(totals.data(), totals.size());

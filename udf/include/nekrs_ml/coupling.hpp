@@ -65,11 +65,12 @@ public:
   virtual double kinematic_viscosity() const = 0;
   // The wall's geometry, asked once after wall_points(): per wall point its surface quadrature
   // weight, its unit tangents t1, t2 (row-major [n][3]) and whether it lies on an element
-  // edge. Empty vectors mean "not known": unit weights, no wall statistics in the global frame,
-  // every point trains.
+  // edge (empty on a rank without wall points). known = false (the default): no wall
+  // statistics in the global frame, every point trains.
   struct Geometry {
     std::vector<double> weights, tangents1, tangents2;
     std::vector<unsigned char> on_element_edge;
+    bool known = false;
   };
   virtual Geometry geometry() { return {}; }
   // The mean-flow momentum balance along x, where the solver knows it (collective; every rank
