@@ -46,7 +46,7 @@ def coupled(tcp_server, tmp_path, monkeypatch):
         field = channel(points)
         return _core.Coupling(str(par), single_rank(), field), field
 
-    make.ns, make.client, make.server = ns, client, tcp_server
+    make.ns, make.client, make.server, make.tmp_path = ns, client, tcp_server, tmp_path
     try:
         yield make
     finally:
@@ -343,3 +343,96 @@ def test_train_infer_waits_for_the_first_version_on_the_wall_law(coupled):
     # no worker runs and no model exists: the solver goes on with the wall law, no failure
     assert inference["waiting_calls"] + inference["fallbacks"] == 6
     assert math.isclose(np.abs(field.applied_stress - wall_law(field)).max(), 0.0, abs_tol=1e-15)
+
+
+# --- automatic start of the sampling window (sampleStartTolerance) -------------------------------
+class DevelopingWall(_core.WallFields):
+    """A wall written in Python: n points whose wall shear stress follows tau(step) along t1 on
+    every point (its mean is known exactly at each step)."""
+
+    def __init__(self, tau, points=16):
+        super().__init__()
+        self.tau, self.points, self.step = tau, points, 0
+
+    def advance(self):
+        self.step += 1
+
+    def wall_points(self):
+        return self.points
+
+    def sample_inputs(self, out):
+        out[:] = [1.0, 0.0, 0.0]
+
+    def wall_targets(self, out):
+        out[:, 0] = self.tau(self.step)
+        out[:, 1] = 0.0
+
+    def apply_wall_stress(self, tau):
+        pass
+
+    def kinematic_viscosity(self):
+        return NU
+
+    def end_run_at(self, step):
+        pass
+
+
+def run_developing(coupled, tau, steps, **options):
+    ns = coupled.ns
+    settings = {"workflow": "train", "sampleInterval": 5, "sampleHeight": H, "timeout": 5,
+                "maxSnapshots": 1000, **options}
+    par = coupled.tmp_path / f"{uuid.uuid4().hex[:6]}.par"
+    par.write_text("[NEKRS_ML]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    wall = DevelopingWall(tau)
+    coupling = _core.Coupling(str(par), single_rank(), wall)
+    coupling.step(0, 0.0, False)
+    for step in range(1, steps + 1):
+        wall.advance()
+        coupling.step(step, step * 1e-3, step == steps)
+    assert coupling.finished
+    summary = json.loads(coupled.client.get_string(keys.solver_summary(ns)))
+    return [step for _, step in make_index(coupled)], summary
+
+
+def test_the_window_opens_once_the_wall_stress_is_steady(coupled):
+    """tau relaxes to 1e-3 as 1 - 0.5 exp(-step / 40): with a 1 % tolerance over 10 checks the
+    window opens at the first check whose halves (5 checks = 25 steps each) differ by <= 1 %."""
+    def tau(step):
+        return 1e-3 * (1 - 0.5 * np.exp(-step / 40.0))
+
+    streamed, summary = run_developing(coupled, tau, 400, sampleStartTolerance=0.01,
+                                       sampleStartChecks=10)
+    checks = list(range(5, 401, 5))
+    history, opened = [], None
+    for step in checks:  # the rule, replayed
+        history = (history + [tau(step)])[-10:]
+        if len(history) == 10:
+            older, newer = np.mean(history[:5]), np.mean(history[5:])
+            if abs(newer - older) / newer <= 0.01:
+                opened = step
+                break
+    assert opened is not None and 100 < opened < 400
+    assert streamed == list(range(opened, 401, 5))
+    steady = summary["sample_window"]["steady_start"]
+    assert steady["opened_step"] == opened and steady["opened_time"] == pytest.approx(opened * 1e-3)
+    assert steady["tolerance"] == 0.01 and steady["checks"] == 10
+    assert 0 <= steady["last_relative_change"] <= 0.01
+    assert summary["sample_window"]["first_step"] == opened
+
+
+def test_a_wall_stress_that_never_settles_streams_nothing(coupled):
+    streamed, summary = run_developing(coupled, lambda step: 1e-3 * (1 + step / 10.0), 200,
+                                       sampleStartTolerance=0.01, sampleStartChecks=10)
+    assert streamed == []
+    steady = summary["sample_window"]["steady_start"]
+    assert steady["opened_step"] is None and steady["last_relative_change"] > 0.01
+    assert summary["snapshots_written"] == 0
+
+
+def test_the_steadiness_check_starts_after_sample_start(coupled):
+    """A steady wall: the window opens at the first possible check after sampleStart, once
+    sampleStartChecks checks are in."""
+    streamed, summary = run_developing(coupled, lambda step: 2e-3, 200, sampleStart=50,
+                                       sampleStartTolerance=0.05, sampleStartChecks=4)
+    assert streamed == list(range(65, 201, 5))  # checks at 50, 55, 60, 65
+    assert summary["sample_window"]["steady_start"]["opened_step"] == 65

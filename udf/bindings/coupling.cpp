@@ -18,6 +18,50 @@ using namespace nekrs_ml;
 
 namespace {
 
+// A solver's wall written in Python (tests, prototypes): a subclass of _core.WallFields
+// implements wall_points(), sample_inputs(out [n, 3]), wall_targets(out [n, 2]),
+// apply_wall_stress(tau [n, 2]), kinematic_viscosity() and end_run_at(step). The arrays are
+// views of the coupling's buffers, valid during the call.
+class PyWallFields : public WallFields {
+public:
+  std::size_t wall_points() override {
+    py::gil_scoped_acquire gil;
+    points_ = call("wall_points")().cast<std::size_t>();
+    return points_;
+  }
+  void sample_inputs(double* inputs) override { fill("sample_inputs", inputs, 3); }
+  void wall_targets(double* targets) override { fill("wall_targets", targets, 2); }
+  void apply_wall_stress(const double* tau) override {
+    fill("apply_wall_stress", const_cast<double*>(tau), 2, false);
+  }
+  double kinematic_viscosity() const override {
+    py::gil_scoped_acquire gil;
+    return call("kinematic_viscosity")().cast<double>();
+  }
+  void end_run_at(long step) override {
+    py::gil_scoped_acquire gil;
+    call("end_run_at")(step);
+  }
+
+private:
+  py::function call(const char* name) const {
+    py::function method = py::get_override(static_cast<const WallFields*>(this), name);
+    if (!method) throw ConfigError(std::string("WallFields subclass: ") + name + " is not implemented");
+    return method;
+  }
+  void fill(const char* name, double* data, py::ssize_t columns, bool writeable = true) {
+    py::gil_scoped_acquire gil;
+    py::array_t<double> view({static_cast<py::ssize_t>(points_), columns},
+                             {columns * static_cast<py::ssize_t>(sizeof(double)),
+                              static_cast<py::ssize_t>(sizeof(double))},
+                             data, py::capsule(data, [](void*) {}));
+    if (!writeable) py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    call(name)(view);
+  }
+
+  std::size_t points_ = 0;
+};
+
 // Rank, size and node leadership are fixed; sum and barrier call back into Python.
 class CallbackCollective : public Collective {
 public:
@@ -76,7 +120,12 @@ void bind_coupling(py::module_& m) {
       .def(py::init<int, int, bool, py::function, py::function>(), py::arg("rank"),
            py::arg("size"), py::arg("node_leader"), py::arg("sum"), py::arg("barrier"));
 
-  py::class_<WallFields>(m, "WallFields", "The solver's wall fields (an interface)");
+  py::class_<WallFields, PyWallFields>(
+      m, "WallFields",
+      "The solver's wall fields (an interface). Subclass it in Python and implement "
+      "wall_points(), sample_inputs(out), wall_targets(out), apply_wall_stress(tau), "
+      "kinematic_viscosity() and end_run_at(step)")
+      .def(py::init<>());
   py::class_<SyntheticChannelField, WallFields>(
       m, "SyntheticChannelField",
       "The stand-in solver's channel wall: both walls with NekRS's mirrored frames, inputs "

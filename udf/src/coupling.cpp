@@ -110,6 +110,8 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.sample_interval = static_cast<int>(config.get_int(section, "sampleInterval"));
   options.sample_start = static_cast<long>(config.get_int(section, "sampleStart"));
   options.sample_start_time = config.get_double(section, "sampleStartTime");
+  options.sample_start_tolerance = config.get_double(section, "sampleStartTolerance");
+  options.sample_start_checks = static_cast<int>(config.get_int(section, "sampleStartChecks"));
   options.inference_interval = static_cast<int>(config.get_int(section, "inferenceInterval"));
   options.model = config.get_string(section, "modelName");
   options.sample_height = config.get_double(section, "sampleHeight");
@@ -224,6 +226,7 @@ void Coupling::start() {
   stress_.assign(kTargets * n_, 0.0);
   model_inputs_.resize(kInputs * n_);
   predictions_.resize(kTargets * n_);
+  steady_ = !(options_.training && options_.sample_start_tolerance > 0);
   geometry_ = fields_.geometry();
   const bool geometry_ok = geometry_.known && geometry_.weights.size() == n_ &&
                            geometry_.tangents1.size() == 3 * n_ &&
@@ -241,6 +244,10 @@ void Coupling::step(long tstep, double time, bool last_step) {
   last_tstep_ = tstep;
   if (!started_) start();
   have_inputs_ = have_targets_ = false;
+  if (!steady_ && tstep > 0 && tstep % options_.sample_interval == 0 &&
+      tstep >= options_.sample_start && time >= options_.sample_start_time) {
+    check_steadiness(tstep, time);
+  }
   const bool sample = options_.training && tstep > 0 && stream_->due(tstep) &&
                       in_sampling_window(tstep, time);
   const bool infer = options_.inferring && tstep % options_.inference_interval == 0;
@@ -423,7 +430,53 @@ void Coupling::record_failure(long tstep, InferenceFailure cause, const std::str
 // --- training ----------------------------------------------------------------------------------
 
 bool Coupling::in_sampling_window(long tstep, double time) const {
-  return tstep >= options_.sample_start && time >= options_.sample_start_time;
+  return steady_ && tstep >= options_.sample_start && time >= options_.sample_start_time;
+}
+
+// sampleStartTolerance: the window opens once the wall shear stress is steady, i.e. the means
+// of the two halves of the last sampleStartChecks control checks of the area-weighted mean
+// |tau_w| (over every rank) differ by at most the tolerance, relative to the newer half.
+void Coupling::check_steadiness(long tstep, double time) {
+  fields_.wall_targets(targets_.data()); // collective
+  have_targets_ = true;
+  double sums[2] = {0.0, 0.0};
+  for (std::size_t i = 0; i < n_; ++i) {
+    const double w = geometry_.known ? geometry_.weights[i] : 1.0;
+    const double tau = std::hypot(targets_[2 * i], targets_[2 * i + 1]);
+    if (!std::isfinite(tau)) continue;
+    sums[0] += w * tau;
+    sums[1] += w;
+  }
+  comm_.sum(sums, 2);
+  steadiness_history_.push_back(sums[1] > 0 ? sums[0] / sums[1] : 0.0);
+  const std::size_t checks = static_cast<std::size_t>(options_.sample_start_checks);
+  if (steadiness_history_.size() > checks) steadiness_history_.erase(steadiness_history_.begin());
+  if (steadiness_history_.size() < checks) return;
+  const std::size_t half = checks / 2;
+  double older = 0.0, newer = 0.0;
+  for (std::size_t i = 0; i < half; ++i) older += steadiness_history_[i];
+  for (std::size_t i = checks - half; i < checks; ++i) newer += steadiness_history_[i];
+  older /= static_cast<double>(half);
+  newer /= static_cast<double>(half);
+  last_change_ = newer != 0 ? std::abs(newer - older) / std::abs(newer) : -1.0;
+  if (last_change_ < 0 || last_change_ > options_.sample_start_tolerance) return;
+  steady_ = true;
+  steady_step_ = tstep;
+  steady_time_ = time;
+  log("step " + std::to_string(tstep) + " (time " + json_number(time) + "): the wall shear " +
+      "stress is steady (mean " + json_number(newer) + ", change " + json_number(last_change_) +
+      " over the last " + std::to_string(checks) + " checks, sampleStartTolerance = " +
+      json_number(options_.sample_start_tolerance) + "): the sampling window opens");
+}
+
+std::string Coupling::steadiness_json() const {
+  if (!(options_.training && options_.sample_start_tolerance > 0)) return "null";
+  std::string s = "{\"tolerance\": " + json_number(options_.sample_start_tolerance);
+  s += ", \"checks\": " + std::to_string(options_.sample_start_checks);
+  s += ", \"opened_step\": " + (steady_step_ >= 0 ? std::to_string(steady_step_) : std::string("null"));
+  s += ", \"opened_time\": " + (steady_step_ >= 0 ? json_number(steady_time_) : std::string("null"));
+  s += ", \"last_relative_change\": " + (last_change_ >= 0 ? json_number(last_change_) : std::string("null"));
+  return s + "}";
 }
 
 void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
@@ -728,6 +781,7 @@ std::string Coupling::window_json() const {
   std::string s = "{\"sample_start\": " + std::to_string(options_.sample_start);
   s += ", \"sample_start_time\": " + json_number(options_.sample_start_time);
   s += ", \"sample_interval\": " + std::to_string(options_.sample_interval);
+  s += ", \"steady_start\": " + steadiness_json();
   s += ", \"first_step\": " + (any ? std::to_string(window_first_step_) : std::string("null"));
   s += ", \"last_step\": " + (any ? std::to_string(window_last_step_) : std::string("null"));
   s += ", \"first_time\": " + (any ? json_number(window_first_time_) : std::string("null"));

@@ -112,6 +112,8 @@ struct CouplingOptions {
   int sample_interval = 10;
   long sample_start = 0;          // sampleStart: first step streamed
   double sample_start_time = 0.0; // sampleStartTime: first time streamed
+  double sample_start_tolerance = 0.0; // sampleStartTolerance: > 0 waits for a steady wall stress
+  int sample_start_checks = 20;        // sampleStartChecks: control checks in that test
   int inference_interval = 1;
   std::string model = "wall_model";
   double sample_height = 0.1;
@@ -194,7 +196,8 @@ public:
   }
   std::uint64_t model_version() const { return version_; }
   long long snapshots_written() const { return stream_ ? stream_->snapshots_written() : 0; }
-  // Whether (tstep, time) lies in the sampling window (sampleStart, sampleStartTime).
+  // Whether (tstep, time) lies in the sampling window (sampleStart, sampleStartTime, and with
+  // sampleStartTolerance the steadiness of the wall stress, once it was reached).
   bool in_sampling_window(long tstep, double time) const;
 
 private:
@@ -215,6 +218,8 @@ private:
                        std::vector<double>& sums) const;
   std::string wall_stress_json(const std::vector<double>& totals, std::size_t at) const;
   void add_flow_state(double time);
+  void check_steadiness(long tstep, double time);
+  std::string steadiness_json() const;
   std::string momentum_json(double area, double tau_x) const;
   std::string summary_json(const std::vector<double>& totals) const;
   std::string window_json() const;
@@ -255,6 +260,12 @@ private:
   double drive_sum_ = 0.0, volume_ = 0.0;
   double first_ub_time_ = 0.0, first_ub_ = 0.0, last_ub_time_ = 0.0, last_ub_ = 0.0;
   bool balance_known_ = true;
+  // Automatic start (sampleStartTolerance): the wall-stress means of the last control checks,
+  // and when the window opened.
+  bool steady_ = true;
+  std::vector<double> steadiness_history_;
+  long steady_step_ = -1;
+  double steady_time_ = 0.0, last_change_ = -1.0;
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
   bool window_open_ = false;     // a snapshot inside the sampling window was taken
