@@ -55,7 +55,7 @@ private:
                              {columns * static_cast<py::ssize_t>(sizeof(double)),
                               static_cast<py::ssize_t>(sizeof(double))},
                              data, py::capsule(data, [](void*) {}));
-    if (!writeable) py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    if (!writeable) view.attr("setflags")(py::arg("write") = false);
     call(name)(view);
   }
 
