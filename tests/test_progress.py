@@ -23,3 +23,15 @@ def test_a_log_gets_changes_and_rare_repeats(monkeypatch, capsys):
     tick(5, 20)                     # printed
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("]")[1].split()[1] for line in lines] == ["0/40", "0/40", "10/40", "20/40"]
+
+
+def test_the_final_line_names_the_momentum_balance(tmp_path, capsys):
+    from nekrs_ml.launch import summarise
+
+    data = {"status": "ok", "wall_stress": {"momentum_balance": {
+        "tau_w_measured": 2.24e-3, "tau_w_implied": 2.1e-3}}}
+    summarise(data, tmp_path)
+    line = capsys.readouterr().out
+    assert "wall shear stress 2.240e-03 against 2.100e-03 from the momentum balance" in line
+    summarise({"status": "ok", "wall_stress": None}, tmp_path)  # the stand-in: nothing to say
+    assert "momentum" not in capsys.readouterr().out

@@ -417,6 +417,8 @@ class Run:
                            "window": solver_summary.get("sample_window")}
                           if solver_summary else None),
             "inference": (solver_summary or {}).get("inference"),
+            # area-weighted wall stress and the momentum balance (NekRS; null for the stand-in)
+            "wall_stress": (solver_summary or {}).get("wall_stress"),
             "solver_summary": solver_summary,
             "trainer": trainer,
             "trained_model": (trainer or {}).get("model_file"),
@@ -548,6 +550,10 @@ def summarise(data: Dict, run_dir: Path) -> None:
             line += f", v{inference['final_version']} error median {final['median']:.3%}"
         if inference.get("fallbacks"):
             line += f", {inference['fallbacks']:.0f} fallback steps"
+    balance = (data.get("wall_stress") or {}).get("momentum_balance") or {}
+    if balance.get("tau_w_measured") is not None and balance.get("tau_w_implied"):
+        line += (f"; wall shear stress {balance['tau_w_measured']:.3e} against "
+                 f"{balance['tau_w_implied']:.3e} from the momentum balance")
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)
