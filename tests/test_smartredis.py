@@ -58,9 +58,8 @@ class CompatRun:
         self.dir = short_tmpdir(f"nkml-sr-{kind}-")
         cluster = kind == "cluster"
         self.orchestrator = Orchestrator(
-            self.dir, mode="cluster" if cluster else "single",
-            transport="tcp" if cluster else "unix", shards=3, maxmemory="256mb",
-            smartredis=True, smartredis_tcp=cluster)
+            self.dir, mode=kind, transport="tcp" if cluster else "unix", shards=3,
+            maxmemory="256mb", smartredis=True, smartredis_tcp=cluster)
         self.info = self.orchestrator.start()
         self.addresses = self.info["addresses"]
         self.ssdb = self.info["env"]["SSDB"]
@@ -110,7 +109,7 @@ class CompatRun:
             Orchestrator.stop_dir(self.dir)
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(params=["single", "colocated", "cluster"])
 def compat(request):
     run = CompatRun(request.param)
     try:
@@ -169,7 +168,7 @@ def test_smartredis_program_runs_unchanged(compat, smartredis_python, tmp_path):
         out = run_program(smartredis_python, "workflow", compat, tmp_path)
         assert np.array_equal(ours.get_tensor("from_smartredis"),
                               np.arange(6, dtype=np.float64).reshape(2, 3))
-        if compat.kind == "single":  # SmartRedis's own keys; in a cluster they carry its prefix
+        if compat.kind != "cluster":  # SmartRedis's own keys; in a cluster they carry its prefix
             assert np.array_equal(ours.get_tensor("x"), x)
     assert out["dtypes"] == {name: True for name in out["dtypes"]} and len(out["dtypes"]) == 8
     assert out["from_nekrs_ml"] == [[1.5, -2.0]]
