@@ -37,6 +37,7 @@ import torch
 
 from nekrs_ml import _core, keys
 from nekrs_ml.client import Client
+from nekrs_ml.launch import report
 from nekrs_ml.serve.deploy import deploy
 from nekrs_ml.train.data import SnapshotReader
 
@@ -381,6 +382,12 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
     assert stress["applied"] is None  # nothing applied in a training run
     # the momentum balance at the control steps: the case's body force 0.25 and the analytic
     # bulk velocity U_b = (1 + t) (2/3 a + e <z>), <z> = 1; V / A = 1 for this box
+    summary = json.loads(client.get_string(keys.solver_summary(ns)))
+    assert summary["kinematic_viscosity"] == pytest.approx(MU)  # rho = 1
+    flow = report.flow_statistics(summary)  # what report.json's `flow` holds
+    assert flow["tau_w_from"] == "resolved" and flow["half_height"] == pytest.approx(1.0)
+    assert flow["u_tau"] == pytest.approx(abs(stress["resolved"]["mean"][0]) ** 0.5)
+    assert flow["Re_tau"] == pytest.approx(flow["u_tau"] / MU)
     balance = stress["momentum_balance"]
     bulk_rate = 2 / 3 * FIELD["a"] + FIELD["e"] * 1.0
     assert balance["steps"] == len(times) and balance["time"] == pytest.approx([times[0], times[-1]])

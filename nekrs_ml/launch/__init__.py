@@ -419,6 +419,7 @@ class Run:
             "inference": (solver_summary or {}).get("inference"),
             # area-weighted wall stress and the momentum balance (NekRS; null for the stand-in)
             "wall_stress": (solver_summary or {}).get("wall_stress"),
+            "flow": report.flow_statistics(solver_summary),
             "solver_summary": solver_summary,
             "trainer": trainer,
             "trained_model": (trainer or {}).get("model_file"),
@@ -550,6 +551,9 @@ def summarise(data: Dict, run_dir: Path) -> None:
             line += f", v{inference['final_version']} error median {final['median']:.3%}"
         if inference.get("fallbacks"):
             line += f", {inference['fallbacks']:.0f} fallback steps"
+    flow = data.get("flow")
+    if flow:
+        line += f"; u_tau {flow['u_tau']:.4g}, Re_tau {flow['Re_tau']:.0f}, U_b {flow['U_b']:.4g}"
     balance = (data.get("wall_stress") or {}).get("momentum_balance") or {}
     if balance.get("tau_w_measured") is not None and balance.get("tau_w_implied"):
         line += (f"; wall shear stress {balance['tau_w_measured']:.3e} against "

@@ -58,6 +58,28 @@ def evaluate_model(client, ns: str, name: str, ranks: int) -> Optional[Dict]:
             "samples": int(rel.size)}
 
 
+def flow_statistics(summary: Optional[Dict]) -> Optional[Dict]:
+    """u_tau, Re_tau and U_b of the run from its summary's wall statistics and momentum balance
+    (NekRS runs; None when the solver gave no geometry or no balance): u_tau = sqrt(tau_w) of the
+    area-weighted wall shear stress along x (applied in inference runs, resolved otherwise), the
+    half-height delta = V / A, Re_tau = u_tau delta / nu, U_b the bulk velocity at the end."""
+    if not summary:
+        return None
+    stress = summary.get("wall_stress") or {}
+    balance = stress.get("momentum_balance") or {}
+    tau, nu = balance.get("tau_w_measured"), summary.get("kinematic_viscosity")
+    volume, area = balance.get("volume"), stress.get("area")
+    if tau is None or not nu or not volume or not area:
+        return None
+    half_height = volume / area
+    u_tau = float(np.sqrt(abs(tau)))
+    return {"u_tau": u_tau, "Re_tau": u_tau * half_height / nu, "U_b": balance["bulk_velocity"][1],
+            "tau_w": tau, "half_height": half_height,
+            "tau_w_from": "applied" if stress.get("applied") else "resolved",
+            "tau_w_implied": balance.get("tau_w_implied"),
+            "time": balance.get("time")}
+
+
 def strict_json(value):
     """The value with NaN and infinities replaced by None: report.json is strict JSON."""
     if isinstance(value, float):

@@ -813,6 +813,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   std::string s = "{";
   s += "\"steps\": " + std::to_string(last_tstep_);
   s += ", \"ranks\": " + std::to_string(comm_.size());
+  s += ", \"kinematic_viscosity\": " + json_number(nu_);
   s += ", \"wall_points\": " + json_number(totals[6]);
   s += ", \"workflow\": " + json_string(options_.training && options_.inferring ? "train+infer"
                                          : options_.training                 ? "train"
