@@ -509,6 +509,7 @@ def test_inference_puts_the_predicted_vector_into_usrwrk(stub_build, tcp_server,
     assert applied["steps"] == 4
     np.testing.assert_allclose(applied["mean"], expected, rtol=1e-5)
     assert summary["wall_stress"]["resolved"] is None  # no targets in an inference run
+    assert summary["wall_stress"]["points_trained"] is None
 
 
 def reichardt_stress(inputs: np.ndarray) -> np.ndarray:

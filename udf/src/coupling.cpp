@@ -760,8 +760,12 @@ std::string Coupling::wall_stress_json(const std::vector<double>& totals, std::s
            ", \"steps\": " + std::to_string(steps) + "}";
   };
   std::string s = "{\"area\": " + json_number(area);
-  s += ", \"training_nodes\": " + json_string(options_.train_edge_nodes ? "all" : "interior");
-  s += ", \"points_trained\": " + json_number(trained);
+  if (options_.training) {
+    s += ", \"training_nodes\": " + json_string(options_.train_edge_nodes ? "all" : "interior");
+    s += ", \"points_trained\": " + json_number(trained);
+  } else {
+    s += ", \"training_nodes\": null, \"points_trained\": null";
+  }
   s += ", \"applied\": " + group(0, applied_steps_);
   s += ", \"resolved\": " + group(1, resolved_steps_);
   s += ", \"resolved_off_edges\": " + group(2, resolved_steps_);
