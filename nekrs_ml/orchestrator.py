@@ -274,6 +274,7 @@ class Orchestrator:
         self.start_timeout = start_timeout
         self.smartredis = smartredis
         self.smartredis_tcp = smartredis_tcp
+        self._module: Optional[Path] = None  # this start's copy of the nkml_ai module
         self.node = node_name()
 
     # --- paths ------------------------------------------------------------------------------
@@ -354,6 +355,7 @@ class Orchestrator:
     def _start_locked(self, binary: str, lock: rundir.RunLock) -> dict:
         self._check_run_dir()
         password = self._ensure_password()
+        self._module = self._private_module() if self.smartredis else None
         state = State(mode=self.mode, node=self.node, namespace=self.namespace,
                       smartredis=self.smartredis)
         state_path = self.node_dir / STATE_FILE
@@ -497,7 +499,7 @@ class Orchestrator:
         else:
             lines += ["appendonly no", 'save ""']
         if self.smartredis:
-            lines += [f"loadmodule {conf_path(self._private_module(), 'module path')} "
+            lines += [f"loadmodule {conf_path(self._module, 'module path')} "
                       f"EXECUTE_TIMEOUT {SMARTREDIS_EXECUTE_TIMEOUT_MS}"]
             if self.transport == "tcp" and not ipaddress.ip_address(self.bind).is_loopback:
                 lines += ["protected-mode no"]  # allowed with --smartredis-tcp, warned about
@@ -509,11 +511,8 @@ class Orchestrator:
     def _private_module(self) -> Path:
         """A copy of the nkml_ai module in this node's private directory: redis-server loads
         only executable files, which a wheel's data files need not be, and a copy of ours
-        cannot be swapped under a running server."""
+        cannot be swapped under a running server. Made once per start, before any server."""
         copy = self.node_dir / SMARTREDIS_MODULE
-        if getattr(self, "_module_copied", False):  # once per start: servers may be loading it
-            return copy
-        self._module_copied = True
         rundir.check_ours(copy, "module copy")
         copy.unlink(missing_ok=True)
         shutil.copyfile(smartredis_module(), copy)

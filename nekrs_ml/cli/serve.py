@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 
 from .commands import command
@@ -44,7 +43,8 @@ def _serve(parser: argparse.ArgumentParser):
 
         env = dict(os.environ, **Orchestrator.info(args.dir)["env"]) if args.dir else os.environ
         settings = WorkerSettings.resolve(
-            args.par, namespace=args.namespace, worker=args.worker, device=args.device,
+            args.par, namespace=args.namespace or (env[environment.NAMESPACE] if args.dir else None),
+            worker=args.worker, device=args.device,
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
             reload_interval=args.reload_interval, prefer_export=args.export,
             threads=args.threads, duration=args.duration, smartredis=args.smartredis)
@@ -53,9 +53,6 @@ def _serve(parser: argparse.ArgumentParser):
 
             torch.set_num_threads(settings.threads)
         options = environment.connection_options(env)
-        if args.dir and not args.namespace:
-            settings = dataclasses.replace(
-                settings, namespace=environment.resolve_namespace(None, None, env))
         with Client(**options) as client:
             worker = ModelWorker(
                 client, settings.namespace, worker=settings.worker, device=settings.device,

@@ -122,13 +122,18 @@ static char *copy_bytes(const char *s, size_t len) {
     return p;
 }
 
-static int reply_errorf(RedisModuleCtx *ctx, const char *fmt, ...) {
+static int reply_verrorf(RedisModuleCtx *ctx, const char *fmt, va_list ap) {
     char text[512];
+    vsnprintf(text, sizeof text, fmt, ap);
+    return RedisModule_ReplyWithError(ctx, text);
+}
+
+static int reply_errorf(RedisModuleCtx *ctx, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    reply_verrorf(ctx, fmt, ap);
     va_end(ap);
-    return RedisModule_ReplyWithError(ctx, text);
+    return REDISMODULE_OK;
 }
 
 /* Fields of array replies are bulk strings, as RedisAI sends them (SmartRedis reads them so). */
@@ -619,12 +624,10 @@ typedef struct {
  * command itself runs and replies it). Returns -1. */
 static int io_error(RedisModuleCtx *ctx, const char *fmt, ...) {
     if (RedisModule_IsKeysPositionRequest(ctx)) return -1;
-    char text[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    reply_verrorf(ctx, fmt, ap);
     va_end(ap);
-    RedisModule_ReplyWithError(ctx, text);
     return -1;
 }
 
@@ -1160,8 +1163,7 @@ static int cmd_config(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (argc < 2) return RedisModule_WrongArity(ctx);
     if (arg_is(argv[1], "GET") && argc == 3) {
         if (arg_is(argv[2], "MODEL_CHUNK_SIZE")) return RedisModule_ReplyWithLongLong(ctx, model_chunk_size);
-        if (arg_is(argv[2], "BACKENDSPATH")) return RedisModule_ReplyWithNull(ctx);
-        return RedisModule_ReplyWithNull(ctx);
+        return RedisModule_ReplyWithNull(ctx); /* BACKENDSPATH and the rest: not set */
     }
     if (arg_is(argv[1], "MODEL_CHUNK_SIZE") && argc == 3) {
         long long n;

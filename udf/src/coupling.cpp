@@ -492,7 +492,7 @@ void Coupling::put_snapshot(long tstep, double time, bool predicted_now) {
   }
   window_last_step_ = tstep;
   window_last_time_ = time;
-  fields_.wall_targets(targets_.data());
+  if (!have_targets_) fields_.wall_targets(targets_.data()); // computed once per step
   have_targets_ = true;
   if (geometry_.known) {
     add_wall_stress(targets_, true, stress_sums_); // the resolved stress, all wall points
