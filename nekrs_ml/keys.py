@@ -80,6 +80,15 @@ def solver_summary(ns: str) -> str:
     return f"{ns}:solver:summary"
 
 
+def flow_stats(ns: str) -> str:
+    """List of flow-statistics records (JSON: wall-parallel velocity moments and wall shear
+    stress), pushed by the solver's rank 0 every statsInterval steps, drained by the launcher."""
+    return f"{ns}:solver:stats"
+
+
+FLOW_STATS_RETAINED = 1000  # records the solver keeps when nobody drains the list
+
+
 def holdout_inputs(ns: str, rank: int) -> str:
     """One held-out snapshot per rank (never announced): the a-priori test of the model."""
     return f"{ns}:{rank_tag(rank)}:holdout:x"

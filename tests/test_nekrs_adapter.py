@@ -567,7 +567,8 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
     text = re.sub(r"(?im)^\s*stopAt\s*=.*$", "stopAt = numSteps", text)
     text = re.sub(r"(?im)^\s*endTime\s*=.*$", "numSteps = 4", text)
     text = re.sub(r"(?im)^\s*numSteps\s*=.*$", "numSteps = 4", text)
-    text = re.sub(r"(?im)^\s*sampleInterval\s*=.*$", "sampleInterval = 2", text)
+    text = re.sub(r"(?im)^\s*stats(Interval|Start|StartTime)\s*=.*$", "", text)
+    text = re.sub(r"(?im)^\s*sampleInterval\s*=.*$", "sampleInterval = 2\nstatsInterval = 2", text)
     text = re.sub(r"(?im)^\s*sampleStart(Time)?\s*=.*$", "", text)  # sample from the start
     text = re.sub(r"(?im)^\s*checkpointInterval\s*=.*$", "checkpointInterval = 0", text)
     # the mesh this test makes (or copies) below, whatever the case's [MESH] file names
@@ -617,6 +618,15 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
     assert stress["area"] == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)  # 2 walls, 2 pi x pi
     for group in ("resolved", "resolved_off_edges", "resolved_on_edges"):
         assert stress[group]["steps"] == 2 and np.all(np.isfinite(stress[group]["mean"]))
+    # flow statistics every 2 steps: 16 elements of N = 4 across the channel give 65 planes
+    records = [json.loads(item) for item in client.list_range(keys.flow_stats(ns), 0, -1)]
+    assert [r["step"] for r in records] == [2, 4]
+    for record in records:
+        y, moments = np.array(record["y"]), np.array(record["moments"])
+        assert len(y) == 65 and y[0] == pytest.approx(-1) and y[-1] == pytest.approx(1)
+        assert np.all(np.isfinite(moments)) and moments.shape == (65, 8)
+        assert moments[:, 0].sum() == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)
+        assert record["tau_w_resolved"] > 0
     balance = stress["momentum_balance"]  # dp/dx = (950 / 19000)^2 declared by the case's udf
     assert balance["driving_gradient"] == pytest.approx(0.05 ** 2, rel=1e-6)
     assert balance["volume"] == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)

@@ -402,6 +402,37 @@ def test_training_streams_exact_wall_samples(stub_build, tcp_server, client, tmp
     assert sorted(int(m) for m in members) == list(range(ranks))
 
 
+def test_flow_statistics_average_the_velocity_over_the_planes_of_the_mesh(stub_build, tcp_server,
+                                                                          client, tmp_path):
+    """statsInterval: the adapter's volume nodes (coordinates, mass matrix) and velocity; the
+    records hold the moments per plane y = const, summed over the ranks."""
+    ns, ranks, steps = new_namespace(), 2, 6
+    run = run_stub(stub_build, tcp_server, ns, tmp_path, ranks,
+                   {"workflow": "train", "sampleInterval": 3, "statsInterval": 2}, steps)
+    run.assert_ok()
+    records = [json.loads(item) for item in client.list_range(keys.flow_stats(ns))]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for record in records:
+        t = record["time"]
+        assert t == pytest.approx(record["step"] * DT)
+        y = np.array(record["y"])
+        assert y == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])  # 2 elements of N = 2 in y
+        moments = np.array(record["moments"])
+        # the mass matrix sums to the volume of every rank's box
+        assert moments[:, 0].sum() == pytest.approx(X_LENGTH * 2.0 * Z_LENGTH * ranks, rel=1e-12)
+        # w = (1 + t)(b (1 - y^2) + g y) is uniform on a plane: its mean and square are exact
+        w = (1 + t) * (FIELD["b"] * (1 - y ** 2) + FIELD["g"] * y)
+        assert moments[:, 3] / moments[:, 0] == pytest.approx(w, rel=1e-12, abs=1e-12)
+        assert moments[:, 6] / moments[:, 0] == pytest.approx(w ** 2, rel=1e-12, abs=1e-12)
+        # the resolved wall stress along x, averaged over both walls
+        tau_x = sum((expected_targets(wall, t)[0] * FRAMES[wall][0]
+                     + expected_targets(wall, t)[1] * FRAMES[wall][1])[0] for wall in FRAMES) / 2
+        assert record["tau_w_resolved"] == pytest.approx(tau_x, rel=1e-9)
+        assert record["tau_w_applied"] is None  # no inference
+    summary = json.loads(client.get_string(keys.solver_summary(ns)))
+    assert summary["statistics"]["records"] == 3 and summary["statistics"]["planes"] == 5
+
+
 def test_sample_points_outside_the_mesh_are_refused(stub_build, tcp_server, tmp_path):
     """sampleHeight beyond the channel: the point search reports the points as not found and
     the run stops with an error that says so, before streaming anything."""

@@ -25,6 +25,7 @@ from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator
 from ..rundir import RunLock
 from . import supervisor
+from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
@@ -178,6 +179,7 @@ class Run:
         self.started = time.time()
         self.failed_polls = 0           # database polls that failed in a row
         self.orchestrator_problem = ""  # why the database counts as failed
+        self.flow_stats = FlowStatistics()  # the solver's flow-statistics records
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
@@ -337,6 +339,7 @@ class Run:
             snapshots = int(self.client.get_string(keys.solver_snapshots(ns)) or 0)
             raw = self.client.get_string(keys.trainer_status(ns))
             status = json.loads(raw) if raw else {}
+            self.flow_stats.drain(self.client, ns)
         except NekrsMLError:
             self.failed_polls += 1
             return 0, None, 0, {}
@@ -393,7 +396,13 @@ class Run:
                 self.warn(f"model evaluation failed: {exc}")
         history = report.read_history(self.run_dir / "trainer_history.jsonl")
         solver_summary = self.solver_summary()
+        flow = self.flow(solver_summary)
         plots = report.plot(self.run_dir, history, evaluation)
+        try:
+            if flow and plot_profile(self.run_dir / "profile.png", flow, label=self.par.stem):
+                plots.append("profile.png")
+        except Exception as exc:  # the report must be written even when a plot fails
+            self.warn(f"profile.png was not drawn: {exc}")
         tested = evaluation is not None and "median" in evaluation
         trainer = _read_json(self.run_dir / "trainer.json")
         if history and "skipped" in history[-1]:  # bad snapshots the trainer left out
@@ -419,7 +428,7 @@ class Run:
             "inference": (solver_summary or {}).get("inference"),
             # area-weighted wall stress and the momentum balance (NekRS; null for the stand-in)
             "wall_stress": (solver_summary or {}).get("wall_stress"),
-            "flow": report.flow_statistics(solver_summary),
+            "flow": flow,
             "solver_summary": solver_summary,
             "trainer": trainer,
             "trained_model": (trainer or {}).get("model_file"),
@@ -432,6 +441,24 @@ class Run:
         text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
         (self.run_dir / "report.json").write_text(text + "\n")
         return data
+
+
+    def flow(self, solver_summary: Optional[Dict]) -> Optional[Dict]:
+        """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
+        where the solver streamed them, else from the run summary's wall statistics; the
+        momentum balance from the summary either way."""
+        from . import report
+
+        if self.client is not None:
+            try:
+                self.flow_stats.drain(self.client, self.ns)
+            except NekrsMLError as exc:
+                self.warn(f"the last flow-statistics records could not be read: {exc}")
+        from_summary = report.flow_statistics(solver_summary)
+        statistics = self.flow_stats.result((solver_summary or {}).get("kinematic_viscosity"))
+        if statistics is None:
+            return from_summary
+        return {**(from_summary or {}), **statistics}
 
 
 def _read_json(path: Path):
@@ -551,9 +578,15 @@ def summarise(data: Dict, run_dir: Path) -> None:
             line += f", v{inference['final_version']} error median {final['median']:.3%}"
         if inference.get("fallbacks"):
             line += f", {inference['fallbacks']:.0f} fallback steps"
-    flow = data.get("flow")
-    if flow:
-        line += f"; u_tau {flow['u_tau']:.4g}, Re_tau {flow['Re_tau']:.0f}, U_b {flow['U_b']:.4g}"
+    flow = data.get("flow") or {}
+    if flow.get("u_tau"):
+        line += f"; u_tau {flow['u_tau']:.4g}"
+        if flow.get("u_tau_uncertainty"):
+            line += f" ± {flow['u_tau_uncertainty']:.2g}"
+        if flow.get("Re_tau"):
+            line += f", Re_tau {flow['Re_tau']:.0f}"
+        if flow.get("U_b") is not None:
+            line += f", U_b {flow['U_b']:.4g}"
     balance = (data.get("wall_stress") or {}).get("momentum_balance") or {}
     if balance.get("tau_w_measured") is not None and balance.get("tau_w_implied"):
         line += (f"; wall shear stress {balance['tau_w_measured']:.3e} against "

@@ -9,6 +9,7 @@
 
 #include "nekrs_ml/coupling.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -63,6 +64,28 @@ public:
             true};
   }
 
+  // Every velocity node of this rank, weighted by the mass matrix (GLL weights times the
+  // Jacobian): the planes y = const of a channel mesh are found by the coupling.
+  VolumeNodes volume_nodes() override {
+    mesh_t* mesh = compat::mesh(nrs_);
+    const std::size_t n = static_cast<std::size_t>(mesh->Nlocal);
+    auto [x, y, z] = mesh->xyzHost();
+    std::vector<dfloat> lmm(n);
+    mesh->o_LMM.copyTo(lmm.data(), n);
+    return {std::vector<double>(y.begin(), y.begin() + n), std::vector<double>(lmm.begin(), lmm.end())};
+  }
+
+  void volume_velocity(double* velocity) override {
+    mesh_t* mesh = compat::mesh(nrs_);
+    const std::size_t n = static_cast<std::size_t>(mesh->Nlocal);
+    const std::size_t offset = static_cast<std::size_t>(compat::field_offset(nrs_));
+    host_velocity_.resize(3 * offset);
+    compat::velocity(nrs_).copyTo(host_velocity_.data(), 3 * offset);
+    for (std::size_t c = 0; c < 3; ++c) {
+      std::copy_n(host_velocity_.data() + c * offset, n, velocity + c * n);
+    }
+  }
+
   void end_run_at(long step) override { compat::end_run_at(static_cast<int>(step)); }
 
   // Releases the point interpolation while MPI and the device are still up (collective).
@@ -78,6 +101,7 @@ private:
   std::unique_ptr<WallSampler> sampler_;
   std::unique_ptr<WallStressField> stress_;
   std::vector<double> velocity_, strain_;
+  std::vector<dfloat> host_velocity_;
 };
 
 } // namespace nekrs_ml::nekrs

@@ -128,6 +128,9 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.inprocess_threads = static_cast<int>(config.get_int(section, "inprocessThreads"));
   options.reload_interval_s = config.get_double(section, "reloadInterval");
   options.train_edge_nodes = config.get_string(section, "trainingNodes") == "all";
+  options.stats_interval = static_cast<int>(config.get_int(section, "statsInterval"));
+  options.stats_start = static_cast<long>(config.get_int(section, "statsStart"));
+  options.stats_start_time = config.get_double(section, "statsStartTime");
   return options;
 }
 
@@ -234,6 +237,7 @@ void Coupling::start() {
                            geometry_.on_element_edge.size() == n_;
   if (!geometry_ok) geometry_ = {};
   select_training_rows();
+  if (options_.stats_interval > 0) start_statistics();
   log(std::to_string(static_cast<long long>(total)) + " wall points, sample height " +
       json_number(options_.sample_height) + ", namespace " + options_.ns +
       (options_.training ? ", training" : "") + (options_.inferring ? ", inference" : ""));
@@ -270,6 +274,7 @@ void Coupling::step(long tstep, double time, bool last_step) {
     if (in_sampling_window(tstep, time)) add_flow_state(time);
     control(tstep, time);
   }
+  if (statistics_due(tstep, time)) record_statistics(tstep, time);
   if (last_step || tstep == end_step_) finish(tstep);
 }
 
@@ -598,6 +603,114 @@ void Coupling::control(long tstep, double time) {
   fields_.end_run_at(end_step_);
 }
 
+// --- flow statistics -------------------------------------------------------------------------
+
+bool Coupling::statistics_due(long tstep, double time) const {
+  return options_.stats_interval > 0 && tstep > 0 && tstep % options_.stats_interval == 0 &&
+         tstep >= options_.stats_start && time >= options_.stats_start_time;
+}
+
+void Coupling::start_statistics() {
+  WallFields::VolumeNodes nodes = fields_.volume_nodes(); // collective
+  if (nodes.weights.size() != nodes.y.size()) {
+    throw Error("the solver gave " + std::to_string(nodes.y.size()) + " node coordinates and " +
+                std::to_string(nodes.weights.size()) + " weights for the flow statistics");
+  }
+  profile_ = ProfileBinning(comm_, nodes.y); // collective
+  if (profile_.empty()) {
+    log("no velocity profiles (" + profile_.why_empty() + "); the flow statistics carry the " +
+        "wall shear stress only");
+    return;
+  }
+  node_weights_ = std::move(nodes.weights);
+  node_velocity_.resize(3 * profile_.nodes());
+  log("flow statistics every " + std::to_string(options_.stats_interval) + " steps on " +
+      std::to_string(profile_.levels().size()) + " planes y = const");
+}
+
+// Adds sum w tau_x and sum w of a wall stress [n_][2] (wall frame) to sums[0], sums[1].
+void Coupling::add_streamwise_stress(const std::vector<double>& tau, double* sums) const {
+  if (!geometry_.known) return;
+  for (std::size_t i = 0; i < n_; ++i) {
+    const double tau_x = tau[2 * i] * geometry_.tangents1[3 * i] +
+                         tau[2 * i + 1] * geometry_.tangents2[3 * i];
+    if (!std::isfinite(tau_x)) continue;
+    sums[0] += geometry_.weights[i] * tau_x;
+    sums[1] += geometry_.weights[i];
+  }
+}
+
+// One record: the velocity moments per plane and the area-weighted wall shear stress along x
+// (applied, where the coupling sets the BC, and resolved), summed over the ranks; rank 0
+// pushes it (docs/protocol.md, "Flow statistics"). A failed push loses that record only.
+void Coupling::record_statistics(long tstep, double time) {
+  const std::size_t levels = profile_.levels().size();
+  std::vector<double> sums(levels * kProfileMoments + 4, 0.0);
+  if (levels > 0) {
+    fields_.volume_velocity(node_velocity_.data()); // collective
+    const std::size_t n = profile_.nodes();
+    const double* u = node_velocity_.data();
+    profile_.add(node_weights_.data(), u, u + n, u + 2 * n, sums.data());
+  }
+  double* wall = sums.data() + levels * kProfileMoments;
+  if (options_.inferring && calls_ > 0) add_streamwise_stress(stress_, wall);
+  if (!have_targets_) fields_.wall_targets(targets_.data()); // collective
+  have_targets_ = true;
+  add_streamwise_stress(targets_, wall + 2);
+  comm_.sum(sums.data(), sums.size());
+  if (stats_first_step_ < 0) stats_first_step_ = tstep;
+  stats_last_step_ = tstep;
+  ++stats_records_;
+  if (comm_.rank() != 0) return;
+
+  std::string record = "{\"step\": " + std::to_string(tstep) + ", \"time\": " + json_number(time);
+  record += ", \"tau_w_applied\": " + (wall[1] > 0 ? json_number(wall[0] / wall[1]) : "null");
+  record += ", \"tau_w_resolved\": " + (wall[3] > 0 ? json_number(wall[2] / wall[3]) : "null");
+  record += ", \"wall_area\": " + json_number(std::max(wall[1], wall[3]));
+  record += ", \"y\": [";
+  for (std::size_t k = 0; k < levels; ++k) {
+    record += (k ? ", " : "") + json_number(profile_.levels()[k]);
+  }
+  record += "], \"moments\": [";
+  for (std::size_t k = 0; k < levels; ++k) {
+    record += k ? ", [" : "[";
+    for (std::size_t m = 0; m < kProfileMoments; ++m) {
+      record += (m ? ", " : "") + json_number(sums[k * kProfileMoments + m]);
+    }
+    record += "]";
+  }
+  record += "]}";
+  const std::string key = keys::flow_stats(options_.ns);
+  const std::string keep_from = std::to_string(-keys::kFlowStatsRetained);
+  try {
+    const auto replies = client_->pipeline({Command::of(key, {"RPUSH", key, record}),
+                                            Command::of(key, {"LTRIM", key, keep_from, "-1"})});
+    for (const auto& reply : replies) {
+      if (reply.is_error()) throw ServerError(key + ": " + reply.text);
+    }
+  } catch (const Error& error) {
+    if (stats_errors_++ % 100 == 0) {
+      warn("step " + std::to_string(tstep) + ": a flow-statistics record was lost (" +
+           std::to_string(stats_errors_) + " so far): " + error.what());
+    }
+  }
+}
+
+std::string Coupling::statistics_json() const {
+  if (options_.stats_interval <= 0) return "null";
+  std::string s = "{\"interval\": " + std::to_string(options_.stats_interval);
+  s += ", \"start\": " + std::to_string(options_.stats_start);
+  s += ", \"start_time\": " + json_number(options_.stats_start_time);
+  s += ", \"planes\": " + std::to_string(profile_.levels().size());
+  s += ", \"no_profile_because\": " +
+       (profile_.empty() ? json_string(profile_.why_empty()) : std::string("null"));
+  s += ", \"records\": " + std::to_string(stats_records_);
+  s += ", \"records_lost\": " + std::to_string(stats_errors_);
+  s += ", \"first_step\": " + (stats_first_step_ >= 0 ? std::to_string(stats_first_step_) : "null");
+  s += ", \"last_step\": " + (stats_last_step_ >= 0 ? std::to_string(stats_last_step_) : "null");
+  return s + "}";
+}
+
 // --- end of the run ----------------------------------------------------------------------------
 
 std::string Coupling::finish(long tstep) {
@@ -829,6 +942,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   s += ", \"snapshots_dropped\": " + json_number(totals[1]);
   s += ", \"data_digest\": \"" + std::string(hex, hex_end) + "\"";
   if (options_.training) s += ", \"sample_window\": " + window_json();
+  s += ", \"statistics\": " + statistics_json();
   s += ", \"nonfinite_input_steps\": " + json_number(totals[7]);
   s += ", \"wall_stress\": " + wall_stress_json(totals, at);
   if (options_.inferring) {

@@ -14,7 +14,10 @@
 //    with a rate-limited warning; onInferenceError = abort throws instead, and
 //    maxInferenceFailures consecutive failures end the run at the next control step;
 //  - the stop request (agreed by all ranks, then the solver's end_run_at) and the solver-done
-//    signal; the counters and the run summary (JSON, also stored under keys::solver_summary).
+//    signal; the counters and the run summary (JSON, also stored under keys::solver_summary);
+//  - the flow statistics: every statsInterval steps (from statsStart / statsStartTime on) the
+//    wall-parallel velocity moments and the wall shear stress, summed over the ranks and
+//    streamed by rank 0 (flow_stats.hpp).
 //
 // Nothing non-finite ever reaches WallFields::apply_wall_stress.
 #pragma once
@@ -22,6 +25,7 @@
 #include "nekrs_ml/client.hpp"
 #include "nekrs_ml/config.hpp"
 #include "nekrs_ml/errors.hpp"
+#include "nekrs_ml/flow_stats.hpp"
 #include "nekrs_ml/inference.hpp"
 #include "nekrs_ml/stream.hpp"
 
@@ -83,6 +87,15 @@ public:
     (void)state;
     return false;
   }
+  // The volume nodes of this rank for the wall-parallel profiles of a channel (walls y =
+  // const): their y coordinates and quadrature weights. Asked once when statsInterval > 0
+  // (collective); empty: no nodes on this rank, or no profiles from this solver.
+  struct VolumeNodes {
+    std::vector<double> y, weights;
+  };
+  virtual VolumeNodes volume_nodes() { return {}; }
+  // The velocity at those nodes, component-major [3][n] (collective).
+  virtual void volume_velocity(double* velocity) { (void)velocity; }
   // Makes `step` the last step of the run (the trainer's stop request, or too many failures).
   virtual void end_run_at(long step) = 0;
 };
@@ -129,6 +142,9 @@ struct CouplingOptions {
   int inprocess_threads = 1;
   double reload_interval_s = 0.25;
   bool train_edge_nodes = false; // trainingNodes = all (default interior: edge nodes left out)
+  int stats_interval = 0;          // statsInterval: flow statistics every n steps (0: none)
+  long stats_start = 0;            // statsStart: first step of the statistics
+  double stats_start_time = 0.0;   // statsStartTime: first time of the statistics
 
   // The [NEKRS_ML] options; the namespace of the launcher's environment (NEKRS_ML_NAMESPACE)
   // wins over the .par's. Throws ConfigError for workflow = off (nothing to couple).
@@ -223,6 +239,11 @@ private:
   std::string momentum_json(double area, double tau_x) const;
   std::string summary_json(const std::vector<double>& totals) const;
   std::string window_json() const;
+  bool statistics_due(long tstep, double time) const;
+  void start_statistics();
+  void record_statistics(long tstep, double time);
+  void add_streamwise_stress(const std::vector<double>& tau, double* sums) const;
+  std::string statistics_json() const;
   void warn(const std::string& text) const;
   void log(const std::string& text) const;
 
@@ -269,6 +290,12 @@ private:
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
   bool window_open_ = false;     // a snapshot inside the sampling window was taken
+  // Flow statistics: the planes of the profiles, this rank's node weights and velocity, the
+  // records streamed (the same count on every rank) and the first and last step recorded.
+  ProfileBinning profile_;
+  std::vector<double> node_weights_, node_velocity_;
+  long long stats_records_ = 0, stats_errors_ = 0;
+  long stats_first_step_ = -1, stats_last_step_ = -1;
   // [first, last] step and time of the snapshots streamed (the same steps on every rank)
   long window_first_step_ = -1, window_last_step_ = -1;
   double window_first_time_ = 0.0, window_last_time_ = 0.0;

@@ -12,6 +12,17 @@
 // Reichardt's at the tangential speed, along the tangential velocity:
 //   tau = tau_R(|u_t|) u_t / |u_t|,  targets [tau.t1, tau.t2].
 // The same arguments give bit-identical data (see ChannelWallSampler).
+//
+// The wall geometry: unit weight per point, the tangents above, no element edges.
+//
+// The volume (for the flow statistics): kPlanes planes y = const between the walls (tanh-
+// stretched), kNodesPerPlane nodes per plane and rank, each weighted by its plane's share of
+// the channel height. Whenever the coupling asks, the velocity there is drawn afresh (its own
+// random stream: the wall data do not change) with a known mean profile and Reynolds stresses:
+//   U = u_tau u+(d u_tau / nu) (Reichardt, d the distance to the nearer wall), V = W = 0,
+//   <u'u'> = 4 f^2 u_tau^2, <v'v'> = <w'w'> = f^2 u_tau^2, <u'v'> = y f^2 u_tau^2,
+//   f = 1 - exp(-d u_tau / (26 nu)),
+// so that the shear stress -<u'v'> points away from each wall, as in a channel.
 #pragma once
 
 #include "nekrs_ml/coupling.hpp"
@@ -37,6 +48,12 @@ public:
   void apply_wall_stress(const double* tau) override;
   double kinematic_viscosity() const override { return streamwise_.viscosity(); }
   void end_run_at(long step) override;
+  Geometry geometry() override;
+  VolumeNodes volume_nodes() override;
+  void volume_velocity(double* velocity) override;
+
+  static constexpr std::size_t kPlanes = 33;
+  static constexpr std::size_t kNodesPerPlane = 8;
 
   // The step the coupling asked the run to end with (-1: none).
   long end_step() const { return end_step_; }
@@ -52,9 +69,11 @@ private:
   ChannelWallSampler streamwise_;
   double correlation_, sigma_;
   NormalDeviates normal_;
+  NormalDeviates volume_normal_; // the volume's own stream
   std::vector<double> spanwise_, wall_normal_;
   std::vector<double> u_, unused_; // streamwise velocity (and its 1-D wall stress, unused)
   std::vector<double> applied_;
+  std::vector<double> volume_y_; // the volume nodes' y
   long long applications_ = 0;
   long end_step_ = -1;
 };
