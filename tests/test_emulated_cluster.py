@@ -1,0 +1,112 @@
+"""The emulated cluster (tests/emulated_cluster.py): three network namespaces as nodes, MPI ranks
+placed on them through the rsh agent, and a co-located deployment started by hand on every node
+(`nekrs-ml db start --mode colocated` per node, the stand-in solver under mpiexec across the
+nodes): each node's ranks reach only their own node's server."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulated_cluster import EmulatedCluster, why_unavailable
+from test_run import write_case
+
+pytestmark = pytest.mark.skipif(why_unavailable() is not None,
+                                reason=why_unavailable() or "")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with EmulatedCluster(3) as running:
+        yield running
+    assert not running.pids()
+
+
+def mpiexec(cluster, ranks: int, argv, cwd, env=None, timeout=120):
+    command = ["mpiexec", "--hostfile", str(cluster.node_file), "-n", str(ranks), "--map-by",
+               "node", *argv]
+    return subprocess.run(command, cwd=cwd, env=cluster.mpi_env(env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_ranks_run_one_per_node_under_the_nodes_names(cluster, tmp_path):
+    program = ("from mpi4py import MPI; import socket; c = MPI.COMM_WORLD; "
+               "print(c.rank, socket.gethostname(), socket.gethostbyname(socket.gethostname()), "
+               "c.allreduce(c.rank + 1))")
+    proc = mpiexec(cluster, 3, [sys.executable, "-c", program], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = sorted(line.split() for line in proc.stdout.splitlines())
+    assert [row[1] for row in rows] == cluster.nodes
+    assert [row[2] for row in rows] == [cluster.address(node) for node in cluster.nodes]
+    assert {row[3] for row in rows} == {"6"}  # the ranks talk over the test network
+
+
+def test_each_node_has_its_own_loopback(cluster, tmp_path):
+    """A server on one node's loopback is out of reach of the others; its address is not."""
+    first, second = cluster.nodes[0], cluster.nodes[1]
+    server = cluster.popen(first, ["redis-server", "--port", "17001", "--bind",
+                                   f"127.0.0.1 {cluster.address(first)}", "--save", "",
+                                   "--appendonly", "no", "--protected-mode", "no"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ping = ["redis-cli", "-p", "17001", "ping"]
+        deadline = 50
+        while cluster.run(first, ping).stdout.strip() != "PONG" and deadline:
+            deadline -= 1
+            subprocess.run(["sleep", "0.1"])
+        assert cluster.run(first, ping).stdout.strip() == "PONG"
+        assert cluster.run(second, ping).stdout.strip() != "PONG"
+        remote = ["redis-cli", "-h", cluster.address(first), "-p", "17001", "ping"]
+        assert cluster.run(second, remote).stdout.strip() == "PONG"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_colocated_servers_started_per_node_serve_their_nodes_ranks(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    infos = {}
+    try:
+        for node in cluster.nodes:
+            proc = cluster.run(node, [sys.executable, "-m", "nekrs_ml.cli", "db", "start", "--dir",
+                                      str(run_dir), "--mode", "colocated"], timeout=120)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            infos[node] = json.loads(proc.stdout)
+        # the last start lists every node's socket, in the run directory all nodes share
+        info = infos[cluster.nodes[-1]]
+        assert [server["node"] for server in info["servers"]] == cluster.nodes
+        assert [Path(a.split(":", 1)[1]).parent.name for a in info["addresses"]] == cluster.nodes
+        env = dict(os.environ, **info["env"])
+        case = write_case(str(tmp_path), {"NEKRS_ML": {"workflow": "train", "deployment": "colocated",
+                                                       "maxSnapshots": 100},
+                                          "REPRODUCER": {"steps": 30, "points": 50,
+                                                         "stepCost": 0.0}})
+        proc = mpiexec(cluster, 3, [sys.executable, "-m", "nekrs_ml.cli", "reproduce", str(case)],
+                       tmp_path, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # rank r ran on node r (--map-by node) and wrote to that node's server only
+        from nekrs_ml import keys
+        from nekrs_ml.client import Client
+
+        ns = env.get("NEKRS_ML_NAMESPACE", "nkml")
+        for rank, (node, address) in enumerate(zip(cluster.nodes, info["addresses"])):
+            client = Client([address], password=_password(info))
+            try:
+                members = sorted(int(m) for m in client.redis.smembers(keys.solver_members(ns)))
+                assert members == [rank], node
+                assert client.list_length(keys.snapshot_index(ns, rank)) == 3
+            finally:
+                client.close()
+    finally:
+        for node in cluster.nodes:
+            cluster.run(node, [sys.executable, "-m", "nekrs_ml.cli", "db", "stop", "--dir",
+                               str(run_dir)], timeout=60)
+
+
+def _password(info) -> str:
+    path = info["env"].get("NEKRS_ML_PASSWORD_FILE")
+    return Path(path).read_text().strip() if path else None
