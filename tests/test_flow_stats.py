@@ -75,6 +75,11 @@ def test_run_reports_the_known_profile_of_the_synthetic_channel(run_dir):
     assert comparison["planes"] >= 3 and abs(comparison["mean_relative_difference"]) < 0.05
     assert "profile.png" in data["plots"] and (Path(run_dir) / "profile.png").stat().st_size > 0
     assert f"u_tau {flow['u_tau']:.4g}" in out
+    # the coupling's time per step beside the solver's (steps 0 to 600 on each rank)
+    timing = data["timing"]
+    assert timing == data["solver_summary"]["timing"] and timing["steps"] == 601
+    assert timing["coupling_seconds_per_step"] > 0 and timing["solver_seconds_per_step"] > 0
+    assert 0 < timing["coupling_fraction"] < 1 and "of the step time" in out
     assert no_servers_left(run_dir)
 
 

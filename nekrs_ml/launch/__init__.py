@@ -429,6 +429,8 @@ class Run:
             # area-weighted wall stress and the momentum balance (NekRS; null for the stand-in)
             "wall_stress": (solver_summary or {}).get("wall_stress"),
             "flow": flow,
+            # the coupling's share of the step time (per rank: inside Coupling::step vs between)
+            "timing": (solver_summary or {}).get("timing"),
             "solver_summary": solver_summary,
             "trainer": trainer,
             "trained_model": (trainer or {}).get("model_file"),
@@ -591,6 +593,10 @@ def summarise(data: Dict, run_dir: Path) -> None:
     if balance.get("tau_w_measured") is not None and balance.get("tau_w_implied"):
         line += (f"; wall shear stress {balance['tau_w_measured']:.3e} against "
                  f"{balance['tau_w_implied']:.3e} from the momentum balance")
+    timing = data.get("timing") or {}
+    if timing.get("coupling_fraction") is not None:
+        line += (f"; coupling {timing['coupling_seconds_per_step'] * 1e3:.3g} ms per step "
+                 f"({timing['coupling_fraction']:.1%} of the step time)")
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)

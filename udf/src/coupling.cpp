@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
@@ -246,6 +247,18 @@ void Coupling::start() {
 void Coupling::step(long tstep, double time, bool last_step) {
   if (finished_ || tstep <= last_tstep_) return;
   last_tstep_ = tstep;
+  // the solver's time since the last call, and the coupling's own time in this one
+  const auto entered = std::chrono::steady_clock::now();
+  if (timed_steps_++ > 0) solver_seconds_ += std::chrono::duration<double>(entered - left_).count();
+  struct Timer {
+    Coupling& self;
+    std::chrono::steady_clock::time_point entered;
+    ~Timer() {
+      self.left_ = std::chrono::steady_clock::now();
+      self.coupling_seconds_ += std::chrono::duration<double>(self.left_ - entered).count();
+      ++self.timed_calls_;
+    }
+  } timer{*this, entered};
   if (!started_) start();
   have_inputs_ = have_targets_ = false;
   if (!steady_ && tstep > 0 && tstep % options_.sample_interval == 0 &&
@@ -740,6 +753,10 @@ std::string Coupling::finish(long tstep) {
   totals.push_back(geometry_.known ? 1.0 : 0.0); // ranks that know their geometry
   totals.push_back(std::accumulate(geometry_.weights.begin(), geometry_.weights.end(), 0.0));
   totals.insert(totals.end(), stress_sums_.begin(), stress_sums_.end());
+  totals.push_back(solver_seconds_);
+  totals.push_back(coupling_seconds_);
+  totals.push_back(static_cast<double>(timed_steps_));
+  totals.push_back(static_cast<double>(timed_calls_)); // the calls that ended before this sum
   comm_.sum(totals.data(), totals.size());
   comm_.barrier(); // every rank's last snapshot is announced before the solver is marked done
 
@@ -906,6 +923,21 @@ std::string Coupling::window_json() const {
   return s + "}";
 }
 
+// "timing": per step and rank, the solver's own time (between two calls) and the coupling's
+// (inside step(): sampling, snapshots, inference, statistics, control), and the coupling's share.
+std::string Coupling::timing_json(const std::vector<double>& totals, std::size_t at) const {
+  const double solver = totals[at], coupling = totals[at + 1], steps = totals[at + 2];
+  const double calls = totals[at + 3];
+  if (steps <= comm_.size() || calls <= 0) return "null"; // no solver time between calls
+  const double intervals = steps - comm_.size(); // the first call of each rank has none
+  const double per_step = solver / intervals, coupling_per_step = coupling / calls;
+  std::string s = "{\"steps\": " + json_number(steps / comm_.size());
+  s += ", \"solver_seconds_per_step\": " + json_number(per_step);
+  s += ", \"coupling_seconds_per_step\": " + json_number(coupling_per_step);
+  s += ", \"coupling_fraction\": " + json_number(coupling_per_step / (per_step + coupling_per_step));
+  return s + "}";
+}
+
 std::string Coupling::summary_json(const std::vector<double>& totals) const {
   std::size_t at = 8;
   std::string failures = "{";
@@ -945,6 +977,7 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
   s += ", \"statistics\": " + statistics_json();
   s += ", \"nonfinite_input_steps\": " + json_number(totals[7]);
   s += ", \"wall_stress\": " + wall_stress_json(totals, at);
+  s += ", \"timing\": " + timing_json(totals, at + 3 + stress_sums_.size());
   if (options_.inferring) {
     std::set<long long> versions;
     std::string segments = "[";

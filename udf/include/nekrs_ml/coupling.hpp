@@ -30,6 +30,7 @@
 #include "nekrs_ml/stream.hpp"
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -244,6 +245,7 @@ private:
   void record_statistics(long tstep, double time);
   void add_streamwise_stress(const std::vector<double>& tau, double* sums) const;
   std::string statistics_json() const;
+  std::string timing_json(const std::vector<double>& totals, std::size_t at) const;
   void warn(const std::string& text) const;
   void log(const std::string& text) const;
 
@@ -300,6 +302,10 @@ private:
   long window_first_step_ = -1, window_last_step_ = -1;
   double window_first_time_ = 0.0, window_last_time_ = 0.0;
 
+  // time of this rank: the solver's between calls, the coupling's inside them
+  double solver_seconds_ = 0.0, coupling_seconds_ = 0.0;
+  long long timed_steps_ = 0, timed_calls_ = 0;
+  std::chrono::steady_clock::time_point left_;
   // counters of this rank
   long long calls_ = 0, waiting_calls_ = 0, fallbacks_ = 0, predicted_steps_ = 0;
   long long consecutive_failures_ = 0, warnings_ = 0, nonfinite_inputs_ = 0, control_errors_ = 0;
