@@ -594,3 +594,32 @@ def test_a_non_finite_loss_is_never_convergence_nor_published(tcp_server, run_di
     assert status["state"] == "failed" and "NaN or infinite" in status["error"], status
     assert registry.latest_version(client, ns, "tau_model") is None
     assert "converged" not in log
+
+
+def test_data_timeout_counts_from_the_solvers_last_progress(tcp_server, run_dir):
+    """A solver on its way to the sampling window (its step advancing, no snapshots yet) is
+    waited for beyond --data-timeout; once it stops progressing the trainer gives up, saying so."""
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    ns = fresh_namespace()
+    par = write_par(run_dir)
+    argv = ["mpiexec", "-n", "1", "--oversubscribe", sys.executable, "-m", "nekrs_ml.cli",
+            "train", par, "--run-dir", run_dir, "--data-timeout", "3"]
+    with open(Path(run_dir, "trainer.log"), "wb") as log:
+        process = subprocess.Popen(argv, env=trainer_env(tcp_server, ns), stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    try:
+        started = time.monotonic()
+        for step in range(10, 90, 10):  # 8 s of progress, one control step a second
+            client.set_string(keys.solver_step(ns), str(step))
+            time.sleep(1.0)
+            assert process.poll() is None, log_of(run_dir)
+        process.wait(timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    assert process.returncode != 0
+    assert 8 + 2 < waited < 8 + 30
+    assert "no solver progress" in log_of(run_dir) and "--data-timeout 3 s" in log_of(run_dir)

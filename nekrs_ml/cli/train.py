@@ -14,7 +14,9 @@ def _train(parser: argparse.ArgumentParser):
     parser.add_argument("--run-dir", help="directory of the history file, the trained model and "
                         "the checkpoints (default: $NEKRS_ML_RUN_DIR, else the current directory)")
     parser.add_argument("--data-timeout", type=float, default=600.0, metavar="S",
-                        help="fail when a rank has no training data after S seconds (default 600)")
+                        help="fail when a rank has no training data and the solver has made no "
+                        "progress for S seconds (default 600); a solver on its way to its sampling "
+                        "window is waited for")
     parser.add_argument("--max-skips", type=int, default=20, metavar="N",
                         help="fail after N bad snapshots in a row (wrong dtype, shape, NaN...; "
                         "default 20); fewer are skipped with a warning and counted")

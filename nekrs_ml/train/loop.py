@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import aot, keys, registry
 from ..client import Client
+from ..errors import NekrsMLError
 from . import checkpoints, outputs
 from .data import Samples, SnapshotReader, Window, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
@@ -158,14 +159,21 @@ class Trainer:
 
     # --- waiting for the first data ---------------------------------------------------------
     def wait_for_data(self) -> bool:
-        """Polls until every rank holds training data; False when a signal came first."""
+        """Polls until every rank holds training data; False when a signal came first.
+        --data-timeout counts from the solver's last progress, not from the start: a slow
+        solver on its way to the sampling window (sampleStartTime) is waited for."""
         started = time.monotonic()
+        solver_step = None
         self.report("waiting")
         while True:
             done = self.client.exists(keys.solver_done(self.ns))
             self.ingest()
             self.check_skips()
             ranks = self.world.comm.allgather((self.samples.train_rows, done, self.stop.received))
+            if self.world.rank == 0:
+                step = self.solver_progress()
+                if step != solver_step:
+                    solver_step, started = step, time.monotonic()
             elapsed = time.monotonic() - started
             verdict = self.waiting_verdict(ranks, elapsed) if self.world.rank == 0 else None
             verdict, message = self.world.comm.bcast(verdict, root=0)
@@ -195,9 +203,17 @@ class Trainer:
             return "failed", (f"the solver finished ({keys.solver_done(self.ns)!r} is set) but "
                               f"trainer rank(s) {empty} received no training data; {hint}")
         if elapsed > self.settings.data_timeout:
-            return "failed", (f"no training data on trainer rank(s) {empty} within --data-timeout "
+            return "failed", (f"no training data on trainer rank(s) {empty} and no solver "
+                              f"progress ({keys.solver_step(self.ns)!r}) within --data-timeout "
                               f"{self.settings.data_timeout:g} s; {hint}")
         return "wait", ""
+
+    def solver_progress(self) -> Optional[bytes]:
+        """The solver's last control step (None before its first, or when unreadable)."""
+        try:
+            return self.client.get_string(keys.solver_step(self.ns))
+        except NekrsMLError:
+            return None
 
     def check_dims(self) -> None:
         """Every rank (and a resumed checkpoint) must see the same (n_in, n_out)."""
