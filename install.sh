@@ -20,7 +20,8 @@ esac
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 system_packages=(redis-server redis-tools libhiredis-dev openmpi-bin libopenmpi-dev
-                 cmake g++ gfortran make pkg-config python3-dev python3-venv python3-pip)
+                 cmake g++ gfortran make pkg-config python3-dev python3-venv python3-pip
+                 iproute2)  # iproute2: the tests' emulated cluster (network namespaces)
 if command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${system_packages[@]}"; do

@@ -14,8 +14,8 @@ import pytest
 from emulated_cluster import EmulatedCluster, why_unavailable
 from test_run import write_case
 
-pytestmark = pytest.mark.skipif(why_unavailable() is not None,
-                                reason=why_unavailable() or "")
+UNAVAILABLE = why_unavailable()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 
 
 @pytest.fixture(scope="module")

@@ -630,3 +630,50 @@ def test_training_case_streams_finite_snapshots(tcp_server, tmp_path):
     balance = stress["momentum_balance"]  # dp/dx = (950 / 19000)^2 declared by the case's udf
     assert balance["driving_gradient"] == pytest.approx(0.05 ** 2, rel=1e-6)
     assert balance["volume"] == pytest.approx(2 * 2 * np.pi * np.pi, rel=1e-6)
+
+
+@needs_nekrs
+def test_wall_modelled_case_reports_flow_statistics(tmp_path):
+    """`nekrs-ml run channel_infer.par` on a small mesh: report.json's flow block (u_tau from the
+    applied wall stress, the folded profile in wall units) holds finite values."""
+    import json
+
+    import torch
+
+    if shutil.which("mpiexec") is None:
+        pytest.skip("needs mpiexec")
+    if nekrs_major() < 25:
+        pytest.skip("the flow-rate correction that drives this case is reported by NekRS 25")
+    case = tmp_path / "case"
+    shutil.copytree(CASE_DIR, case)
+    subprocess.run([sys.executable, "-m", "nekrs_ml", "mesh", "channel", "--elements", "8", "6",
+                    "6", "-o", "channel_infer.re2"], cwd=case, check=True, capture_output=True,
+                   timeout=120)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(case / "any_model.pt"))
+    par = case / "channel_infer.par"
+    text = par.read_text()
+    text = re.sub(r"(?im)^\s*stopAt\s*=.*$", "stopAt = numSteps", text)
+    text = re.sub(r"(?im)^\s*endTime\s*=.*$", "numSteps = 20", text)
+    text = re.sub(r"(?im)^\s*checkpointInterval\s*=.*$", "checkpointInterval = 0", text)
+    text = re.sub(r"(?im)^\s*statsInterval\s*=.*$", "statsInterval = 5", text)
+    text = re.sub(r"(?im)^\s*statsStartTime\s*=.*$", "", text)
+    # the BC from Reichardt's law; the model is only evaluated beside it
+    text = re.sub(r"(?im)^\s*applyPredictions\s*=.*$", "applyPredictions = false", text)
+    text = re.sub(r"(?im)^\s*deployModel\s*=.*$", 'deployModel = "any_model.pt"', text)
+    par.write_text(text)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    run = subprocess.run([sys.executable, "-m", "nekrs_ml", "run", "channel_infer.par", "--solver",
+                          "nekrs", "--run-dir", str(tmp_path / "run")], cwd=case, env=env,
+                         capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    flow = report["flow"]
+    assert flow["records"] == 4 and flow["steps"] == [5, 20] and flow["tau_w_from"] == "applied"
+    assert 0.01 < flow["u_tau"] < 0.2 and np.isfinite(flow["Re_tau"]) and flow["U_b"] > 0
+    profile = flow["profile"]
+    assert len(profile["y"]) == 6 * 6 // 2 + 1  # 37 planes (6 elements of N = 6), folded
+    for name in ("y_plus", "U_plus", "uu_plus", "vv_plus", "ww_plus", "uv_plus"):
+        assert np.all(np.isfinite(profile[name])), name
+    assert "profile.png" in report["plots"]
+    assert report["timing"]["coupling_fraction"] > 0
