@@ -223,6 +223,12 @@ def free_port(host: str = "127.0.0.1", with_bus: bool = False, taken: Optional[s
     raise OrchestratorError(f"no free TCP port found on {host}")
 
 
+def _die_with_parent():
+    from .launch.watchdog import die_with_parent
+
+    return die_with_parent(signal.SIGTERM)
+
+
 def node_name() -> str:
     return environment.node_names()[0]
 
@@ -238,7 +244,7 @@ class Orchestrator:
                  bind: str = "127.0.0.1", port: Optional[int] = None, maxmemory: str = "1gb",
                  persistence: bool = False, redis_server: Optional[str] = None,
                  namespace: str = "nkml", start_timeout: float = 30.0, smartredis: bool = False,
-                 smartredis_tcp: bool = False):
+                 smartredis_tcp: bool = False, die_with_parent: bool = False):
         if mode not in MODES:
             raise OrchestratorError(f"mode {mode!r} is not valid; use one of {', '.join(MODES)}")
         if transport not in ("tcp", "unix"):
@@ -274,6 +280,8 @@ class Orchestrator:
         self.start_timeout = start_timeout
         self.smartredis = smartredis
         self.smartredis_tcp = smartredis_tcp
+        # a node agent's servers: the kernel stops them when the agent dies, however it dies
+        self.die_with_parent = die_with_parent
         self._module: Optional[Path] = None  # this start's copy of the nkml_ai module
         self.node = node_name()
 
@@ -468,7 +476,8 @@ class Orchestrator:
                 [binary, str(config)], stdout=log_handle, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=server_dir, umask=SERVER_UMASK,
                 pass_fds=(lock_fd,) if lock_fd is not None else (),
-                start_new_session=True)  # outlives `db start`; stopped by `db stop`
+                start_new_session=True,  # outlives `db start`; stopped by `db stop`
+                preexec_fn=_die_with_parent() if self.die_with_parent else None)
         return Server(name=name, address=address, pid=process.pid, config=str(config),
                       log=str(log), host=host, port=port, socket=sock,
                       start_time=process_start_time(process.pid))

@@ -5,8 +5,10 @@ nodes): each node's ranks reach only their own node's server."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,87 @@ def test_colocated_servers_started_per_node_serve_their_nodes_ranks(cluster, tmp
 def _password(info) -> str:
     path = info["env"].get("NEKRS_ML_PASSWORD_FILE")
     return Path(path).read_text().strip() if path else None
+
+
+def start_launcher(cluster, case: Path, run_dir: Path) -> subprocess.Popen:
+    """`nekrs-ml run` on the first node, as a batch script runs on the first node of its
+    allocation (PBS_NODEFILE names the three nodes)."""
+    return cluster.popen(cluster.nodes[0], [sys.executable, "-m", "nekrs_ml.cli", "run", str(case),
+                                            "--run-dir", str(run_dir)],
+                         env=cluster.mpi_env(), cwd=case.parent, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+
+
+def colocated_case(directory: Path, steps: int = 200) -> Path:
+    return write_case(str(directory), {
+        "NEKRS_ML": {"workflow": "train", "deployment": "colocated", "solverRanks": 3,
+                     "trainerRanks": 2, "trainerNodes": 2, "maxSnapshots": 100,
+                     "hiddenLayers": 8, "stepsPerEpoch": 5, "patience": 3, "stopSolver": "false"},
+        "REPRODUCER": {"steps": steps, "points": 100, "stepCost": 0.0}})
+
+
+def test_colocated_training_run_across_three_nodes(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    launcher = start_launcher(cluster, colocated_case(tmp_path), run_dir)
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "ok"
+    first, second, third = cluster.nodes
+    assert report["placement"]["solver_ranks"] == {first: 1, second: 1, third: 1}
+    assert report["placement"]["trainer_ranks"] == {first: 1, second: 1}
+    assert any(third in warning and "nobody trains on" for warning in report["warnings"])
+    # every rank's snapshots (20 each) reached its node's server; the two trainer ranks, one
+    # DDP group across two nodes, trained on those of the first two nodes
+    assert report["snapshots"]["written"] == 3 * 20
+    assert report["trainer"]["data_window"]["snapshots"] == 2 * 20
+    assert report["model_version"] >= 1
+    assert not cluster.pids()  # every server, agent and rank is gone from every node
+
+
+def test_a_killed_node_agent_ends_the_run_naming_its_node(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    case = colocated_case(tmp_path, steps=100000)  # runs until the agent dies
+    case.write_text(case.read_text().replace("stepCost = 0.0", "stepCost = 0.002"))
+    launcher = start_launcher(cluster, case, run_dir)
+    try:
+        victim = cluster.nodes[2]
+        agent = None
+        for _ in range(600):  # the run is up once the solver's coupling has started
+            agent = _agent_pid(cluster, victim)
+            if agent and "wall points" in _solver_log(run_dir):
+                break
+            time.sleep(0.1)
+        assert agent, "no node agent on " + victim
+        os.kill(agent, signal.SIGKILL)
+        out, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode != 0, out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "orchestrator"
+    assert victim in report["message"], report["message"]
+    for _ in range(100):  # every server, agent and rank on every node is gone
+        if not cluster.pids():
+            break
+        time.sleep(0.1)
+    assert not cluster.pids()
+
+
+def _agent_pid(cluster, node: str):
+    out = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout
+    for pid in out.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"nekrs_ml.cli" in cmdline and b"node" in cmdline:
+            return int(pid)
+    return None
+
+
+def _solver_log(run_dir: Path) -> str:
+    path = run_dir / "solver.log"
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "nekrs_ml.cli.bench",
     "nekrs_ml.cli.reproduce",
     "nekrs_ml.cli.run",
+    "nekrs_ml.cli.node",
     "nekrs_ml.cli.mesh",
 )
 

@@ -27,12 +27,14 @@ from ..rundir import RunLock
 from . import supervisor
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
+from .placement import Placement, open_mpi_hosts
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
 from .watchdog import Guard
 
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
     0, 1, 3, 4, 5, 130)
+NODE_START_TIMEOUT = 120.0  # s for every host's node agent to have its server up
 MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
 RUN_LOCK = "run.lock"  # held by the live run of a run directory
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -78,15 +80,19 @@ def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
     return None, end_time
 
 
-def mpiexec_prefix(ranks: int, hosts: List[str]) -> List[str]:
-    """`mpiexec -n N` (+ hosts of the allocation); NEKRS_ML_MPIEXEC overrides the launcher."""
+def mpiexec_prefix(ranks: int, hosts: List[str],
+                   counts: Optional[Dict[str, int]] = None) -> List[str]:
+    """`mpiexec -n N` (+ hosts of the allocation, or the ranks per host of a placement);
+    NEKRS_ML_MPIEXEC overrides the launcher."""
     launcher = shlex.split(os.environ.get("NEKRS_ML_MPIEXEC", "mpiexec"))
     if not shutil.which(launcher[0]):
         raise ConfigError(f"{launcher[0]} not found: install an MPI (Debian: apt-get install openmpi-bin) "
                           "or set NEKRS_ML_MPIEXEC to your MPI launcher")
     check_root_allowed(launcher[0])
     argv = launcher + ["-n", str(ranks)]
-    if len(hosts) > 1:  # one host: let mpiexec count its cores (a bare --host means one slot)
+    if counts:
+        argv += ["--host", open_mpi_hosts(counts)]
+    elif len(hosts) > 1:  # one host: let mpiexec count its cores (a bare --host means one slot)
         argv += ["--host", ",".join(hosts)]
     return argv
 
@@ -106,16 +112,17 @@ def check_root_allowed(mpiexec: str) -> None:
                           "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
 
 
-def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path) -> List[str]:
+def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path,
+                   counts: Optional[Dict[str, int]] = None) -> List[str]:
     if solver == "reproducer":
-        return mpiexec_prefix(ranks, hosts) + [sys.executable, "-m", "nekrs_ml.cli", "reproduce",
+        return mpiexec_prefix(ranks, hosts, counts) + [sys.executable, "-m", "nekrs_ml.cli", "reproduce",
                                                str(par), "--summary", str(run_dir / "solver.json")]
     nekrs_home = os.environ.get("NEKRS_HOME")
     binary = Path(nekrs_home, "bin", "nekrs") if nekrs_home else shutil.which("nekrs")
     if not binary or not Path(binary).exists():
         raise ConfigError("--solver nekrs: nekrs not found; set NEKRS_HOME to the NekRS installation "
                           "(the one with bin/nekrs)")
-    return mpiexec_prefix(ranks, hosts) + [str(binary), "--setup", par.stem]
+    return mpiexec_prefix(ranks, hosts, counts) + [str(binary), "--setup", par.stem]
 
 
 class Progress:
@@ -180,18 +187,14 @@ class Run:
         self.failed_polls = 0           # database polls that failed in a row
         self.orchestrator_problem = ""  # why the database counts as failed
         self.flow_stats = FlowStatistics()  # the solver's flow-statistics records
+        self.placement: Optional[Placement] = None  # several hosts: where each part runs
+        self.nodes: Optional[Part] = None  # several hosts: the node agents (one per host)
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
         self.hosts = allocation_hosts()
         if len(self.hosts) > 1:
-            # The servers started here listen on loopback or this node's Unix socket only.
-            raise ConfigError(
-                f"the allocation spans {len(self.hosts)} hosts ({', '.join(self.hosts[:4])}...); "
-                "this version of `nekrs-ml run` starts the database on this host only, out of reach "
-                "of ranks on other hosts: run on one host, or start the servers with `nekrs-ml db "
-                "start --bind ADDRESS` (one per node with --mode colocated) and launch the parts "
-                "with `nekrs-ml reproduce` / `nekrs-ml train` under your own mpiexec")
+            return self.start_node_agents()
         self.orchestrator = Orchestrator(
             self.run_dir / "db", mode=self.settings.deployment, transport=self.settings.transport,
             shards=self.settings.shards, maxmemory=self.settings.max_memory, namespace=self.ns,
@@ -201,12 +204,66 @@ class Run:
         self.client = Client(**environment.connection_options(self.env))
         return self.info
 
+    def start_node_agents(self) -> Dict:
+        """Several hosts (deployment = colocated): one node agent per host starts that host's
+        server; the run goes on once every host's server is up."""
+        settings, hosts = self.settings, self.hosts
+        shown = ", ".join(hosts[:4]) + ("..." if len(hosts) > 4 else "")
+        if settings.deployment != "colocated":
+            raise ConfigError(
+                f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
+                f"run` places deployment = colocated (one server per host) only, and this case "
+                f"has deployment = {settings.deployment}: set deployment = colocated, or run on "
+                "one host")
+        if settings.inferring or settings.smartredis:
+            raise ConfigError(
+                f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
+                f"run` runs workflow = train (the model workers and the deployed model of "
+                f"workflow = {settings.workflow} are placed on one host only): run on one host")
+        from ..orchestrator import node_name
+
+        if node_name() not in hosts:
+            raise ConfigError(
+                f"this host ({node_name()}) is not one of the allocation's ({shown}): run "
+                "`nekrs-ml run` on a node of the allocation (the batch script does)")
+        self.placement = Placement.colocated(hosts, settings.solver_ranks, settings.trainer_ranks,
+                                             settings.trainer_nodes, settings.training)
+        for host in self.placement.untrained_hosts():
+            self.warn(f"no trainer rank on {host} (trainerNodes = {settings.trainer_nodes}): "
+                      "its solver ranks stream snapshots nobody trains on")
+        db_dir = self.run_dir / "db"
+        argv = mpiexec_prefix(len(hosts), hosts) + [
+            sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir),
+            "--namespace", self.ns, "--maxmemory", settings.max_memory]
+        self.nodes = Part("nodes", argv, dict(os.environ), str(self.run_dir),
+                          str(self.run_dir / "nodes.log"))
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        while {state.node for state in Orchestrator.states(db_dir)} != set(hosts):
+            if not self.nodes.running:
+                raise NekrsMLError(f"the node agents exited with code {self.nodes.returncode} "
+                                   f"before every host's server was up; last lines of "
+                                   f"{self.nodes.log_path}:\n{self.nodes.log_tail()}")
+            if time.monotonic() > deadline:
+                ready = sorted(state.node for state in Orchestrator.states(db_dir))
+                raise NekrsMLError(f"the servers of {sorted(set(hosts) - set(ready))} did not "
+                                   f"start within {NODE_START_TIMEOUT:g} s (see {self.nodes.log_path})")
+            time.sleep(0.2)
+        self.orchestrator = Orchestrator(db_dir, mode="colocated", namespace=self.ns)
+        self.info = Orchestrator.info(db_dir)
+        self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(settings.timeout_s))
+        self.client = Client(**environment.connection_options(self.env))  # this host's server
+        return self.info
+
+    def stop_node_agents(self) -> Optional[int]:
+        return self.nodes.stop() if self.nodes is not None else None
+
     def start_parts(self) -> None:
         hosts = self.hosts
         workflow = self.settings.workflow
         cwd = str(self.par.parent) if self.solver == "nekrs" else str(self.run_dir)
         if workflow in ("train", "train+infer"):
-            argv = mpiexec_prefix(self.settings.trainer_ranks, hosts) + [
+            counts = self.placement.trainer if self.placement else None
+            argv = mpiexec_prefix(self.settings.trainer_ranks, hosts, counts) + [
                 sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
             self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
@@ -222,7 +279,8 @@ class Run:
                                                     str(self.run_dir),
                                                     str(self.run_dir / f"worker{index}.log"))
             self.wait_for_workers()
-        argv = solver_command(self.solver, self.par, self.settings.solver_ranks, hosts, self.run_dir)
+        argv = solver_command(self.solver, self.par, self.settings.solver_ranks, hosts, self.run_dir,
+                              self.placement.solver if self.placement else None)
         solver_env = self.env
         if self.solver == "nekrs":  # the case's udf.cmake finds nekrs_ml through these
             from ..cli import udf_build_env
@@ -355,7 +413,11 @@ class Run:
             dead = self.orchestrator.dead_servers()
         except NekrsMLError as exc:
             dead = [str(exc)]
-        if dead:
+        if self.nodes is not None and not self.nodes.running:
+            self.orchestrator_problem = (
+                f"the database failed: the node agents exited with code {self.nodes.returncode}; "
+                f"last lines of {self.nodes.log_path}:\n{self.nodes.log_tail()}")
+        elif dead:
             self.orchestrator_problem = (f"the database failed: redis-server {', '.join(dead)}; "
                                          f"see the server log in {self.run_dir / 'db'}")
         elif self.failed_polls >= MAX_FAILED_POLLS:
@@ -436,6 +498,7 @@ class Run:
             "trained_model": (trainer or {}).get("model_file"),
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
+            "placement": self.placement.as_dict() if self.placement else None,
             "warnings": self.warnings,
             "plots": plots,
             "wall_seconds": time.time() - self.started,
@@ -555,6 +618,7 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         try:
             data = run.write_report(status, exit_codes, message)
         finally:
+            run.stop_node_agents()  # after the report: it reads this host's server
             Orchestrator.stop_dir(run_path / "db")
     summarise(data, run_path)
     if interrupted:

@@ -28,6 +28,7 @@ class LaunchSettings:
     inprocess_device: str = "cpu"
     smartredis: bool = False      # smartredisCompat
     smartredis_tcp: bool = False  # smartredisTcp
+    trainer_nodes: int = 0        # trainerNodes (several hosts)
 
     @property
     def training(self) -> bool:
@@ -64,6 +65,7 @@ class LaunchSettings:
             inprocess_device=ml["inprocessDevice"],
             smartredis=ml["smartredisCompat"],
             smartredis_tcp=ml["smartredisTcp"],
+            trainer_nodes=ml["trainerNodes"],
         )
 
 
