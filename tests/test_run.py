@@ -170,15 +170,26 @@ def _processes_matching(fragment: str, run_dir: str):
                 yield entry.name
 
 
-def test_allocation_of_several_hosts_is_refused_clearly(run_dir):
+@pytest.mark.parametrize("settings,expected", [
+    ({}, ["2 hosts", "deployment = single", "db start --bind"]),
+    ({"deployment": "colocated", "workflow": "train+infer", "trainerNodes": 1},
+     ["trainerNodes = 1 on 2 hosts", "trainerNodes = 0"]),
+    ({"deployment": "colocated", "workflow": "infer", "inferenceBackend": "inprocess"},
+     ["inferenceBackend = worker"]),
+    ({"deployment": "colocated"}, ["is not one of the allocation's", "node-a, node-b"]),
+])
+def test_allocations_of_several_hosts_that_cannot_be_placed_are_refused(run_dir, settings,
+                                                                         expected):
     node_file = Path(run_dir) / "nodefile"
-    node_file.write_text("node-a\nnode-a\nnode-b\n")
+    node_file.write_text("node-a\nnode-a\nnode-b\n")  # this host is not in it
+    case = write_case(run_dir, {"NEKRS_ML": settings})
     proc = subprocess.run(
-        [sys.executable, "-m", "nekrs_ml.cli", "run", str(CASE), "--run-dir", run_dir],
+        [sys.executable, "-m", "nekrs_ml.cli", "run", str(case), "--run-dir", run_dir],
         cwd=run_dir, capture_output=True, text=True, timeout=120,
         env=dict(os.environ, PBS_NODEFILE=str(node_file)))
-    assert proc.returncode == 2
-    assert "2 hosts" in proc.stderr and "db start --bind" in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
     assert no_servers_left(run_dir)
 
 

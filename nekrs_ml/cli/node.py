@@ -15,6 +15,8 @@ def _node(parser: argparse.ArgumentParser):
                         help="the run's database directory, shared by the hosts")
     parser.add_argument("--maxmemory", default="1gb",
                         help="memory cap of this host's server (Redis units: 512mb, 4gb)")
+    parser.add_argument("--case", help="an inferring case .par: deploy its deployModel on this "
+                        "host's server and run its model workers here")
     add_namespace_option(parser)
 
     def run(args) -> int:
@@ -24,5 +26,5 @@ def _node(parser: argparse.ArgumentParser):
         from ..launch.node_agent import run_node_agent
 
         return run_node_agent(Path(args.dir), environment.resolve_namespace(args.namespace),
-                              args.maxmemory)
+                              args.maxmemory, Path(args.case).absolute() if args.case else None)
     return run

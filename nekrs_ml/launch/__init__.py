@@ -27,6 +27,7 @@ from ..rundir import RunLock
 from . import supervisor
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
+from .node_agent import ready_file
 from .placement import Placement, open_mpi_hosts
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
@@ -213,13 +214,22 @@ class Run:
             raise ConfigError(
                 f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
                 f"run` places deployment = colocated (one server per host) only, and this case "
-                f"has deployment = {settings.deployment}: set deployment = colocated, or run on "
-                "one host")
-        if settings.inferring or settings.smartredis:
+                f"has deployment = {settings.deployment}: set deployment = colocated, run on one "
+                "host, or start the servers by hand (`nekrs-ml db start --bind ADDRESS`, "
+                "docs/deployment.md)")
+        if settings.smartredis or (settings.inferring and settings.inference_backend != "worker"):
             raise ConfigError(
                 f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
-                f"run` runs workflow = train (the model workers and the deployed model of "
-                f"workflow = {settings.workflow} are placed on one host only): run on one host")
+                "run` places model workers (inferenceBackend = worker) and no SmartRedis "
+                "compatibility (smartredisCompat): run on one host, or start the parts by hand "
+                "(docs/deployment.md)")
+        if (settings.workflow == "train+infer" and settings.trainer_nodes
+                and settings.trainer_nodes < len(hosts)):
+            raise ConfigError(
+                f"workflow = train+infer with trainerNodes = {settings.trainer_nodes} on "
+                f"{len(hosts)} hosts: the trainer publishes its models on the servers of its own "
+                "hosts, so the solver ranks of the others would never get one; use trainerNodes "
+                "= 0 (all hosts)")
         from ..orchestrator import node_name
 
         if node_name() not in hosts:
@@ -235,18 +245,20 @@ class Run:
         argv = mpiexec_prefix(len(hosts), hosts) + [
             sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir),
             "--namespace", self.ns, "--maxmemory", settings.max_memory]
+        if settings.inferring:  # each agent deploys the model and runs its host's workers
+            argv += ["--case", str(self.par)]
         self.nodes = Part("nodes", argv, dict(os.environ), str(self.run_dir),
                           str(self.run_dir / "nodes.log"))
         deadline = time.monotonic() + NODE_START_TIMEOUT
-        while {state.node for state in Orchestrator.states(db_dir)} != set(hosts):
+        while not all(ready_file(db_dir, host).exists() for host in hosts):
             if not self.nodes.running:
                 raise NekrsMLError(f"the node agents exited with code {self.nodes.returncode} "
                                    f"before every host's server was up; last lines of "
                                    f"{self.nodes.log_path}:\n{self.nodes.log_tail()}")
             if time.monotonic() > deadline:
-                ready = sorted(state.node for state in Orchestrator.states(db_dir))
-                raise NekrsMLError(f"the servers of {sorted(set(hosts) - set(ready))} did not "
-                                   f"start within {NODE_START_TIMEOUT:g} s (see {self.nodes.log_path})")
+                late = [host for host in hosts if not ready_file(db_dir, host).exists()]
+                raise NekrsMLError(f"the node agents of {', '.join(late)} were not ready within "
+                                   f"{NODE_START_TIMEOUT:g} s (see {self.nodes.log_path})")
             time.sleep(0.2)
         self.orchestrator = Orchestrator(db_dir, mode="colocated", namespace=self.ns)
         self.info = Orchestrator.info(db_dir)
@@ -267,11 +279,11 @@ class Run:
                 sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
             self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
-        if workflow in ("infer", "train+infer"):
-            self.deploy_model()
+        if workflow in ("infer", "train+infer") and self.placement is None:
+            self.deploy_model()  # on several hosts each node agent deploys on its server
             if self.settings.inference_backend == "inprocess":
                 self.compile_package()
-        if self.settings.model_workers:
+        if self.settings.model_workers and self.placement is None:
             for index in range(self.settings.model_workers):
                 argv = [sys.executable, "-m", "nekrs_ml.cli", "serve", str(self.par),
                         "--worker", str(index)]
