@@ -147,6 +147,11 @@ def test_colocated_training_run_across_three_nodes(cluster, tmp_path):
     assert report["snapshots"]["written"] == 3 * 20
     assert report["trainer"]["data_window"]["snapshots"] == 2 * 20
     assert report["model_version"] >= 1
+    # per node, what its server held: its own solver rank and that rank's 20 snapshots
+    for rank, node in enumerate(cluster.nodes):
+        counters = report["nodes"][node]
+        assert counters["solver_ranks"] == [rank] and counters["snapshots"] == 20, counters
+        assert counters["last_step"] == 200 and counters["peak_memory_bytes"] > 0
     assert not cluster.pids()  # every server, agent and rank is gone from every node
 
 

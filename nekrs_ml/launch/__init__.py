@@ -27,7 +27,7 @@ from ..rundir import RunLock
 from . import supervisor
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
-from .node_agent import ready_file
+from .node_agent import ready_file, summary_file
 from .placement import Placement, open_mpi_hosts
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
@@ -268,6 +268,19 @@ class Run:
 
     def stop_node_agents(self) -> Optional[int]:
         return self.nodes.stop() if self.nodes is not None else None
+
+    def add_node_counters(self, data: Dict) -> Dict:
+        """report.json's `nodes`: per host, what its agent read from its server as it stopped
+        (solver ranks, snapshots, last step, keys, peak memory; null for a host whose agent
+        could not say)."""
+        from . import report
+
+        nodes = {host: _read_json(summary_file(self.run_dir / "db", host))
+                 for host in self.placement.hosts}
+        data = {**data, "nodes": nodes}
+        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
+        (self.run_dir / "report.json").write_text(text + "\n")
+        return data
 
     def start_parts(self) -> None:
         hosts = self.hosts
@@ -632,6 +645,8 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         finally:
             run.stop_node_agents()  # after the report: it reads this host's server
             Orchestrator.stop_dir(run_path / "db")
+        if run.placement is not None:
+            data = run.add_node_counters(data)
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import redis
+
 from .. import environment, keys
 from ..client import Client
 from ..errors import ConfigError, NekrsMLError
@@ -31,11 +33,32 @@ from .watchdog import die_with_parent
 
 POLL_INTERVAL = 0.5  # s between health checks of the server
 READY_FILE = "ready"
+SUMMARY_FILE = "node.json"  # what this host's server held when the agent stopped
 WORKER_START_TIMEOUT = 120.0
 
 
 def ready_file(db_dir: Path, host: str) -> Path:
     return Path(db_dir) / host / READY_FILE
+
+
+def summary_file(db_dir: Path, host: str) -> Path:
+    return Path(db_dir) / host / SUMMARY_FILE
+
+
+def node_counters(orchestrator: Orchestrator, namespace: str, host: str) -> dict:
+    """This host's share of the run, read from its server: the solver ranks that wrote to it,
+    the snapshots they announced, their last step, and the server's keys and memory."""
+    server = next(s for st in Orchestrator.states(orchestrator.run_dir) if st.node == host
+                  for s in st.servers)
+    with Orchestrator._connect(server, orchestrator.password) as conn:
+        members = sorted(int(m) for m in conn.smembers(keys.solver_members(namespace)))
+        snapshots = conn.get(keys.solver_snapshots(namespace))
+        step = conn.get(keys.solver_step(namespace))
+        memory = conn.info("memory").get("used_memory_peak")
+        stored = conn.dbsize()
+    return {"solver_ranks": members, "snapshots": int(snapshots or 0),
+            "last_step": int(step) if step else None, "keys": stored,
+            "peak_memory_bytes": memory}
 
 
 def run_node_agent(db_dir: Path, namespace: str, maxmemory: str,
@@ -51,6 +74,7 @@ def run_node_agent(db_dir: Path, namespace: str, maxmemory: str,
     orchestrator = Orchestrator(db_dir, mode="colocated", namespace=namespace,
                                 maxmemory=maxmemory, die_with_parent=True)
     workers: List[subprocess.Popen] = []
+    summary_file(db_dir, host).unlink(missing_ok=True)
     try:
         try:
             # what a killed agent of an earlier run in this directory left on this host (the
@@ -80,6 +104,12 @@ def run_node_agent(db_dir: Path, namespace: str, maxmemory: str,
                 return 3
             time.sleep(POLL_INTERVAL)
         print(f"nekrs-ml node {host}: stopping ({signal.Signals(stopping[0]).name})", flush=True)
+        try:
+            counters = node_counters(orchestrator, namespace, host)
+            summary_file(db_dir, host).write_text(json.dumps(counters))
+        except (NekrsMLError, redis.RedisError, OSError, StopIteration, ValueError) as exc:
+            print(f"nekrs-ml node {host}: warning: no node counters: {exc}", file=sys.stderr,
+                  flush=True)
         return 0
     finally:
         ready_file(db_dir, host).unlink(missing_ok=True)
