@@ -244,7 +244,8 @@ class Orchestrator:
                  bind: str = "127.0.0.1", port: Optional[int] = None, maxmemory: str = "1gb",
                  persistence: bool = False, redis_server: Optional[str] = None,
                  namespace: str = "nkml", start_timeout: float = 30.0, smartredis: bool = False,
-                 smartredis_tcp: bool = False, die_with_parent: bool = False):
+                 smartredis_tcp: bool = False, die_with_parent: bool = False,
+                 form_cluster: bool = True):
         if mode not in MODES:
             raise OrchestratorError(f"mode {mode!r} is not valid; use one of {', '.join(MODES)}")
         if transport not in ("tcp", "unix"):
@@ -282,6 +283,8 @@ class Orchestrator:
         self.smartredis_tcp = smartredis_tcp
         # a node agent's servers: the kernel stops them when the agent dies, however it dies
         self.die_with_parent = die_with_parent
+        # False: this host's masters are one part of a cluster formed later (form_cluster_of)
+        self.form_cluster = form_cluster
         self._module: Optional[Path] = None  # this start's copy of the nkml_ai module
         self.node = node_name()
 
@@ -376,7 +379,7 @@ class Orchestrator:
             lock.note("redis-server pids " + " ".join(str(s.pid) for s in state.servers))
             for server in state.servers:
                 self._wait_ready(server, password)
-            if self.mode == "cluster":
+            if self.mode == "cluster" and self.form_cluster:
                 self._form_cluster(state.servers, password)
         except BaseException:
             self._terminate(state.servers)
@@ -568,6 +571,14 @@ class Orchestrator:
             return (f"{server.address}: port is taken (another server?); choose another --port "
                     f"or leave --port out. Log: {server.log}")
         return f"redis-server for {server.address} exited during start-up: {text or 'no log'} ({server.log})"
+
+    @classmethod
+    def form_cluster_of(cls, run_dir) -> None:
+        """Forms one Redis Cluster of the masters every host started in ``run_dir``
+        (form_cluster = False), over the network."""
+        orchestrator = cls(run_dir, mode="cluster")
+        servers = [s for state in cls.states(run_dir) for s in state.servers]
+        orchestrator._form_cluster(servers, orchestrator.password)
 
     def _form_cluster(self, servers: List[Server], password: str) -> None:
         """Split the slots evenly, introduce the nodes to each other, wait for state ok."""

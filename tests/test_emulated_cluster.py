@@ -232,3 +232,39 @@ def test_colocated_train_and_infer_across_three_nodes(cluster, tmp_path):
         assert f"nekrs-ml node {node}: deployed" in nodes_log
         assert "serving 'wall_model' v1" in (run_dir / f"worker0-{node}.log").read_text(), node
     assert not cluster.pids()
+
+
+def test_clustered_run_with_the_database_on_the_first_node(cluster, tmp_path):
+    """deployment = cluster, dbNodes = 1: three masters on the first node, bound to its address
+    and formed into one Redis Cluster; solver ranks, trainer and model workers on the others."""
+    import torch
+
+    model_file = tmp_path / "start_model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(model_file))
+    run_dir = tmp_path / "run"
+    case = write_case(str(tmp_path), {
+        "NEKRS_ML": {"workflow": "train+infer", "deployment": "cluster", "dbNodes": 1,
+                     "shards": 3, "solverRanks": 2, "trainerRanks": 1, "workers": 2,
+                     "inferenceInterval": 1, "deployModel": model_file.name, "maxSnapshots": 100,
+                     "hiddenLayers": 8, "stepsPerEpoch": 5, "patience": 3, "stopSolver": "false"},
+        "REPRODUCER": {"steps": 300, "points": 100, "stepCost": 0.01}})
+    launcher = start_launcher(cluster, case, run_dir)
+    out, _ = launcher.communicate(timeout=400)
+    assert launcher.returncode == 0, out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "ok", report["message"]
+    first, second, third = cluster.nodes
+    placement = report["placement"]
+    assert placement["servers"] == [first]
+    assert placement["solver_ranks"] == {second: 1, third: 1}
+    assert placement["trainer_ranks"] == {second: 1}
+    assert placement["model_workers"] == {second: [0], third: [1]}
+    # the three masters listen on the first node's address of the test network
+    address = cluster.address(first)
+    nodes_log = (run_dir / "nodes.log").read_text()
+    assert nodes_log.count(f"{address}:") == 3, nodes_log
+    inference = report["inference"]
+    assert inference["calls"] == inference["predicted_calls"] == 2 * 301
+    assert inference["fallbacks"] == 0
+    assert report["trainer"]["data_window"]["snapshots"] == 2 * 30  # all ranks, one database
+    assert not cluster.pids()

@@ -1,5 +1,7 @@
 """Where `nekrs-ml run` puts the parts on the hosts of an allocation (nekrs_ml.launch.placement)."""
 
+from pathlib import Path
+
 import pytest
 
 from nekrs_ml.errors import ConfigError
@@ -29,9 +31,34 @@ def test_colocated_puts_solver_ranks_everywhere_and_trainer_ranks_on_the_first_n
 
 @pytest.mark.parametrize("solver,trainer,nodes,message", [
     (2, 3, 0, r"solverRanks = 2 on 3 hosts.*solverRanks >= the number of hosts"),
-    (3, 2, 0, r"trainerRanks = 2 on trainerNodes = 3.*raise trainerRanks or lower trainerNodes"),
+    (3, 2, 0, r"trainerRanks = 2 on 3 trainer hosts \(trainerNodes = 0; 0: all\).*raise "
+              r"trainerRanks or lower trainerNodes"),
     (3, 3, 4, r"trainerNodes = 4, but the allocation has 3 hosts"),
 ])
 def test_impossible_placements_name_the_key_and_the_fix(solver, trainer, nodes, message):
     with pytest.raises(ConfigError, match=message):
         Placement.colocated(HOSTS, solver, trainer, nodes, training=True)
+
+
+def test_clustered_puts_the_database_first_and_everything_else_on_the_other_hosts():
+    hosts = HOSTS + ["x1004"]
+    placement = Placement.clustered(hosts, db_nodes=1, shards=3, solver_ranks=5, trainer_ranks=2,
+                                    trainer_nodes=0, training=True, workers=4)
+    assert placement.servers == ["x1001"] and placement.shards == 3
+    assert placement.solver == {"x1002": 2, "x1003": 2, "x1004": 1}
+    assert placement.trainer == {"x1002": 1, "x1003": 1}  # the cluster serves every host
+    assert placement.workers == {"x1002": [0, 1], "x1003": [2], "x1004": [3]}
+    assert placement.untrained_hosts() == []
+    plan = placement.plan("ns", "1gb", "hsn0", Path("/case.par"), deploy=True)
+    assert plan["hosts"]["x1001"] == {"server": True, "shards": 3, "workers": [], "deploy": False}
+    assert plan["hosts"]["x1003"]["workers"] == [2] and not plan["hosts"]["x1003"]["server"]
+
+
+@pytest.mark.parametrize("db_nodes,shards,message", [
+    (3, 3, r"dbNodes = 3 on 3 hosts.*use 1 to 2"),
+    (0, 3, r"dbNodes = 0 on 3 hosts"),
+    (1, 2, r"shards = 2 on dbNodes = 1: a Redis Cluster needs at least 3 masters"),
+])
+def test_impossible_clusters_are_refused(db_nodes, shards, message):
+    with pytest.raises(ConfigError, match=message):
+        Placement.clustered(HOSTS, db_nodes, shards, 2, 1, 0, training=True)

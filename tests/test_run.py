@@ -172,11 +172,13 @@ def _processes_matching(fragment: str, run_dir: str):
 
 @pytest.mark.parametrize("settings,expected", [
     ({}, ["2 hosts", "deployment = single", "db start --bind"]),
+    ({"deployment": "cluster", "dbNodes": 2}, ["dbNodes = 2 on 2 hosts"]),
     ({"deployment": "colocated", "workflow": "train+infer", "trainerNodes": 1},
      ["trainerNodes = 1 on 2 hosts", "trainerNodes = 0"]),
     ({"deployment": "colocated", "workflow": "infer", "inferenceBackend": "inprocess"},
      ["inferenceBackend = worker"]),
-    ({"deployment": "colocated"}, ["is not one of the allocation's", "node-a, node-b"]),
+    ({"deployment": "colocated", "trainerRanks": 2},
+     ["is not one of the allocation's", "node-a, node-b"]),
 ])
 def test_allocations_of_several_hosts_that_cannot_be_placed_are_refused(run_dir, settings,
                                                                          expected):

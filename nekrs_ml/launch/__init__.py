@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .. import environment, keys
+from .. import environment, keys, rundir
 from ..client import Client
 from ..config import load_par
 from ..errors import ConfigError, NekrsMLError
@@ -27,7 +27,7 @@ from ..rundir import RunLock
 from . import supervisor
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
-from .node_agent import ready_file, summary_file
+from .node_agent import cluster_ready_file, plan_file, ready_file, summary_file
 from .placement import Placement, open_mpi_hosts
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
@@ -206,65 +206,86 @@ class Run:
         return self.info
 
     def start_node_agents(self) -> Dict:
-        """Several hosts (deployment = colocated): one node agent per host starts that host's
-        server; the run goes on once every host's server is up."""
+        """Several hosts (deployment = colocated or cluster): the placement of every part, and
+        one node agent per host doing its host's part of it (servers, model workers); the run
+        goes on once every host is ready."""
         settings, hosts = self.settings, self.hosts
         shown = ", ".join(hosts[:4]) + ("..." if len(hosts) > 4 else "")
-        if settings.deployment != "colocated":
+        if settings.deployment == "single":
             raise ConfigError(
                 f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
-                f"run` places deployment = colocated (one server per host) only, and this case "
-                f"has deployment = {settings.deployment}: set deployment = colocated, run on one "
-                "host, or start the servers by hand (`nekrs-ml db start --bind ADDRESS`, "
-                "docs/deployment.md)")
+                "run` places deployment = colocated (one server per host) or cluster (a Redis "
+                "Cluster on the first dbNodes hosts), and this case has deployment = single: "
+                "choose one of those, run on one host, or start the servers by hand (`nekrs-ml "
+                "db start --bind ADDRESS`, docs/deployment.md)")
         if settings.smartredis or (settings.inferring and settings.inference_backend != "worker"):
             raise ConfigError(
                 f"the allocation spans {len(hosts)} hosts ({shown}); on several hosts `nekrs-ml "
                 "run` places model workers (inferenceBackend = worker) and no SmartRedis "
                 "compatibility (smartredisCompat): run on one host, or start the parts by hand "
                 "(docs/deployment.md)")
-        if (settings.workflow == "train+infer" and settings.trainer_nodes
-                and settings.trainer_nodes < len(hosts)):
+        if (settings.deployment == "colocated" and settings.workflow == "train+infer"
+                and settings.trainer_nodes and settings.trainer_nodes < len(hosts)):
             raise ConfigError(
                 f"workflow = train+infer with trainerNodes = {settings.trainer_nodes} on "
                 f"{len(hosts)} hosts: the trainer publishes its models on the servers of its own "
                 "hosts, so the solver ranks of the others would never get one; use trainerNodes "
                 "= 0 (all hosts)")
+        if settings.deployment == "colocated":
+            self.placement = Placement.colocated(
+                hosts, settings.solver_ranks, settings.trainer_ranks, settings.trainer_nodes,
+                settings.training, settings.model_workers)
+        else:
+            self.placement = Placement.clustered(
+                hosts, settings.db_nodes, settings.shards, settings.solver_ranks,
+                settings.trainer_ranks, settings.trainer_nodes, settings.training,
+                settings.model_workers)
         from ..orchestrator import node_name
 
         if node_name() not in hosts:
             raise ConfigError(
                 f"this host ({node_name()}) is not one of the allocation's ({shown}): run "
                 "`nekrs-ml run` on a node of the allocation (the batch script does)")
-        self.placement = Placement.colocated(hosts, settings.solver_ranks, settings.trainer_ranks,
-                                             settings.trainer_nodes, settings.training)
         for host in self.placement.untrained_hosts():
             self.warn(f"no trainer rank on {host} (trainerNodes = {settings.trainer_nodes}): "
                       "its solver ranks stream snapshots nobody trains on")
         db_dir = self.run_dir / "db"
+        rundir.private_dir(db_dir)
+        plan = self.placement.plan(self.ns, settings.max_memory, settings.db_interface, self.par,
+                                   deploy=settings.inferring)
+        rundir.write_private(plan_file(db_dir), json.dumps(plan, indent=1))
+        cluster_ready_file(db_dir).unlink(missing_ok=True)
         argv = mpiexec_prefix(len(hosts), hosts) + [
-            sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir),
-            "--namespace", self.ns, "--maxmemory", settings.max_memory]
-        if settings.inferring:  # each agent deploys the model and runs its host's workers
-            argv += ["--case", str(self.par)]
+            sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir)]
         self.nodes = Part("nodes", argv, dict(os.environ), str(self.run_dir),
                           str(self.run_dir / "nodes.log"))
-        deadline = time.monotonic() + NODE_START_TIMEOUT
-        while not all(ready_file(db_dir, host).exists() for host in hosts):
-            if not self.nodes.running:
-                raise NekrsMLError(f"the node agents exited with code {self.nodes.returncode} "
-                                   f"before every host's server was up; last lines of "
-                                   f"{self.nodes.log_path}:\n{self.nodes.log_tail()}")
-            if time.monotonic() > deadline:
-                late = [host for host in hosts if not ready_file(db_dir, host).exists()]
-                raise NekrsMLError(f"the node agents of {', '.join(late)} were not ready within "
-                                   f"{NODE_START_TIMEOUT:g} s (see {self.nodes.log_path})")
-            time.sleep(0.2)
-        self.orchestrator = Orchestrator(db_dir, mode="colocated", namespace=self.ns)
+        if self.placement.mode == "cluster":  # every database host's masters, then one cluster
+            masters = len(self.placement.servers) * self.placement.shards
+            self.wait_for_nodes(lambda: sum(len(state.servers) for state in
+                                            Orchestrator.states(db_dir)) == masters,
+                                "the database hosts' servers")
+            Orchestrator.form_cluster_of(db_dir)
+            cluster_ready_file(db_dir).write_text("")
+        self.wait_for_nodes(lambda: all(ready_file(db_dir, host).exists() for host in hosts),
+                            "every host")
+        self.orchestrator = Orchestrator(db_dir, mode=self.placement.mode, namespace=self.ns)
         self.info = Orchestrator.info(db_dir)
         self.env = dict(os.environ, **self.info["env"], NEKRS_ML_TIMEOUT=str(settings.timeout_s))
-        self.client = Client(**environment.connection_options(self.env))  # this host's server
+        # co-located: this host's server; cluster: the cluster, over the network
+        self.client = Client(**environment.connection_options(self.env))
         return self.info
+
+    def wait_for_nodes(self, ready, what: str) -> None:
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        while not ready():
+            if not self.nodes.running:
+                raise NekrsMLError(f"the node agents exited with code {self.nodes.returncode} "
+                                   f"before {what} was ready; last lines of "
+                                   f"{self.nodes.log_path}:\n{self.nodes.log_tail()}")
+            if time.monotonic() > deadline:
+                raise NekrsMLError(f"{what} was not ready within {NODE_START_TIMEOUT:g} s (see "
+                                   f"{self.nodes.log_path})")
+            time.sleep(0.2)
 
     def stop_node_agents(self) -> Optional[int]:
         return self.nodes.stop() if self.nodes is not None else None
@@ -292,8 +313,9 @@ class Run:
                 sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
             self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
-        if workflow in ("infer", "train+infer") and self.placement is None:
-            self.deploy_model()  # on several hosts each node agent deploys on its server
+        if workflow in ("infer", "train+infer") and (self.placement is None
+                                                     or self.placement.mode == "cluster"):
+            self.deploy_model()  # co-located on several hosts: each node agent on its server
             if self.settings.inference_backend == "inprocess":
                 self.compile_package()
         if self.settings.model_workers and self.placement is None:

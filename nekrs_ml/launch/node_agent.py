@@ -1,40 +1,55 @@
 """`nekrs-ml node`: the node agent of a multi-node run, one per host, started by the launcher
 with one rank per host under the site's own launcher (mpiexec), so no ssh is assumed.
 
-The agent starts this host's co-located server in the run's database directory (shared by the
-hosts); for a case that infers (`--case`) it deploys the case's `deployModel` on that server and
-starts the case's `workers` model workers of this host. Then it writes `<host>/ready` there,
-which is how the launcher sees the host ready, and watches the server and
-- stops it and exits 0 on SIGTERM / SIGINT (the launcher stopping the run);
-- exits 3 naming this host when the server dies or is stopped (SIGSTOP): mpiexec then stops
+The launcher writes the run's plan (`<db dir>/plan.json`: per host its server, model workers and
+whether it deploys the model); each agent does its host's part of it in the run's database
+directory (shared by the hosts):
+- a co-located server (`deployment = colocated`), or this host's masters of the Redis Cluster
+  (`cluster`, on the first `dbNodes` hosts), bound to this host's address on the allocation's
+  network (`dbInterface`); the launcher forms the cluster once every database host is up and
+  writes `cluster.ready`;
+- for a case that infers: the case's `deployModel` on this host's co-located server, and its
+  model workers;
+then it writes `<host>/ready`, which is how the launcher sees the host ready, and watches its
+server:
+- on SIGTERM / SIGINT (the launcher stopping the run) it writes this host's counters
+  (`<host>/node.json`), stops the server and the workers and exits 0;
+- when the server dies or is stopped (SIGSTOP) it exits 3 naming this host: mpiexec then stops
   the other agents and the launcher ends the run with that message;
-- takes the server with it when the agent itself is killed: the kernel sends the server
-  SIGTERM when its parent dies (PR_SET_PDEATHSIG), so no server outlives its agent.
+- when the agent itself is killed, the kernel stops its server and workers (PR_SET_PDEATHSIG),
+  so nothing outlives it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import redis
 
-from .. import environment, keys
+from .. import environment, keys, rundir
 from ..client import Client
 from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator, node_name
 from .watchdog import die_with_parent
 
 POLL_INTERVAL = 0.5  # s between health checks of the server
+PLAN_FILE = "plan.json"
 READY_FILE = "ready"
+CLUSTER_READY_FILE = "cluster.ready"
 SUMMARY_FILE = "node.json"  # what this host's server held when the agent stopped
-WORKER_START_TIMEOUT = 120.0
+WAIT_TIMEOUT = 120.0  # s for the cluster to form, and for a model worker to serve
+SIOCGIFADDR = 0x8915  # linux/sockios.h
 
 
 def ready_file(db_dir: Path, host: str) -> Path:
@@ -45,71 +60,134 @@ def summary_file(db_dir: Path, host: str) -> Path:
     return Path(db_dir) / host / SUMMARY_FILE
 
 
-def node_counters(orchestrator: Orchestrator, namespace: str, host: str) -> dict:
-    """This host's share of the run, read from its server: the solver ranks that wrote to it,
-    the snapshots they announced, their last step, and the server's keys and memory."""
-    server = next(s for st in Orchestrator.states(orchestrator.run_dir) if st.node == host
-                  for s in st.servers)
-    with Orchestrator._connect(server, orchestrator.password) as conn:
-        members = sorted(int(m) for m in conn.smembers(keys.solver_members(namespace)))
-        snapshots = conn.get(keys.solver_snapshots(namespace))
-        step = conn.get(keys.solver_step(namespace))
-        memory = conn.info("memory").get("used_memory_peak")
-        stored = conn.dbsize()
-    return {"solver_ranks": members, "snapshots": int(snapshots or 0),
-            "last_step": int(step) if step else None, "keys": stored,
-            "peak_memory_bytes": memory}
+def plan_file(db_dir: Path) -> Path:
+    return Path(db_dir) / PLAN_FILE
 
 
-def run_node_agent(db_dir: Path, namespace: str, maxmemory: str,
-                   case: Optional[Path] = None) -> int:
+def cluster_ready_file(db_dir: Path) -> Path:
+    return Path(db_dir) / CLUSTER_READY_FILE
+
+
+def host_address(interface: str) -> str:
+    """The IPv4 address this host's servers bind to: `interface` as an address, the address of
+    the network interface of that name (e.g. hsn0), or ("hostname") that of the host's name.
+    Loopback is refused: the other hosts could not reach it."""
+    host = socket.gethostname()
+    try:
+        address = None if interface == "hostname" else str(ipaddress.ip_address(interface))
+    except ValueError:
+        address = None
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            packed = fcntl.ioctl(probe.fileno(), SIOCGIFADDR,
+                                 struct.pack("256s", interface.encode()[:15]))
+            address = socket.inet_ntoa(packed[20:24])
+        except OSError as exc:
+            raise ConfigError(f"dbInterface = {interface}: no IPv4 address on {host} "
+                              f"({exc.strerror}); name an interface of this host (ip -4 addr)"
+                              ) from None
+        finally:
+            probe.close()
+    if address is None:
+        try:
+            address = socket.gethostbyname(host)
+        except OSError as exc:
+            raise ConfigError(f"the host name {host} does not resolve ({exc}); set dbInterface "
+                              "to the interface (or address) of the allocation's network") from None
+    if ipaddress.ip_address(address).is_loopback:
+        raise ConfigError(f"{host} resolves to {address}, a loopback address the other hosts "
+                          "cannot reach; set dbInterface to the interface (or address) of the "
+                          "allocation's network (e.g. hsn0)")
+    return address
+
+
+def node_counters(orchestrator: Orchestrator, namespace: str, host: str) -> Dict:
+    """This host's share of the run, read from its servers: the solver ranks that wrote to
+    them, the snapshots they announced and their last step (co-located), the keys stored and
+    the peak memory."""
+    servers = [s for st in Orchestrator.states(orchestrator.run_dir) if st.node == host
+               for s in st.servers]
+    counters: Dict = {"servers": len(servers), "keys": 0, "peak_memory_bytes": 0}
+    for server in servers:
+        with Orchestrator._connect(server, orchestrator.password) as conn:
+            counters["keys"] += conn.dbsize()
+            counters["peak_memory_bytes"] += conn.info("memory").get("used_memory_peak", 0)
+            if orchestrator.mode == "colocated":
+                members = conn.smembers(keys.solver_members(namespace))
+                step = conn.get(keys.solver_step(namespace))
+                counters.update(solver_ranks=sorted(int(m) for m in members),
+                                snapshots=int(conn.get(keys.solver_snapshots(namespace)) or 0),
+                                last_step=int(step) if step else None)
+    return counters
+
+
+def run_node_agent(db_dir: Path) -> int:
     host = node_name()
-    stopping = []
+    stopping: List[int] = []
 
     def on_signal(signum, frame):
         stopping.append(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    orchestrator = Orchestrator(db_dir, mode="colocated", namespace=namespace,
-                                maxmemory=maxmemory, die_with_parent=True)
+
+    def fail(text: str) -> int:
+        print(f"nekrs-ml node {host}: error: {text}", file=sys.stderr, flush=True)
+        return 3
+
+    try:
+        plan = json.loads(plan_file(db_dir).read_text())
+        role = plan["hosts"][host]
+    except (OSError, ValueError, KeyError) as exc:
+        return fail(f"no part for this host in the run's plan {plan_file(db_dir)} ({exc!r})")
+    namespace = plan["namespace"]
+    rundir.private_dir(Path(db_dir) / host)  # also on a host without a server: its ready file
+    orchestrator: Optional[Orchestrator] = None
     workers: List[subprocess.Popen] = []
     summary_file(db_dir, host).unlink(missing_ok=True)
     try:
-        try:
-            # what a killed agent of an earlier run in this directory left on this host (the
-            # launcher's lock keeps two runs out of one directory, so nothing here is live)
-            Orchestrator.stop_dir(db_dir)
-            info = orchestrator.start()
-        except NekrsMLError as exc:
-            print(f"nekrs-ml node {host}: error: the server did not start: {exc}",
-                  file=sys.stderr, flush=True)
-            return 3
-        mine = [s["address"] for s in info["servers"] if s["node"] == host]
-        if case is not None:
+        if role["server"]:
             try:
-                workers = serve_case(case, db_dir, namespace, host, workers)
+                cluster = plan["mode"] == "cluster"
+                orchestrator = Orchestrator(
+                    db_dir, mode=plan["mode"], shards=role["shards"] if cluster else 3,
+                    bind=host_address(plan["interface"]) if cluster else "127.0.0.1",
+                    maxmemory=plan["maxmemory"], namespace=namespace, die_with_parent=True,
+                    form_cluster=False)
+                # what a killed agent of an earlier run in this directory left on this host
+                # (the launcher's lock keeps two runs out of one directory: nothing is live)
+                Orchestrator.stop_dir(db_dir)
+                orchestrator.start()
             except NekrsMLError as exc:
-                print(f"nekrs-ml node {host}: error: {exc}", file=sys.stderr, flush=True)
-                return 3
+                return fail(f"the server did not start: {exc}")
+        if role["workers"] or role["deploy"]:
+            try:
+                if plan["mode"] == "cluster":
+                    wait_for_cluster(db_dir, stopping)
+                if not stopping:
+                    serve_case(Path(plan["case"]), db_dir, namespace, host, role, workers)
+            except NekrsMLError as exc:
+                return fail(str(exc))
+        mine = [s.address for st in Orchestrator.states(db_dir) if st.node == host
+                for s in st.servers]
         ready_file(db_dir, host).write_text(json.dumps({"servers": mine,
-                                                        "workers": len(workers)}))
-        print(f"nekrs-ml node {host}: ready, server at {', '.join(mine)}"
-              + (f", {len(workers)} model worker(s)" if workers else ""), flush=True)
+                                                        "workers": role["workers"]}))
+        print(f"nekrs-ml node {host}: ready" + (f", servers {', '.join(mine)}" if mine else "")
+              + (f", model workers {role['workers']}" if role["workers"] else ""), flush=True)
         while not stopping:
-            dead = orchestrator.dead_servers()
+            dead = orchestrator.dead_servers() if orchestrator else []
             if dead:
-                print(f"nekrs-ml node {host}: error: redis-server {', '.join(dead)}; this node's "
-                      f"server log is in {orchestrator.node_dir}", file=sys.stderr, flush=True)
-                return 3
+                return fail(f"redis-server {', '.join(dead)}; this host's server logs are in "
+                            f"{orchestrator.node_dir}")
             time.sleep(POLL_INTERVAL)
         print(f"nekrs-ml node {host}: stopping ({signal.Signals(stopping[0]).name})", flush=True)
-        try:
-            counters = node_counters(orchestrator, namespace, host)
-            summary_file(db_dir, host).write_text(json.dumps(counters))
-        except (NekrsMLError, redis.RedisError, OSError, StopIteration, ValueError) as exc:
-            print(f"nekrs-ml node {host}: warning: no node counters: {exc}", file=sys.stderr,
-                  flush=True)
+        if orchestrator is not None:
+            try:
+                summary_file(db_dir, host).write_text(
+                    json.dumps(node_counters(orchestrator, namespace, host)))
+            except (NekrsMLError, redis.RedisError, OSError, ValueError) as exc:
+                print(f"nekrs-ml node {host}: warning: no node counters: {exc}",
+                      file=sys.stderr, flush=True)
         return 0
     finally:
         ready_file(db_dir, host).unlink(missing_ok=True)
@@ -120,49 +198,54 @@ def run_node_agent(db_dir: Path, namespace: str, maxmemory: str,
                 worker.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        orchestrator.stop()
+        if orchestrator is not None:
+            orchestrator.stop()
 
 
-def serve_case(case: Path, db_dir: Path, namespace: str, host: str,
-               workers: List[subprocess.Popen]) -> List[subprocess.Popen]:
-    """This host's part of an inferring case: its deployModel on this host's server, then its
-    model workers (killed by the kernel with the agent), each serving once its heartbeat is up.
-    Appends to and returns `workers`, so that the caller stops those started before a failure."""
-    from ..config import load_par
+def wait_for_cluster(db_dir: Path, stopping: List[int]) -> None:
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while not cluster_ready_file(db_dir).exists() and not stopping:
+        if time.monotonic() > deadline:
+            raise NekrsMLError(f"the cluster was not formed within {WAIT_TIMEOUT:g} s "
+                               f"({cluster_ready_file(db_dir)} missing)")
+        time.sleep(0.1)
+
+
+def serve_case(case: Path, db_dir: Path, namespace: str, host: str, role: Dict,
+               workers: List[subprocess.Popen]) -> None:
+    """This host's part of an inferring case: the case's deployModel on this host's co-located
+    server (role["deploy"]), then this host's model workers (role["workers"], their indices;
+    killed by the kernel with the agent), each serving once its heartbeat is up. Appends to
+    `workers` as they start, so that the caller stops those started before a failure."""
     from ..serve.deploy import deploy
     from ..serve.settings import DeploySettings
-    from .settings import LaunchSettings
 
-    settings = LaunchSettings.from_case(load_par(str(case)))
     env = {**os.environ, **Orchestrator.info(db_dir)["env"], environment.NAMESPACE: namespace}
-    client = Client(**environment.connection_options(env))  # this host's server
+    client = Client(**environment.connection_options(env))  # this host's server, or the cluster
     try:
-        deployment = DeploySettings.from_par(case, namespace=namespace)
-        if deployment.model_file is not None:
-            version = deploy(client, namespace, deployment.model_name, deployment.model_file,
-                             origin=f"deployModel:{deployment.model_file_text}")
-            print(f"nekrs-ml node {host}: deployed {deployment.model_file} as "
-                  f"{deployment.model_name!r} v{version}", flush=True)
-        elif settings.workflow == "infer":
-            raise ConfigError(f"{case.name}: workflow = infer needs deployModel on several hosts")
+        if role["deploy"]:
+            deployment = DeploySettings.from_par(case, namespace=namespace)
+            if deployment.model_file is not None:
+                version = deploy(client, namespace, deployment.model_name, deployment.model_file,
+                                 origin=f"deployModel:{deployment.model_file_text}")
+                print(f"nekrs-ml node {host}: deployed {deployment.model_file} as "
+                      f"{deployment.model_name!r} v{version}", flush=True)
         run_dir = Path(db_dir).parent
-        for index in range(settings.model_workers):
-            log = open(run_dir / f"worker{index}-{host}.log", "ab")
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "nekrs_ml.cli", "serve", str(case), "--worker", str(index)],
-                env=env, cwd=str(run_dir), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent()))
-            log.close()
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        for index, worker in enumerate(workers):
+        for index in role["workers"]:
+            with open(run_dir / f"worker{index}-{host}.log", "ab") as log:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "nekrs_ml.cli", "serve", str(case), "--worker",
+                     str(index)], env=env, cwd=str(run_dir), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent()))
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        for index, worker in zip(role["workers"], workers):
             while not client.exists(keys.worker_heartbeat(namespace, index)):
                 if worker.poll() is not None:
                     raise NekrsMLError(f"model worker {index} exited with code {worker.returncode} "
                                        f"before serving (see {run_dir}/worker{index}-{host}.log)")
                 if time.monotonic() > deadline:
                     raise NekrsMLError(f"model worker {index} did not start within "
-                                       f"{WORKER_START_TIMEOUT:g} s")
+                                       f"{WAIT_TIMEOUT:g} s")
                 time.sleep(0.1)
-        return workers
     finally:
         client.close()

@@ -29,6 +29,8 @@ class LaunchSettings:
     smartredis: bool = False      # smartredisCompat
     smartredis_tcp: bool = False  # smartredisTcp
     trainer_nodes: int = 0        # trainerNodes (several hosts)
+    db_nodes: int = 1             # dbNodes (cluster on several hosts)
+    db_interface: str = "hostname"  # dbInterface
 
     @property
     def training(self) -> bool:
@@ -66,6 +68,8 @@ class LaunchSettings:
             smartredis=ml["smartredisCompat"],
             smartredis_tcp=ml["smartredisTcp"],
             trainer_nodes=ml["trainerNodes"],
+            db_nodes=ml["dbNodes"],
+            db_interface=ml["dbInterface"],
         )
 
 
