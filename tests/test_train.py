@@ -623,3 +623,18 @@ def test_data_timeout_counts_from_the_solvers_last_progress(tcp_server, run_dir)
     assert process.returncode != 0
     assert 8 + 2 < waited < 8 + 30
     assert "no solver progress" in log_of(run_dir) and "--data-timeout 3 s" in log_of(run_dir)
+
+
+def test_trainer_at_max_epochs_asks_the_solver_to_stop(tcp_server, run_dir):
+    """stopSolver: a trainer that ends at maxEpochs (not converged) also stops the solver, which
+    would otherwise stream data nobody uses until its end time."""
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    par = write_par(run_dir, stopSolver="true", maxEpochs=5, publishInterval=2)
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=60.0)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver) as process:
+        code = process.wait(timeout=90)
+    assert code == 0, log_of(run_dir)
+    status = json.loads(client.get_string(keys.trainer_status(ns)))
+    assert status["state"] == "done" and status["epoch"] == 5
+    assert client.get_string(keys.trainer_stop(ns)) == b"1" and solver.stop_seen

@@ -19,6 +19,7 @@ LOG_LAW_CONSTANT = 5.2
 LOG_LAYER = (100.0, 500.0)  # y+ range of the comparison with DNS
 DNS_SOURCE = "Lee & Moser (2015), Re_tau = 1000"
 BATCHES = 10  # batch means for the uncertainty of the time-averaged wall shear stress
+SERIES_POINTS = 500  # at most this many points of the wall-stress time series in report.json
 MOMENTS = 8   # per plane: w, w u, w v, w w, w uu, w vv, w ww, w uv
 
 
@@ -59,6 +60,7 @@ class FlowStatistics:
         self.tau_applied: List[float] = []
         self.tau_resolved: List[float] = []
         self.bulk_velocity: List[float] = []
+        self.viscosity: Optional[float] = None  # from the records (the run summary may be lost)
 
     def add(self, record: Dict) -> None:
         try:
@@ -82,6 +84,9 @@ class FlowStatistics:
         self.times.append(time)
         self.tau_applied.append(_number(record.get("tau_w_applied")))
         self.tau_resolved.append(_number(record.get("tau_w_resolved")))
+        nu = _number(record.get("kinematic_viscosity"))
+        if nu > 0:
+            self.viscosity = nu
         volume = moments[:, 0].sum()
         self.bulk_velocity.append(moments[:, 1].sum() / volume if volume > 0 else np.nan)
 
@@ -100,9 +105,11 @@ class FlowStatistics:
                 return taken
 
     def result(self, nu: Optional[float]) -> Optional[Dict]:
-        """The time averages over all records (None without records)."""
+        """The time averages over all records (None without records); nu: the run summary's
+        kinematic viscosity, else the records'."""
         if not self.records:
             return None
+        nu = nu or self.viscosity
         out: Dict = {"records": self.records, "rejected_records": self.rejected,
                      "steps": [self.steps[0], self.steps[-1]],
                      "time": [self.times[0], self.times[-1]]}
@@ -111,6 +118,7 @@ class FlowStatistics:
         applied = [t for t in self.tau_applied if np.isfinite(t)]
         resolved = [t for t in self.tau_resolved if np.isfinite(t)]
         series, source = (applied, "applied") if applied else (resolved, "resolved")
+        out["series"] = self.series(source)
         u_tau = None
         if series:
             tau, tau_error = mean_and_uncertainty(series)
@@ -130,6 +138,15 @@ class FlowStatistics:
             out["profile"] = profile
             out["dns_log_layer"] = compare_with_dns(profile)
         return out
+
+    def series(self, source: str) -> Dict:
+        """The time series of the records (every k-th when there are more than SERIES_POINTS):
+        time, the wall shear stress averaged (applied or resolved) and the bulk velocity, to see
+        how steady the averaging window was."""
+        tau = self.tau_applied if source == "applied" else self.tau_resolved
+        stride = max(1, -(-self.records // SERIES_POINTS))
+        return {"time": self.times[::stride], "tau_w": [_or_none(t) for t in tau[::stride]],
+                "U_b": [_or_none(u) for u in self.bulk_velocity[::stride]]}
 
     def profile(self, u_tau: Optional[float], nu: Optional[float]) -> Optional[Dict]:
         """The profiles against the distance to the nearer wall: the two halves of the channel
@@ -229,6 +246,10 @@ def _positive(values: Sequence[float]) -> List[float]:
 
 def _at_positive(profile: Dict) -> List[float]:
     return [u for y, u in zip(profile["y_plus"], profile["U_plus"]) if y > 0]
+
+
+def _or_none(value: float) -> Optional[float]:
+    return float(value) if np.isfinite(value) else None
 
 
 def _number(value) -> float:

@@ -151,7 +151,9 @@ class Trainer:
         if self.world.rank == 0:
             self.save_checkpoint()
             self.save_trained_model(state, reason)
-        if state == "converged" and self.settings.stop_solver:
+        # training is over (converged, or maxEpochs): a solver still running only streams
+        # data nobody uses (after a solver that finished, the request is a no-op)
+        if state in ("converged", "done") and self.settings.stop_solver:
             self.request_solver_stop()
         self.report(state)
         self.say(f"{reason}; best epoch {self.best.epoch} (loss {self.best.loss:.3e}), "

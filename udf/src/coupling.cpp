@@ -677,6 +677,7 @@ void Coupling::record_statistics(long tstep, double time) {
   if (comm_.rank() != 0) return;
 
   std::string record = "{\"step\": " + std::to_string(tstep) + ", \"time\": " + json_number(time);
+  record += ", \"kinematic_viscosity\": " + json_number(nu_); // + units without the summary
   record += ", \"tau_w_applied\": " + (wall[1] > 0 ? json_number(wall[0] / wall[1]) : "null");
   record += ", \"tau_w_resolved\": " + (wall[3] > 0 ? json_number(wall[2] / wall[3]) : "null");
   record += ", \"wall_area\": " + json_number(std::max(wall[1], wall[3]));
