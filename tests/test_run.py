@@ -177,6 +177,7 @@ def _processes_matching(fragment: str, run_dir: str):
      ["trainerNodes = 1 on 2 hosts", "trainerNodes = 0"]),
     ({"deployment": "colocated", "workflow": "infer", "inferenceBackend": "inprocess"},
      ["inferenceBackend = worker"]),
+    ({"deployment": "colocated", "workflow": "infer"}, ["needs deployModel"]),
     ({"deployment": "colocated", "trainerRanks": 2},
      ["is not one of the allocation's", "node-a, node-b"]),
 ])

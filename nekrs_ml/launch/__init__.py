@@ -116,8 +116,9 @@ def check_root_allowed(mpiexec: str) -> None:
 def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path,
                    counts: Optional[Dict[str, int]] = None) -> List[str]:
     if solver == "reproducer":
-        return mpiexec_prefix(ranks, hosts, counts) + [sys.executable, "-m", "nekrs_ml.cli", "reproduce",
-                                               str(par), "--summary", str(run_dir / "solver.json")]
+        return mpiexec_prefix(ranks, hosts, counts) + [
+            sys.executable, "-m", "nekrs_ml.cli", "reproduce", str(par), "--summary",
+            str(run_dir / "solver.json")]
     nekrs_home = os.environ.get("NEKRS_HOME")
     binary = Path(nekrs_home, "bin", "nekrs") if nekrs_home else shutil.which("nekrs")
     if not binary or not Path(binary).exists():
@@ -231,6 +232,11 @@ class Run:
                 f"{len(hosts)} hosts: the trainer publishes its models on the servers of its own "
                 "hosts, so the solver ranks of the others would never get one; use trainerNodes "
                 "= 0 (all hosts)")
+        if (settings.deployment == "colocated" and settings.workflow == "infer"
+                and self.cfg.get("nekrs_ml", "deployModel").lower() == "none"):
+            raise ConfigError(
+                f"{self.par.name}: workflow = infer on several hosts needs deployModel = <model "
+                "file> in [NEKRS_ML]: each host's node agent deploys it on its host's server")
         if settings.deployment == "colocated":
             self.placement = Placement.colocated(
                 hosts, settings.solver_ranks, settings.trainer_ranks, settings.trainer_nodes,
@@ -553,7 +559,6 @@ class Run:
         text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
         (self.run_dir / "report.json").write_text(text + "\n")
         return data
-
 
     def flow(self, solver_summary: Optional[Dict]) -> Optional[Dict]:
         """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
