@@ -127,7 +127,9 @@ def colocated_case(directory: Path, steps: int = 200) -> Path:
     return write_case(str(directory), {
         "NEKRS_ML": {"workflow": "train", "deployment": "colocated", "solverRanks": 3,
                      "trainerRanks": 2, "trainerNodes": 2, "maxSnapshots": 100,
-                     "hiddenLayers": 8, "stepsPerEpoch": 5, "patience": 3, "stopSolver": "false"},
+                     "hiddenLayers": 8, "stepsPerEpoch": 5, "stopSolver": "false",
+                     # never converged: the trainer ends after the solver, every snapshot read
+                     "patience": 100000},
         "REPRODUCER": {"steps": steps, "points": 100, "stepCost": 0.0}})
 
 
@@ -243,7 +245,9 @@ def test_clustered_run_with_the_database_on_the_first_node(cluster, tmp_path):
         "NEKRS_ML": {"workflow": "train+infer", "deployment": "cluster", "dbNodes": 1,
                      "shards": 3, "solverRanks": 2, "trainerRanks": 1, "workers": 2,
                      "inferenceInterval": 1, "deployModel": model_file.name, "maxSnapshots": 100,
-                     "hiddenLayers": 8, "stepsPerEpoch": 5, "patience": 3, "stopSolver": "false"},
+                     "hiddenLayers": 8, "stepsPerEpoch": 5, "stopSolver": "false",
+                     # never converged: the trainer ends after the solver, every snapshot read
+                     "patience": 100000},
         "REPRODUCER": {"steps": 300, "points": 100, "stepCost": 0.01}})
     launcher = start_launcher(cluster, case, run_dir)
     out, _ = launcher.communicate(timeout=400)
