@@ -35,9 +35,16 @@ def mpiexec(cluster, ranks: int, argv, cwd, env=None, timeout=120):
 
 
 def test_ranks_run_one_per_node_under_the_nodes_names(cluster, tmp_path):
-    program = ("from mpi4py import MPI; import socket; c = MPI.COMM_WORLD; "
-               "print(c.rank, socket.gethostname(), socket.gethostbyname(socket.gethostname()), "
-               "c.allreduce(c.rank + 1))")
+    # rank 0 prints every rank's row: lines of several ranks may interleave on mpiexec's stdout
+    program = (
+        "from mpi4py import MPI\n"
+        "import socket\n"
+        "c = MPI.COMM_WORLD\n"
+        "host = socket.gethostname()\n"
+        "row = (c.rank, host, socket.gethostbyname(host), c.allreduce(c.rank + 1))\n"
+        "rows = c.gather(row)\n"
+        "if c.rank == 0:\n"
+        "    print('\\n'.join(' '.join(map(str, r)) for r in rows))\n")
     proc = mpiexec(cluster, 3, [sys.executable, "-c", program], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = sorted(line.split() for line in proc.stdout.splitlines())
@@ -123,6 +130,16 @@ def start_launcher(cluster, case: Path, run_dir: Path) -> subprocess.Popen:
                          stderr=subprocess.STDOUT, text=True)
 
 
+def run_to_report(cluster, case: Path, run_dir: Path, timeout: float = 400) -> dict:
+    """`nekrs-ml run` on the first node to its end; its report.json, which must say ok."""
+    launcher = start_launcher(cluster, case, run_dir)
+    out, _ = launcher.communicate(timeout=timeout)
+    assert launcher.returncode == 0, out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "ok", report["message"]
+    return report
+
+
 def colocated_case(directory: Path, steps: int = 200) -> Path:
     return write_case(str(directory), {
         "NEKRS_ML": {"workflow": "train", "deployment": "colocated", "solverRanks": 3,
@@ -135,11 +152,7 @@ def colocated_case(directory: Path, steps: int = 200) -> Path:
 
 def test_colocated_training_run_across_three_nodes(cluster, tmp_path):
     run_dir = tmp_path / "run"
-    launcher = start_launcher(cluster, colocated_case(tmp_path), run_dir)
-    out, _ = launcher.communicate(timeout=300)
-    assert launcher.returncode == 0, out
-    report = json.loads((run_dir / "report.json").read_text())
-    assert report["status"] == "ok"
+    report = run_to_report(cluster, colocated_case(tmp_path), run_dir, timeout=300)
     first, second, third = cluster.nodes
     assert report["placement"]["solver_ranks"] == {first: 1, second: 1, third: 1}
     assert report["placement"]["trainer_ranks"] == {first: 1, second: 1}
@@ -218,11 +231,7 @@ def test_colocated_inference_across_three_nodes(cluster, tmp_path):
         "NEKRS_ML": {"workflow": "infer", "deployment": "colocated", "solverRanks": 3,
                      "workers": 1, "inferenceInterval": 1, "deployModel": model_file.name},
         "REPRODUCER": {"steps": 300, "points": 100, "stepCost": 0.01}})
-    launcher = start_launcher(cluster, case, run_dir)
-    out, _ = launcher.communicate(timeout=400)
-    assert launcher.returncode == 0, out
-    report = json.loads((run_dir / "report.json").read_text())
-    assert report["status"] == "ok", report["message"]
+    report = run_to_report(cluster, case, run_dir)
     inference = report["inference"]
     assert inference["calls"] == inference["predicted_calls"] == 3 * 301
     assert inference["fallbacks"] == 0 and not any(inference["failures"].values())
@@ -249,11 +258,7 @@ def test_clustered_run_with_the_database_on_the_first_node(cluster, tmp_path):
                      # never converged: the trainer ends after the solver, every snapshot read
                      "patience": 100000},
         "REPRODUCER": {"steps": 300, "points": 100, "stepCost": 0.01}})
-    launcher = start_launcher(cluster, case, run_dir)
-    out, _ = launcher.communicate(timeout=400)
-    assert launcher.returncode == 0, out
-    report = json.loads((run_dir / "report.json").read_text())
-    assert report["status"] == "ok", report["message"]
+    report = run_to_report(cluster, case, run_dir)
     first, second, third = cluster.nodes
     placement = report["placement"]
     assert placement["servers"] == [first]
