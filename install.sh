@@ -22,6 +22,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 system_packages=(redis-server redis-tools libhiredis-dev openmpi-bin libopenmpi-dev
                  cmake g++ gfortran make pkg-config python3-dev python3-venv python3-pip
                  iproute2)  # iproute2: the tests' emulated cluster (network namespaces)
+# MPICH's Hydra launcher: the tests run its host lists on the emulated cluster (Open MPI stays
+# the default mpiexec: its alternative has the higher priority)
+[ "$action" = --test ] && system_packages+=(mpich)
 if command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${system_packages[@]}"; do

@@ -7,8 +7,9 @@ with its own network stack (loopback included) and its own host name, joined by 
 - Every command on a node runs through `ip netns exec NODE unshare --uts`, with the node's name
   as host name; `ip netns exec` also gives it the node's /etc/netns/NODE/hosts, which names every
   node, so the nodes resolve each other by name.
-- `rsh_agent` is an rsh stand-in for Open MPI (`plm_rsh_agent`): `AGENT [options] NODE COMMAND`
-  runs COMMAND on NODE. `node_file` lists the nodes, one per line, like PBS_NODEFILE.
+- `rsh_agent` is an rsh stand-in for Open MPI (`plm_rsh_agent`) and MPICH's Hydra (`-launcher
+  rsh -launcher-exec`): `AGENT [options] NODE COMMAND` runs COMMAND on NODE with a login's
+  environment only, as ssh would. `node_file` lists the nodes, one per line, like PBS_NODEFILE.
 - Every file system is shared, as on a cluster with a shared home. Unix sockets are file-system
   objects, so a rank could reach another node's socket here where it could not on a cluster.
 
@@ -32,11 +33,15 @@ from typing import Dict, List, Optional, Sequence
 NETWORK = "198.18"  # RFC 2544's benchmarking range: never routed anywhere
 BRIDGE_HOST = 254
 
+# The command starts with a login's environment, as over ssh: what the ranks need beyond it,
+# the launcher must forward (Open MPI: -x).
 RSH_AGENT = """#!/bin/sh
 # rsh stand-in for mpiexec on the emulated cluster: AGENT [options] NODE COMMAND...
 while [ "${1#-}" != "$1" ]; do shift; done
 node=$1; shift
-exec ip netns exec "$node" unshare --uts sh -c 'hostname "$0" && exec sh -c "$*"' "$node" "$@"
+exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME="$HOME" \\
+  USER="${USER:-root}" LOGNAME="${USER:-root}" SHELL=/bin/sh LANG=C.UTF-8 \\
+  ip netns exec "$node" unshare --uts sh -c 'hostname "$0" && exec sh -c "$*"' "$node" "$@"
 """
 
 

@@ -5,6 +5,7 @@ nodes): each node's ranks reach only their own node's server."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,35 @@ def test_ranks_run_one_per_node_under_the_nodes_names(cluster, tmp_path):
     assert {row[3] for row in rows} == {"6"}  # the ranks talk over the test network
 
 
+PLACED = "echo \"$(hostname) ${OMPI_COMM_WORLD_RANK:-$PMI_RANK} ${NEKRS_ML_PLACEMENT_CHECK:-unset}\""
+
+
+@pytest.mark.parametrize("flavor,words", [
+    ("openmpi", ["mpiexec"]),
+    ("mpich", ["mpiexec.mpich", "-launcher", "rsh", "-launcher-exec", "{agent}"]),
+])
+def test_the_launchers_host_lists_place_ranks_and_forward_the_runs_environment(
+        cluster, tmp_path, flavor, words):
+    """The command nekrs_ml.launch.mpi builds, run by the real launcher on the emulated nodes:
+    each rank on the host the counts say, in order, with the run's variables (nodes start with a
+    login's environment, as over ssh)."""
+    from nekrs_ml.launch.mpi import MpiLauncher
+
+    if not shutil.which(words[0]):
+        pytest.skip(f"{words[0]} is not installed (Debian: apt-get install mpich)")
+    words = [word.format(agent=cluster.rsh_agent) for word in words]
+    first, second, third = cluster.nodes
+    counts = {first: 2, second: 1, third: 2}
+    env = cluster.mpi_env(dict(os.environ, NEKRS_ML_PLACEMENT_CHECK="forwarded"))
+    argv, env = MpiLauncher(tuple(words), flavor).command(["sh", "-c", PLACED], 5, counts, env)
+    proc = cluster.run(first, argv, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = sorted(tuple(line.split()) for line in proc.stdout.splitlines() if line.strip())
+    assert [(host, int(rank)) for host, rank, _ in sorted(rows, key=lambda r: int(r[1]))] == [
+        (first, 0), (first, 1), (second, 2), (third, 3), (third, 4)]
+    assert {value for _, _, value in rows} == {"forwarded"}
+
+
 def test_each_node_has_its_own_loopback(cluster, tmp_path):
     """A server on one node's loopback is out of reach of the others; its address is not."""
     first, second = cluster.nodes[0], cluster.nodes[1]
@@ -94,8 +124,10 @@ def test_colocated_servers_started_per_node_serve_their_nodes_ranks(cluster, tmp
                                                        "maxSnapshots": 100},
                                           "REPRODUCER": {"steps": 30, "points": 50,
                                                          "stepCost": 0.0}})
-        proc = mpiexec(cluster, 3, [sys.executable, "-m", "nekrs_ml.cli", "reproduce", str(case)],
-                       tmp_path, env=env)
+        # Open MPI passes remote ranks only what -x names (a node starts with a login's env)
+        forwarded = [arg for name in info["env"] for arg in ("-x", name)]
+        proc = mpiexec(cluster, 3, [*forwarded, sys.executable, "-m", "nekrs_ml.cli", "reproduce",
+                                    str(case)], tmp_path, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # rank r ran on node r (--map-by node) and wrote to that node's server only
         from nekrs_ml import keys

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,8 @@ from . import supervisor
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
 from .node_agent import cluster_ready_file, plan_file, ready_file, summary_file
-from .placement import Placement, open_mpi_hosts
+from .mpi import MpiLauncher
+from .placement import Placement
 from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
 from .watchdog import Guard
@@ -81,50 +80,17 @@ def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
     return None, end_time
 
 
-def mpiexec_prefix(ranks: int, hosts: List[str],
-                   counts: Optional[Dict[str, int]] = None) -> List[str]:
-    """`mpiexec -n N` (+ hosts of the allocation, or the ranks per host of a placement);
-    NEKRS_ML_MPIEXEC overrides the launcher."""
-    launcher = shlex.split(os.environ.get("NEKRS_ML_MPIEXEC", "mpiexec"))
-    if not shutil.which(launcher[0]):
-        raise ConfigError(f"{launcher[0]} not found: install an MPI (Debian: apt-get install openmpi-bin) "
-                          "or set NEKRS_ML_MPIEXEC to your MPI launcher")
-    check_root_allowed(launcher[0])
-    argv = launcher + ["-n", str(ranks)]
-    if counts:
-        argv += ["--host", open_mpi_hosts(counts)]
-    elif len(hosts) > 1:  # one host: let mpiexec count its cores (a bare --host means one slot)
-        argv += ["--host", ",".join(hosts)]
-    return argv
-
-
-def check_root_allowed(mpiexec: str) -> None:
-    """Open MPI refuses to start ranks as root; say so before anything starts."""
-    if os.geteuid() != 0 or (os.environ.get("OMPI_ALLOW_RUN_AS_ROOT")
-                             and os.environ.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")):
-        return
-    try:
-        version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return
-    if "Open MPI" in version or "OpenRTE" in version:
-        raise ConfigError("Open MPI's mpiexec refuses to run as root: run as a normal user, or set "
-                          "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
-
-
-def solver_command(solver: str, par: Path, ranks: int, hosts: List[str], run_dir: Path,
-                   counts: Optional[Dict[str, int]] = None) -> List[str]:
+def solver_program(solver: str, par: Path, run_dir: Path) -> List[str]:
+    """What each solver rank runs: the stand-in, or NekRS from NEKRS_HOME (or the PATH)."""
     if solver == "reproducer":
-        return mpiexec_prefix(ranks, hosts, counts) + [
-            sys.executable, "-m", "nekrs_ml.cli", "reproduce", str(par), "--summary",
-            str(run_dir / "solver.json")]
+        return [sys.executable, "-m", "nekrs_ml.cli", "reproduce", str(par), "--summary",
+                str(run_dir / "solver.json")]
     nekrs_home = os.environ.get("NEKRS_HOME")
     binary = Path(nekrs_home, "bin", "nekrs") if nekrs_home else shutil.which("nekrs")
     if not binary or not Path(binary).exists():
         raise ConfigError("--solver nekrs: nekrs not found; set NEKRS_HOME to the NekRS installation "
                           "(the one with bin/nekrs)")
-    return mpiexec_prefix(ranks, hosts, counts) + [str(binary), "--setup", par.stem]
+    return [str(binary), "--setup", par.stem]
 
 
 class Progress:
@@ -194,6 +160,7 @@ class Run:
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
+        self.mpi = MpiLauncher.from_environment()  # a missing or refusing mpiexec: said first
         self.hosts = allocation_hosts()
         if len(self.hosts) > 1:
             return self.start_node_agents()
@@ -261,10 +228,10 @@ class Run:
                                    deploy=settings.inferring)
         rundir.write_private(plan_file(db_dir), json.dumps(plan, indent=1))
         cluster_ready_file(db_dir).unlink(missing_ok=True)
-        argv = mpiexec_prefix(len(hosts), hosts) + [
-            sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir)]
-        self.nodes = Part("nodes", argv, dict(os.environ), str(self.run_dir),
-                          str(self.run_dir / "nodes.log"))
+        argv, env = self.mpi.command(
+            [sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir)], len(hosts),
+            {host: 1 for host in hosts}, hostfile=self.run_dir / "nodes.hosts")
+        self.nodes = Part("nodes", argv, env, str(self.run_dir), str(self.run_dir / "nodes.log"))
         if self.placement.mode == "cluster":  # every database host's masters, then one cluster
             masters = len(self.placement.servers) * self.placement.shards
             self.wait_for_nodes(lambda: sum(len(state.servers) for state in
@@ -310,14 +277,15 @@ class Run:
         return data
 
     def start_parts(self) -> None:
-        hosts = self.hosts
         workflow = self.settings.workflow
         cwd = str(self.par.parent) if self.solver == "nekrs" else str(self.run_dir)
         if workflow in ("train", "train+infer"):
             counts = self.placement.trainer if self.placement else None
-            argv = mpiexec_prefix(self.settings.trainer_ranks, hosts, counts) + [
-                sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir", str(self.run_dir)]
-            self.parts["trainer"] = Part("trainer", argv, self.env, str(self.run_dir),
+            argv, env = self.mpi.command(
+                [sys.executable, "-m", "nekrs_ml.cli", "train", str(self.par), "--run-dir",
+                 str(self.run_dir)], self.settings.trainer_ranks, counts, self.env,
+                hostfile=self.run_dir / "trainer.hosts")
+            self.parts["trainer"] = Part("trainer", argv, env, str(self.run_dir),
                                          str(self.run_dir / "trainer.log"))
         if workflow in ("infer", "train+infer") and (self.placement is None
                                                      or self.placement.mode == "cluster"):
@@ -332,13 +300,15 @@ class Run:
                                                     str(self.run_dir),
                                                     str(self.run_dir / f"worker{index}.log"))
             self.wait_for_workers()
-        argv = solver_command(self.solver, self.par, self.settings.solver_ranks, hosts, self.run_dir,
-                              self.placement.solver if self.placement else None)
         solver_env = self.env
         if self.solver == "nekrs":  # the case's udf.cmake finds nekrs_ml through these
             from ..cli import udf_build_env
 
             solver_env = {**udf_build_env(), **self.env}
+        argv, solver_env = self.mpi.command(
+            solver_program(self.solver, self.par, self.run_dir), self.settings.solver_ranks,
+            self.placement.solver if self.placement else None, solver_env,
+            hostfile=self.run_dir / "solver.hosts")
         self.parts["solver"] = Part("solver", argv, solver_env, cwd, str(self.run_dir / "solver.log"))
 
     def deploy_model(self) -> None:

@@ -112,8 +112,3 @@ class Placement:
         return {"mode": self.mode, "hosts": self.hosts, "servers": self.servers,
                 "solver_ranks": self.solver, "trainer_ranks": self.trainer,
                 "model_workers": self.workers}
-
-
-def open_mpi_hosts(counts: Dict[str, int]) -> str:
-    """Open MPI's --host list with slots: "a:2,b:2" (ranks fill each host's slots in order)."""
-    return ",".join(f"{host}:{count}" for host, count in counts.items())
