@@ -10,7 +10,10 @@ concurrent ranks (separate processes, started once), every rank makes ``--calls`
   forward       - the same torch.export model's forward in Python in the rank's process (the bare
                   torch forward: no database, no batching);
   roundtrip     - the bare round trips of the same payload: put of the inputs, get of an
-                  outputs-sized tensor (C++ client).
+                  outputs-sized tensor (C++ client);
+  redisai       - with --redisai ADDRESS: the same model (TorchScript, same weights) in a RedisAI
+                  server started by the user, called as a SmartRedis program calls it
+                  (put_tensor + run_model + get_tensor) by --smartredis-python processes.
 Targets: worker p50 <= 3 x (forward p50 + roundtrip p50); inprocess-cpp p50 <= 1.2 x forward p50,
 at the same rank count. ``swap`` records the in-process backend's weight swap (a new version of
 the same graph) per version, in one rank.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -33,6 +37,7 @@ import numpy as np
 
 NAMESPACE = "bench"
 MODELS = {"mlp_1_20_1": (1, [20], 1), "mlp_3_64_64_2": (3, [64, 64], 2)}
+PATHS = ("forward", "inprocess-cpp", "roundtrip", "worker", "redisai")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=0.5, help="worker batching wait")
     parser.add_argument("--swaps", type=int, default=20,
                         help="weight swaps timed per model and device (in-process backend)")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help="paths to measure (redisai only with --redisai)")
+    parser.add_argument("--redisai", metavar="ADDRESS",
+                        help="a RedisAI server to measure beside the worker (CPU), e.g. "
+                             "unix:///tmp/redisai.sock (SmartRedis's address form)")
+    parser.add_argument("--smartredis-python", metavar="PYTHON",
+                        help="a Python with smartredis installed, for --redisai")
 
 
-def build_model(n_in: int, hidden: List[int], n_out: int):
+def build_model(n_in: int, hidden: List[int], n_out: int, torchscript: bool = False) -> bytes:
+    """The benchmark's MLP (SiLU, fixed seed): its torch.export program, or the same weights as
+    TorchScript (what RedisAI runs)."""
     import torch
 
     torch.manual_seed(0)
@@ -62,11 +76,60 @@ def build_model(n_in: int, hidden: List[int], n_out: int):
         layers += [torch.nn.Linear(width, size), torch.nn.SiLU()]
         width = size
     layers.append(torch.nn.Linear(width, n_out))
-    program = torch.export.export(torch.nn.Sequential(*layers).eval(), (torch.zeros(8, n_in),),
-                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    module = torch.nn.Sequential(*layers).eval()
     buffer = io.BytesIO()
-    torch.export.save(program, buffer)
+    if torchscript:
+        torch.jit.save(torch.jit.script(module), buffer)
+    else:
+        torch.export.save(torch.export.export(module, (torch.zeros(8, n_in),),
+                                              dynamic_shapes=({0: torch.export.Dim("points")},)),
+                          buffer)
     return buffer.getvalue()
+
+
+class RedisAI:
+    """The RedisAI path: SmartRedis clients (separate processes of `python`) calling a model
+    stored in the RedisAI server at `address`."""
+
+    CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redisai_client.py")
+
+    def __init__(self, address: str, python: str):
+        self.address, self.python = address, python
+
+    def _run(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([self.python, self.CLIENT, self.address, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def set_model(self, key: str, path: str) -> None:
+        proc = self._run("set-model", key, path)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench inference: storing {key} in RedisAI at {self.address} "
+                             f"failed: {err.strip()[-600:]}")
+
+    def measure(self, ranks: int, key: str, n_in: int, n_out: int, points: int,
+                calls: int) -> Dict:
+        start_at = time.time() + 3.0 + 0.5 * ranks  # after every client's start and warm-up
+        procs = [self._run("measure", str(rank), key, str(n_in), str(n_out), str(points),
+                           str(calls), repr(start_at)) for rank in range(ranks)]
+        results = []
+        try:
+            for proc in procs:
+                out, err = proc.communicate(timeout=600)
+                if proc.returncode != 0:
+                    raise SystemExit(f"bench inference: a RedisAI client failed: "
+                                     f"{err.strip()[-600:]}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        seconds = np.array([s for result in results for s in result["seconds"]])
+        wall = max(result["wall"] for result in results)
+        return {"p50_us": float(np.median(seconds) * 1e6),
+                "p99_us": float(np.percentile(seconds, 99) * 1e6),
+                "calls_per_s": float(seconds.size / wall)}
 
 
 # --- rank processes ------------------------------------------------------------------------------
@@ -235,6 +298,18 @@ def run(args, log) -> List[Dict]:
     if unknown:
         raise SystemExit(f"bench inference: unknown model(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(MODELS)}")
+    paths = [p for p in args.paths.split(",") if p]
+    if set(paths) - set(PATHS):
+        raise SystemExit(f"bench inference: unknown path(s) {', '.join(set(paths) - set(PATHS))}; "
+                         f"choose from {', '.join(PATHS)}")
+    redisai = None
+    if args.redisai:
+        if not args.smartredis_python:
+            raise SystemExit("bench inference: --redisai needs --smartredis-python PYTHON (a "
+                             "Python with smartredis installed)")
+        redisai = RedisAI(args.redisai, args.smartredis_python)
+    else:
+        paths = [p for p in paths if p != "redisai"]
     run_dir = tempfile.mkdtemp(prefix="nkml-bench-", dir="/tmp")
     orch = Orchestrator(run_dir, transport=args.transport, maxmemory="4gb", namespace=NAMESPACE)
     records: List[Dict] = []
@@ -250,11 +325,17 @@ def run(args, log) -> List[Dict]:
             with open(model_file, "wb") as handle:
                 handle.write(blobs[name])
             deploy(client, NAMESPACE, name, model_file)
+            if redisai is not None:
+                script_file = os.path.join(run_dir, f"{name}.torchscript.pt")
+                with open(script_file, "wb") as handle:
+                    handle.write(build_model(*MODELS[name], torchscript=True))
+                redisai.set_model(f"bench_{name}", script_file)
         ranks = Ranks(max(rank_counts), info["addresses"], orch.password, args.rank_threads)
         for device in _devices(args.devices):
             for name in models:
-                log(f"compiling {name} for {device}")
-                aot.ensure_package(client, NAMESPACE, name, device=device)
+                if "inprocess-cpp" in paths:
+                    log(f"compiling {name} for {device}")
+                    aot.ensure_package(client, NAMESPACE, name, device=device)
             log(f"worker on {device}")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "nekrs_ml.cli", "serve", "--namespace", NAMESPACE,
@@ -269,16 +350,21 @@ def run(args, log) -> List[Dict]:
             for name in models:
                 n_in, _, n_out = MODELS[name]
                 for k in rank_counts:
-                    for path in ("forward", "inprocess-cpp", "roundtrip", "worker"):
-                        if path == "roundtrip" and device != "cpu":
-                            continue  # independent of the device: measured once
+                    for path in paths:
+                        if path in ("roundtrip", "redisai") and device != "cpu":
+                            continue  # independent of the device / CPU only: measured once
                         log(f"  {name} {path} ranks={k}")
-                        result = ranks.measure(k, path, name, n_in, n_out, args.points, args.calls,
-                                               device, blobs[name])
+                        if path == "redisai":
+                            result = redisai.measure(k, f"bench_{name}", n_in, n_out,
+                                                     args.points, args.calls)
+                        else:
+                            result = ranks.measure(k, path, name, n_in, n_out, args.points,
+                                                   args.calls, device, blobs[name])
                         records.append({"model": name, "path": path, "ranks": k,
                                         "device": "host" if path == "roundtrip" else device,
                                         **result})
-                records.append(_swap_record(client, ranks, name, device, args.swaps))
+                if "inprocess-cpp" in paths:
+                    records.append(_swap_record(client, ranks, name, device, args.swaps))
             worker.terminate()
             worker.wait(timeout=30)
             worker = None
@@ -333,6 +419,12 @@ def target_check(records: List[Dict]) -> List[str]:
                          f"target 1000 us -> {'ok' if r['p50_us'] <= 1000 else 'MISSED'}")
         if r["path"] != "worker":
             continue
+        redisai = by.get((r["model"], "redisai", r["ranks"], r["device"]))
+        if redisai:
+            lines.append(f"{r['model']:14} {r['device']:7} ranks={r['ranks']}: worker p50 "
+                         f"{r['p50_us']:9.0f} us, RedisAI p50 {redisai['p50_us']:9.0f} us -> "
+                         f"{'ok' if r['p50_us'] <= redisai['p50_us'] else 'MISSED'} "
+                         f"({r['p50_us'] / redisai['p50_us']:.2f} x RedisAI)")
         floor = forward
         trip = by.get((r["model"], "roundtrip", r["ranks"], "host"))
         if floor and trip:

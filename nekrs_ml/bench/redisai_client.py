@@ -1,0 +1,53 @@
+"""One rank of `bench inference`'s RedisAI path: a SmartRedis program's inference call.
+
+Run by a Python that has `smartredis` (its own environment: SmartRedis 0.6 needs numpy < 2), not
+by nekrs_ml's, so this file imports neither nekrs_ml nor torch:
+
+    python redisai_client.py ADDRESS set-model KEY FILE
+    python redisai_client.py ADDRESS measure RANK KEY N_IN N_OUT POINTS CALLS START_AT
+
+`measure` does 5 warm-up calls, sleeps until START_AT (a time.time() shared by all ranks), then
+times CALLS calls of put_tensor + run_model + get_tensor (each rank its own keys, as SmartRedis
+programs name them) and prints {"seconds": [...], "wall": s} as one JSON line.
+"""
+
+import json
+import sys
+import time
+
+
+def main(argv):
+    import numpy as np
+    from smartredis import Client
+
+    address, command = argv[0], argv[1]
+    client = Client(address=address, cluster=False)
+    if command == "set-model":
+        key, path = argv[2], argv[3]
+        client.set_model_from_file(key, path, "TORCH", "CPU")
+        return
+    rank, key = int(argv[2]), argv[3]
+    n_in, n_out, points, calls = (int(v) for v in argv[4:8])
+    start_at = float(argv[8])
+    inputs = np.random.default_rng(rank).uniform(0.5, 1.5, (points, n_in)).astype(np.float32)
+    in_key, out_key = f"bench_in_{rank}", f"bench_out_{rank}"
+
+    def call():
+        client.put_tensor(in_key, inputs)
+        client.run_model(key, [in_key], [out_key])
+        out = client.get_tensor(out_key)
+        assert out.shape == (points, n_out), out.shape
+
+    for _ in range(5):
+        call()
+    time.sleep(max(0.0, start_at - time.time()))
+    seconds, began = [], time.perf_counter()
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": seconds, "wall": time.perf_counter() - began}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
