@@ -100,8 +100,14 @@ class Client:
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, what="connect", key=None) from None
         # connected after redis-py, so that a wrong address or password is reported as above
-        self._fast = _core.Client(self.addresses, password=password or None, cluster=self.cluster,
-                                  timeout=self.timeout, connect_timeout=connect_timeout)
+        self._native_options = dict(password=password or None, cluster=self.cluster,
+                                    timeout=self.timeout, connect_timeout=connect_timeout)
+        self._fast = self.native_connection()
+
+    def native_connection(self) -> "_core.Client":
+        """A new connection of the C++ core to the same servers, with the same options. One
+        connection serves one call at a time: a thread of its own needs one of its own."""
+        return _core.Client(self.addresses, **self._native_options)
 
     @classmethod
     def from_env(cls, **overrides) -> "Client":

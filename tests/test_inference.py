@@ -76,6 +76,9 @@ class Worker:
         client.close()
 
     def stop(self) -> str:
+        """Stops the worker (once); its output."""
+        if getattr(self, "output", None) is not None:
+            return self.output
         if self.process.poll() is None:
             self.process.terminate()
         try:
@@ -83,6 +86,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             out, _ = self.process.communicate()
+        self.output = out
         return out
 
 
@@ -282,6 +286,7 @@ def test_export_programs_are_published_and_served(served, tmp_path):
     with torch.inference_mode():
         expected = module(torch.from_numpy(inputs)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert f"serving 'exported' v1 on {torch.device(WORKER_DEVICE)}, traced" in served[4].stop()
 
 
 def test_worker_keeps_freed_memory_unless_the_environment_says_otherwise():
@@ -297,3 +302,52 @@ def test_worker_keeps_freed_memory_unless_the_environment_says_otherwise():
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(env, MALLOC_TRIM_THRESHOLD_="131072"), cwd="/tmp", timeout=60)
     assert kept.stdout.strip() == "False", kept.stderr
+
+
+def test_a_cpu_worker_batches_small_requests_and_answers_large_ones_pass_by_pass(server):
+    from nekrs_ml.serve.worker import DEFAULT_CPU_BATCH_POINTS, ModelWorker
+
+    client = Client(**server.client_args())
+    try:
+        cpu = ModelWorker(client, "tpasses", device="cpu")
+        assert cpu.max_batch_points == DEFAULT_CPU_BATCH_POINTS == 16384
+
+        def rows(*counts):
+            return [np.zeros((n, 1), np.float32) for n in counts]
+
+        small = cpu.passes(rows(*[100] * 10))
+        assert small == [slice(0, 10)]  # one pass: their fixed cost dominates
+        large = cpu.passes(rows(10000, 6000, 25000, 100, 100))
+        assert large == [slice(0, 2), slice(2, 3), slice(3, 5)]
+        unlimited = ModelWorker(client, "tpasses", device="cpu", max_batch_points=10 ** 8)
+        assert unlimited.passes(rows(25000, 25000, 25000)) == [slice(0, 3)]
+    finally:
+        client.close()
+
+
+def test_exported_programs_run_traced_with_activations_in_place():
+    import copy
+
+    from nekrs_ml.serve.worker import activations_in_place, as_torchscript
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.first(x)
+            return self.second(torch.nn.functional.silu(h) + h)  # h has two uses
+
+    dim = ({0: torch.export.Dim("points")},)
+    mlp_module = torch.export.export(mlp(5).eval(), (torch.zeros(4, 3),), dynamic_shapes=dim).module()
+    residual = torch.export.export(Residual().eval(), (torch.zeros(4, 3),), dynamic_shapes=dim).module()
+    assert activations_in_place(copy.deepcopy(mlp_module)) == 2
+    assert activations_in_place(copy.deepcopy(residual)) == 0  # would overwrite h's other use
+    inputs = torch.from_numpy(np.random.default_rng(2).normal(size=(500, 3)).astype(np.float32))
+    for module in (mlp_module, residual):
+        traced, why = as_torchscript(module, 3, np.dtype(np.float32), torch.device("cpu"))
+        assert traced is not None, why
+        assert isinstance(traced, torch.jit.ScriptModule)
+        with torch.inference_mode():
+            torch.testing.assert_close(traced(inputs), module(inputs), rtol=1e-6, atol=1e-6)

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=0.5, help="worker batching wait")
     parser.add_argument("--swaps", type=int, default=20,
                         help="weight swaps timed per model and device (in-process backend)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds per model and rank count, the paths alternating; each "
+                             "figure is the median over the rounds")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="paths to measure (redisai only with --redisai)")
     parser.add_argument("--redisai", metavar="ADDRESS",
@@ -302,6 +305,8 @@ def run(args, log) -> List[Dict]:
     if set(paths) - set(PATHS):
         raise SystemExit(f"bench inference: unknown path(s) {', '.join(set(paths) - set(PATHS))}; "
                          f"choose from {', '.join(PATHS)}")
+    if args.rounds < 1:
+        raise SystemExit("bench inference: --rounds must be at least 1")
     redisai = None
     if args.redisai:
         if not args.smartredis_python:
@@ -350,19 +355,23 @@ def run(args, log) -> List[Dict]:
             for name in models:
                 n_in, _, n_out = MODELS[name]
                 for k in rank_counts:
-                    for path in paths:
-                        if path in ("roundtrip", "redisai") and device != "cpu":
-                            continue  # independent of the device / CPU only: measured once
-                        log(f"  {name} {path} ranks={k}")
-                        if path == "redisai":
-                            result = redisai.measure(k, f"bench_{name}", n_in, n_out,
-                                                     args.points, args.calls)
-                        else:
-                            result = ranks.measure(k, path, name, n_in, n_out, args.points,
-                                                   args.calls, device, blobs[name])
+                    rounds: Dict[str, List[Dict]] = {}
+                    for turn in range(args.rounds):  # the paths alternate, round after round
+                        for path in paths:
+                            if path in ("roundtrip", "redisai") and device != "cpu":
+                                continue  # independent of the device / CPU only: measured once
+                            log(f"  {name} {path} ranks={k} round {turn + 1}/{args.rounds}")
+                            if path == "redisai":
+                                result = redisai.measure(k, f"bench_{name}", n_in, n_out,
+                                                         args.points, args.calls)
+                            else:
+                                result = ranks.measure(k, path, name, n_in, n_out, args.points,
+                                                       args.calls, device, blobs[name])
+                            rounds.setdefault(path, []).append(result)
+                    for path, results in rounds.items():
                         records.append({"model": name, "path": path, "ranks": k,
                                         "device": "host" if path == "roundtrip" else device,
-                                        **result})
+                                        **_median_of_rounds(results)})
                 if "inprocess-cpp" in paths:
                     records.append(_swap_record(client, ranks, name, device, args.swaps))
             worker.terminate()
@@ -380,6 +389,15 @@ def run(args, log) -> List[Dict]:
             worker.wait()
         orch.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _median_of_rounds(results: List[Dict]) -> Dict:
+    """One record of several rounds: the median of each figure, and every round's p50."""
+    merged = {key: float(np.median([r[key] for r in results]))
+              for key in ("p50_us", "p99_us", "calls_per_s")}
+    if len(results) > 1:
+        merged["rounds_p50_us"] = [r["p50_us"] for r in results]
+    return merged
 
 
 def _swap_record(client, ranks: Ranks, name: str, device: str, count: int) -> Dict:

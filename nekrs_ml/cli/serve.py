@@ -12,13 +12,16 @@ from .options import add_namespace_option
 @command("serve", "run a model worker: evaluate the published models for the solver ranks")
 def _serve(parser: argparse.ArgumentParser):
     parser.add_argument("par", nargs="?", help="case .par: defaults for the options below from "
-                        "its [NEKRS_ML] section (workerDevice, maxBatch, maxWaitMs, reloadInterval, "
-                        "namespace)")
+                        "its [NEKRS_ML] section (workerDevice, maxBatch, maxBatchPoints, maxWaitMs, "
+                        "reloadInterval, namespace)")
     parser.add_argument("--worker", type=int, default=0,
                         help="worker index: serves the ranks R with R mod workers = index")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: workerDevice, else cpu)")
     parser.add_argument("--max-batch", type=int, help="most requests in one forward pass")
     parser.add_argument("--max-wait-ms", type=float, help="wait for more requests after the first")
+    parser.add_argument("--max-batch-points", type=int,
+                        help="most wall points in one forward pass (0: 16384 on a CPU, no limit "
+                             "on a GPU)")
     parser.add_argument("--reload-interval", type=float, help="seconds between version checks")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--export", action="store_true",
@@ -46,7 +49,7 @@ def _serve(parser: argparse.ArgumentParser):
             args.par, namespace=args.namespace or (env[environment.NAMESPACE] if args.dir else None),
             worker=args.worker, device=args.device,
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-            reload_interval=args.reload_interval, prefer_export=args.export,
+            max_batch_points=args.max_batch_points, reload_interval=args.reload_interval, prefer_export=args.export,
             threads=args.threads, duration=args.duration, smartredis=args.smartredis)
         if settings.threads:
             import torch
@@ -57,6 +60,7 @@ def _serve(parser: argparse.ArgumentParser):
             worker = ModelWorker(
                 client, settings.namespace, worker=settings.worker, device=settings.device,
                 max_batch=settings.max_batch, max_wait=settings.max_wait_s,
+                max_batch_points=settings.max_batch_points,
                 reload_interval=settings.reload_interval_s, prefer_export=settings.prefer_export,
                 log=lambda text: print(f"nekrs-ml serve: {text}", flush=True))
 

@@ -31,6 +31,7 @@ class WorkerSettings:
     device: str
     max_batch: int
     max_wait_s: float
+    max_batch_points: int  # 0: the device's default (worker.DEFAULT_CPU_BATCH_POINTS on a CPU)
     reload_interval_s: float
     prefer_export: bool
     threads: Optional[int]
@@ -40,7 +41,8 @@ class WorkerSettings:
     @classmethod
     def resolve(cls, par=None, *, namespace: Optional[str] = None, worker: int = 0,
                 device: Optional[str] = None, max_batch: Optional[int] = None,
-                max_wait_ms: Optional[float] = None, reload_interval: Optional[float] = None,
+                max_wait_ms: Optional[float] = None, max_batch_points: Optional[int] = None,
+                reload_interval: Optional[float] = None,
                 prefer_export: bool = False, threads: Optional[int] = None,
                 duration: Optional[float] = None,
                 smartredis: Optional[bool] = None) -> "WorkerSettings":
@@ -52,6 +54,7 @@ class WorkerSettings:
             device=_pick(device, case, "workerDevice", "cpu"),
             max_batch=_pick(max_batch, case, "maxBatch", 64),
             max_wait_s=_pick(max_wait_ms, case, "maxWaitMs", 0.5) / 1e3,
+            max_batch_points=_pick(max_batch_points, case, "maxBatchPoints", 0),
             reload_interval_s=_pick(reload_interval, case, "reloadInterval", 0.25),
             prefer_export=prefer_export,
             threads=threads,
