@@ -61,3 +61,29 @@ def test_handoff_adios2_sst_records():
     pytest.importorskip("adios2", reason="adios2 is not installed (pip install adios2, the "
                         "test extra): the adios2-sst path of bench handoff is not measured")
     check_handoff_records(handoff("adios2-sst"), ["adios2-sst"])
+
+
+INFERENCE_KEYS = {"model", "path", "ranks", "device", "p50_us", "p99_us", "calls_per_s"}
+
+
+def test_inference_records_with_rounds():
+    records = bench("inference", "--ranks", "1,2", "--calls", "5", "--rounds", "2", "--models",
+                    "mlp_1_20_1", "--devices", "cpu", "--paths", "forward,roundtrip,worker",
+                    "--worker-threads", "1")
+    assert {(r["path"], r["ranks"]) for r in records} == {
+        (path, k) for path in ("forward", "roundtrip", "worker") for k in (1, 2)}
+    for r in records:
+        assert set(r) == INFERENCE_KEYS | {"rounds_p50_us"}
+        assert len(r["rounds_p50_us"]) == 2 and r["p50_us"] > 0
+        assert min(r["rounds_p50_us"]) <= r["p50_us"] <= max(r["rounds_p50_us"])
+        assert r["device"] == ("host" if r["path"] == "roundtrip" else "cpu")
+
+
+def test_inference_refuses_bad_paths_and_a_redisai_server_without_smartredis():
+    for args, message in [(["--paths", "worker,tensorflow"], "unknown path(s) tensorflow"),
+                          (["--redisai", "unix:///tmp/none.sock"], "--redisai needs "
+                                                                   "--smartredis-python"),
+                          (["--rounds", "0"], "--rounds must be at least 1")]:
+        proc = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "bench", "inference", *args],
+                              capture_output=True, text=True, timeout=120, cwd="/tmp")
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -404,3 +404,24 @@ def test_cli_prints_the_smartredis_environment(run_dir):
     assert info["env"]["SR_DB_TYPE"] == "Standalone"
     socket_dir = Path(info["addresses"][0][len("unix:"):]).parent
     assert socket_dir.stat().st_mode & 0o077 == 0  # only this user can reach the socket
+
+
+def test_bench_inference_measures_a_redisai_server_beside_the_worker(smartredis_python):
+    """`bench inference --redisai`: SmartRedis clients store the benchmark's TorchScript model
+    and call it (put_tensor + run_model + get_tensor) on a server that answers RedisAI's
+    commands, here nekrs_ml's own `--smartredis` server and worker."""
+    run = CompatRun("single")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nekrs_ml.cli", "bench", "inference", "--ranks", "1,2",
+             "--calls", "5", "--models", "mlp_1_20_1", "--devices", "cpu", "--paths",
+             "worker,redisai", "--worker-threads", "1", "--redisai", run.ssdb,
+             "--smartredis-python", smartredis_python, "--json"],
+            capture_output=True, text=True, timeout=300, cwd="/tmp")
+        assert proc.returncode == 0, proc.stderr
+        records = json.loads(proc.stdout)
+        assert {(r["path"], r["ranks"]) for r in records} == {
+            (path, k) for path in ("worker", "redisai") for k in (1, 2)}
+        assert all(r["p50_us"] > 0 and r["calls_per_s"] > 0 for r in records)
+    finally:
+        run.stop()
