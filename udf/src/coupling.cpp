@@ -644,13 +644,10 @@ void Coupling::start_statistics() {
 // Adds sum w tau_x and sum w of a wall stress [n_][2] (wall frame) to sums[0], sums[1].
 void Coupling::add_streamwise_stress(const std::vector<double>& tau, double* sums) const {
   if (!geometry_.known) return;
-  for (std::size_t i = 0; i < n_; ++i) {
-    const double tau_x = tau[2 * i] * geometry_.tangents1[3 * i] +
-                         tau[2 * i + 1] * geometry_.tangents2[3 * i];
-    if (!std::isfinite(tau_x)) continue;
-    sums[0] += geometry_.weights[i] * tau_x;
-    sums[1] += geometry_.weights[i];
-  }
+  std::vector<double> groups(16, 0.0);
+  add_wall_stress(tau, false, groups); // group 0: the stress (x, y, z) and the area
+  sums[0] += groups[0];
+  sums[1] += groups[3];
 }
 
 // One record: the velocity moments per plane and the area-weighted wall shear stress along x
