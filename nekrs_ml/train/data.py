@@ -11,6 +11,7 @@ the model.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -21,6 +22,7 @@ from ..client import Client
 from ..errors import KeyNotFoundError, ServerError, TensorFormatError
 
 STD_FLOOR = 1e-8  # a constant feature must not divide by zero
+MEMBERS_REFRESH = 1.0  # s: how often a reader looks again for solver ranks that joined
 MAX_SKIPS_IN_A_ROW = 20  # bad snapshots in a row that end training (the solver streams garbage)
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -107,46 +109,64 @@ class SnapshotReader:
         self.share = share
         self.skips = Skips()
         self.dims: Optional[Tuple[int, int]] = None  # (n_in, n_out) of the first good snapshot
+        self._ranks: List[int] = []
+        self._ranks_read = 0.0
 
     def solver_ranks(self) -> List[int]:
+        """The owned ranks, read again at most every MEMBERS_REFRESH seconds once there are
+        some (a rank that joins later is owned within that time)."""
+        now = time.monotonic()
+        if self._ranks and now - self._ranks_read < MEMBERS_REFRESH:
+            return self._ranks
         key = keys.solver_members(self.ns)
         members = self.client.command(["SMEMBERS", key], key=key) or []
-        ranks = sorted(int(m) for m in members)
-        return ranks[self.position::self.share]
+        self._ranks = sorted(int(m) for m in members)[self.position::self.share]
+        self._ranks_read = now
+        return self._ranks
 
     def read_available(self) -> List[Snapshot]:
-        """Every snapshot announced so far by the owned ranks; returns at once when none is."""
-        snapshots = []
-        for rank in self.solver_ranks():
-            entries = self.client.list_range(keys.snapshot_index(self.ns, rank))
-            if entries:
-                snapshots.extend(self._consume_all(rank, entries))
-        return snapshots
+        """Every snapshot announced so far by the owned ranks; returns at once when none is.
+        Three round trips for all of them together: their index lists, their tensors, and the
+        removal of what was read."""
+        ranks = self.solver_ranks()
+        if not ranks:
+            return []
+        lists = self.client.pipeline([("LRANGE", keys.snapshot_index(self.ns, rank), 0, -1)
+                                      for rank in ranks])
+        announced = {rank: entries for rank, entries in zip(ranks, lists) if entries}
+        return self._consume_all(announced) if announced else []
 
-    def _consume_all(self, rank: int, entries: List[bytes]) -> List[Snapshot]:
-        """Two round trips for all ``entries``: their tensors (pipelined GETs), then the index
-        entries and tensors removed (pipelined). One at a time if any was dropped meanwhile."""
-        index = keys.snapshot_index(self.ns, rank)
-        try:
-            parsed = [parse_announcement(entry) for entry in entries]
-        except ValueError:
-            parsed = None
-        if parsed is None:
-            return [s for s in (self._consume(rank, entry) for entry in entries) if s is not None]
+    def _consume_all(self, announced: Dict[int, List[bytes]]) -> List[Snapshot]:
+        """Two round trips for all ``announced`` entries (rank -> index entries): their tensors
+        (pipelined GETs), then the index entries and tensors removed (pipelined). A rank with a
+        malformed entry, or all of them when a tensor was dropped meanwhile or is bad, one entry
+        at a time, so that each is judged (and counted) on its own."""
+        one_by_one: List[Tuple[int, bytes]] = []
+        parsed: List[Tuple[int, bytes, Tuple[int, int, float]]] = []
+        for rank, entries in announced.items():
+            try:
+                parsed += [(rank, entry, parse_announcement(entry)) for entry in entries]
+            except ValueError:
+                one_by_one += [(rank, entry) for entry in entries]
         tensor_keys = []
-        for seq, _, _ in parsed:
+        for rank, _, (seq, _, _) in parsed:
             tensor_keys += [keys.snapshot_inputs(self.ns, rank, seq),
                             keys.snapshot_targets(self.ns, rank, seq)]
-        try:
-            arrays = self.client.get_tensors(tensor_keys)
-        except (KeyNotFoundError, TensorFormatError, ServerError):
-            # dropped by the solver's retention limit meanwhile, or a bad record: one at a
-            # time, so that each is judged (and counted) on its own
-            return [s for s in (self._consume(rank, entry) for entry in entries) if s is not None]
-        self.client.pipeline([("LREM", index, 1, entry) for entry in entries]
-                             + [("DEL", *tensor_keys)])
-        snapshots = []
-        for i, (seq, step, when) in enumerate(parsed):
+        arrays: List[np.ndarray] = []
+        if tensor_keys:
+            try:
+                arrays = self.client.get_tensors(tensor_keys)
+            except (KeyNotFoundError, TensorFormatError, ServerError):
+                # dropped by the solver's retention limit meanwhile, or a bad record
+                one_by_one += [(rank, entry) for rank, entry, _ in parsed]
+                parsed, tensor_keys = [], []
+        if parsed:
+            self.client.pipeline(
+                [("LREM", keys.snapshot_index(self.ns, rank), 1, entry) for rank, entry, _ in parsed]
+                + [("DEL", key) for key in tensor_keys])
+        snapshots = [s for s in (self._consume(rank, entry) for rank, entry in one_by_one)
+                     if s is not None]
+        for i, (rank, _, (seq, step, when)) in enumerate(parsed):
             inputs, targets = arrays[2 * i], arrays[2 * i + 1]
             problem = snapshot_problem(inputs, targets, self.dims)
             if problem is not None:
