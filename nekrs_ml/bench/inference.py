@@ -35,6 +35,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from .redisai_client import time_calls
+
 NAMESPACE = "bench"
 MODELS = {"mlp_1_20_1": (1, [20], 1), "mlp_3_64_64_2": (3, [64, 64], 2)}
 PATHS = ("forward", "inprocess-cpp", "roundtrip", "worker", "redisai")
@@ -197,15 +199,7 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
             with torch.inference_mode():
                 result = module(torch.from_numpy(inputs).to(torch_device))
                 out[...] = result.to("cpu").numpy()
-    for _ in range(5):
-        call()
-    time.sleep(max(0.0, start_at - time.time()))
-    seconds, began = [], time.perf_counter()
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds, time.perf_counter() - began
+    return time_calls(call, calls, start_at)
 
 
 def _backend(client, modules, device):

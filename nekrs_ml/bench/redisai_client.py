@@ -38,6 +38,13 @@ def main(argv):
         out = client.get_tensor(out_key)
         assert out.shape == (points, n_out), out.shape
 
+    seconds, wall = time_calls(call, calls, start_at)
+    print(json.dumps({"seconds": seconds, "wall": wall}), flush=True)
+
+
+def time_calls(call, calls: int, start_at: float):
+    """5 warm-up calls, then, from ``start_at`` (time.time()) on, ``calls`` timed calls: their
+    seconds each, and the wall time of all (every path of `bench inference` is timed so)."""
     for _ in range(5):
         call()
     time.sleep(max(0.0, start_at - time.time()))
@@ -46,7 +53,7 @@ def main(argv):
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds, "wall": time.perf_counter() - began}), flush=True)
+    return seconds, time.perf_counter() - began
 
 
 if __name__ == "__main__":
