@@ -351,3 +351,16 @@ def test_exported_programs_run_traced_with_activations_in_place():
         assert isinstance(traced, torch.jit.ScriptModule)
         with torch.inference_mode():
             torch.testing.assert_close(traced(inputs), module(inputs), rtol=1e-6, atol=1e-6)
+
+
+def test_exported_control_flow_is_not_traced():
+    from nekrs_ml.serve.worker import as_torchscript
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return torch.cond(x.sum() > 0, lambda t: t * 2.0, lambda t: t - 1.0, (x,))
+
+    program = torch.export.export(Branchy(), (torch.ones(4, 1),),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    traced, why = as_torchscript(program.module(), 1, np.dtype(np.float32), torch.device("cpu"))
+    assert traced is None and "control flow (cond)" in why

@@ -216,6 +216,21 @@ def activations_in_place(module) -> int:
     return rewritten
 
 
+def untraceable(module) -> str:
+    """Why tracing would not keep the graph of an exported program's module ("" if it would): a
+    higher-order operator (cond, while_loop, map: the tracer records the branch it takes) or a
+    tensor read as a Python number (the tracer records the number)."""
+    torch = _torch()
+    for node in getattr(getattr(module, "graph", None), "nodes", ()):
+        if node.op != "call_function":
+            continue
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            return f"the graph has control flow ({node.target.name()})"
+        if _aten_name(node.target) in ("_local_scalar_dense", "item"):
+            return "the graph reads a tensor as a number"
+    return ""
+
+
 def _aten_name(target) -> str:
     """"silu" for torch.ops.aten.silu.default; "" for anything else."""
     schema = getattr(target, "_schema", None)
@@ -298,6 +313,9 @@ def as_torchscript(module, n_in: int, dtype: np.dtype, device):
     import warnings
 
     torch = _torch()
+    why = untraceable(module)
+    if why:
+        return None, why
     tensor_dtype = torch.from_numpy(np.zeros(1, dtype)).dtype
     generator = torch.Generator().manual_seed(0)
 
@@ -373,12 +391,14 @@ class ModelWorker:
                 self._take(receiver.stop(), left)  # received before the stop: answered
                 if left:
                     self.answer(left)
-                sender.close()
             finally:
                 try:
-                    self.client.delete(self.heartbeat)
-                except NekrsMLError:
-                    pass
+                    sender.close()
+                finally:
+                    try:
+                        self.client.delete(self.heartbeat)
+                    except NekrsMLError:
+                        pass
         return self.stats
 
     def stop(self) -> None:
