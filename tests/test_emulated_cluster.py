@@ -81,6 +81,12 @@ def test_the_launchers_host_lists_place_ranks_and_forward_the_runs_environment(
     assert [(host, int(rank)) for host, rank, _ in sorted(rows, key=lambda r: int(r[1]))] == [
         (first, 0), (first, 1), (second, 2), (third, 3), (third, 4)]
     assert {value for _, _, value in rows} == {"forwarded"}
+    if flavor == "openmpi":  # without -x the ranks of the other nodes would not see it
+        bare = [word for i, word in enumerate(argv)
+                if word != "-x" and (i == 0 or argv[i - 1] != "-x")]
+        proc = cluster.run(first, bare, env=env, timeout=60)
+        seen = {tuple(line.split()[::2]) for line in proc.stdout.splitlines() if line.strip()}
+        assert seen == {(first, "forwarded"), (second, "unset"), (third, "unset")}, proc.stdout
 
 
 def test_each_node_has_its_own_loopback(cluster, tmp_path):

@@ -157,6 +157,7 @@ class Run:
         self.flow_stats = FlowStatistics()  # the solver's flow-statistics records
         self.placement: Optional[Placement] = None  # several hosts: where each part runs
         self.nodes: Optional[Part] = None  # several hosts: the node agents (one per host)
+        self.mpi: Optional[MpiLauncher] = None  # the site's MPI launcher, found at the start
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
