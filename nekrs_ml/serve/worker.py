@@ -573,8 +573,8 @@ class ModelWorker:
 
     @staticmethod
     def check_inputs(model: LoadedModel, array: np.ndarray) -> str:
-        expected = codec.describe(model.dtype, ("points", model.n_in))
         if array.dtype != model.dtype or array.ndim != 2 or array.shape[1] != model.n_in:
+            expected = codec.describe(model.dtype, ("points", model.n_in))
             return (f"model {model.name!r} v{model.version} expects {expected}, got "
                     f"{codec.describe(array.dtype, array.shape)}")
         return ""
