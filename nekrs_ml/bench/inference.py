@@ -92,6 +92,16 @@ def build_model(n_in: int, hidden: List[int], n_out: int, torchscript: bool = Fa
     return buffer.getvalue()
 
 
+def latency_record(results) -> Dict:
+    """p50 and p99 over every call of every rank, and calls per second of the slowest rank's
+    wall time, from each rank's (seconds per call, wall seconds)."""
+    seconds = np.array([s for per_rank, _ in results for s in per_rank])
+    wall = max(elapsed for _, elapsed in results)
+    return {"p50_us": float(np.median(seconds) * 1e6),
+            "p99_us": float(np.percentile(seconds, 99) * 1e6),
+            "calls_per_s": float(seconds.size / wall)}
+
+
 class RedisAI:
     """The RedisAI path: SmartRedis clients (separate processes of `python`) calling a model
     stored in the RedisAI server at `address`."""
@@ -124,17 +134,14 @@ class RedisAI:
                 if proc.returncode != 0:
                     raise SystemExit(f"bench inference: a RedisAI client failed: "
                                      f"{err.strip()[-600:]}")
-                results.append(json.loads(out.strip().splitlines()[-1]))
+                result = json.loads(out.strip().splitlines()[-1])
+                results.append((result["seconds"], result["wall"]))
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        seconds = np.array([s for result in results for s in result["seconds"]])
-        wall = max(result["wall"] for result in results)
-        return {"p50_us": float(np.median(seconds) * 1e6),
-                "p99_us": float(np.percentile(seconds, 99) * 1e6),
-                "calls_per_s": float(seconds.size / wall)}
+        return latency_record(results)
 
 
 # --- rank processes ------------------------------------------------------------------------------
@@ -249,11 +256,7 @@ class Ranks:
             if isinstance(result, str):
                 raise RuntimeError(f"bench inference: {result}")
             results.append(result)
-        seconds = np.array([s for per_rank, _ in results for s in per_rank])
-        wall = max(elapsed for _, elapsed in results)
-        return {"p50_us": float(np.median(seconds) * 1e6),
-                "p99_us": float(np.percentile(seconds, 99) * 1e6),
-                "calls_per_s": float(seconds.size / wall)}
+        return latency_record(results)
 
     def swap(self, model: str, device: str) -> float:
         self.pipes[0].send(("swap", model, device))

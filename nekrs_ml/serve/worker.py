@@ -428,26 +428,27 @@ class ModelWorker:
     def gather(self, wait: float) -> List[Request]:
         """What is queued (one round trip), else the first request to come (waiting at most
         ``wait`` s); then, while ranks seen in the last second are still missing from the batch
-        and the first forward pass is not full, what arrives within ``max_wait``: a lone rank
-        is answered at once, many ranks share one forward pass."""
+        and the first forward pass is not full (max_batch_points), what arrives within
+        ``max_wait``: a lone rank is answered at once, many ranks share one forward pass."""
         requests: List[Request] = []
         queued = self.receive(self.max_batch, max(wait, 1e-3))
         if not queued:
             return requests
-        self._take(queued, requests)
+        points = self._take(queued, requests)
         deadline = time.monotonic() + self.max_wait
-        while len(requests) < self.max_batch and not self.pass_is_full(requests):
+        while len(requests) < self.max_batch and not (
+                self.max_batch_points and points >= self.max_batch_points):
             now = time.monotonic()
             if len({r.reply_key for r in requests}) >= self.active_ranks(now):
                 break  # every rank heard from lately is in: no extra round trip
             more = self.receive(self.max_batch - len(requests), 0.0)
             if more:
-                self._take(more, requests)
+                points += self._take(more, requests)
             elif now >= deadline:
                 break
             elif self.receiver is not None:
-                self._take(self.receiver.take(self.max_batch - len(requests), deadline - now),
-                           requests)
+                points += self._take(
+                    self.receiver.take(self.max_batch - len(requests), deadline - now), requests)
             else:
                 time.sleep(min(5e-5, deadline - now))
         return requests
@@ -463,21 +464,10 @@ class ModelWorker:
         first = self.client.pop(self.queue, wait)
         return [first] if first is not None else []
 
-    def pass_is_full(self, requests: List[Request]) -> bool:
-        """Whether the requests gathered so far fill a forward pass (max_batch_points)."""
-        if not self.max_batch_points:
-            return False
-        points = 0
-        for request in requests:
-            try:
-                shape = codec.decode_header(request.payload, request.reply_key)[1]
-            except TensorFormatError:
-                continue  # answered with an error by evaluate()
-            points += shape[0] if shape else 0
-        return points >= self.max_batch_points
-
-    def _take(self, messages: List[bytes], requests: List[Request]) -> None:
-        now = time.monotonic()
+    def _take(self, messages: List[bytes], requests: List[Request]) -> int:
+        """Appends the well-formed requests of ``messages``; returns their points (rows of a
+        payload that is not a tensor count none: evaluate() answers it with an error)."""
+        now, points = time.monotonic(), 0
         for message in messages:
             try:
                 request = decode_request(message)
@@ -487,6 +477,12 @@ class ModelWorker:
                 continue
             self._last_seen[request.reply_key] = now
             requests.append(request)
+            try:
+                shape = codec.decode_header(request.payload, request.reply_key)[1]
+                points += shape[0] if shape else 0
+            except TensorFormatError:
+                pass
+        return points
 
     def active_ranks(self, now: float) -> int:
         """Callers (reply keys) heard from within the last ACTIVE_WINDOW seconds."""
