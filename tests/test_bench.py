@@ -16,11 +16,18 @@ def bench(*args):
 
 def test_transfer_records():
     records = bench("transfer", "--sizes", "4096,102400", "--bytes-per-case", "409600",
-                    "--repeats", "1", "--transports", "tcp,unix")
+                    "--repeats", "2", "--transports", "tcp,unix")
     combos = {(r["client"], r["transport"], r["op"], r["size_bytes"]) for r in records}
     assert len(combos) == len(records) == 3 * 2 * 2 * 2
     for r in records:
-        assert set(r) == {"client", "transport", "op", "size_bytes", "bytes_per_s"}
+        base = {"client", "transport", "op", "size_bytes", "bytes_per_s"}
+        if r["client"] == "redis-benchmark":
+            assert set(r) == base
+        else:
+            assert set(r) == base | {"vs_redis_benchmark", "rounds_vs_redis_benchmark"}
+            assert len(r["rounds_vs_redis_benchmark"]) == 2
+            assert r["vs_redis_benchmark"] == pytest.approx(
+                sum(r["rounds_vs_redis_benchmark"]) / 2)  # the median of two
         assert r["client"] in ("cpp", "python", "redis-benchmark") and r["bytes_per_s"] > 0
 
 

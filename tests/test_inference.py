@@ -364,3 +364,82 @@ def test_exported_control_flow_is_not_traced():
                                   dynamic_shapes=({0: torch.export.Dim("points")},))
     traced, why = as_torchscript(program.module(), 1, np.dtype(np.float32), torch.device("cpu"))
     assert traced is None and "control flow (cond)" in why
+
+
+def test_the_heartbeat_stops_while_the_serving_thread_is_stuck_and_after_a_failed_load(
+        tcp_server, tmp_path):
+    """The heartbeat is beaten beside the serving thread, but only while that thread's loop
+    turns: a forward pass that hangs lets it expire (callers see a dead worker), and a failed
+    load does not leave the long loading heartbeat behind."""
+    from nekrs_ml.serve import worker as worker_module
+    from nekrs_ml.serve.worker import HEARTBEAT_TTL, LOADING_TTL, ModelWorker
+
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    client = Client(**tcp_server.client_args())
+    scripted(doubling(), tmp_path / "double.pt")
+    deploy(client, ns, "double", tmp_path / "double.pt")
+    worker = ModelWorker(client, ns, device="cpu", reload_interval=0.05, log=lambda text: None)
+    release, stuck = threading.Event(), threading.Event()
+    forward = worker.forward
+
+    def hanging_forward(model, arrays):
+        if arrays[0].shape[0] == 7:  # the request that hangs
+            stuck.set()
+            release.wait(60)
+        return forward(model, arrays)
+
+    worker.forward = hanging_forward
+    serving = threading.Thread(target=worker.serve, daemon=True)
+    serving.start()
+    native, inference = native_inference(tcp_server, ns, timeout=30.0)
+    heartbeat = keys.worker_heartbeat(ns, 0)
+    try:
+        out = np.empty((3, 1), np.float32)
+        inference.run("double", np.ones((3, 1), np.float32), out)
+        assert np.array_equal(out, np.full((3, 1), 2.0, np.float32))
+        ttl = client.redis.pttl(heartbeat)
+        assert 0 < ttl <= HEARTBEAT_TTL * 1000
+
+        caller = threading.Thread(target=lambda: _swallow(
+            inference.run, "double", np.ones((7, 1), np.float32), np.empty((7, 1), np.float32)))
+        caller.start()
+        assert stuck.wait(10)
+        deadline = time.monotonic() + HEARTBEAT_TTL + 3
+        while client.exists(heartbeat) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not client.exists(heartbeat), "a stuck serving thread kept the worker alive"
+        release.set()
+        caller.join(30)
+        deadline = time.monotonic() + 5
+        while not client.exists(heartbeat) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.exists(heartbeat), "the heartbeat did not come back after the pass ended"
+
+        # a version that cannot be loaded: the worker keeps serving v1, with a short heartbeat
+        client.redis.set(keys.model_blob(ns, "double", 2), b"not a model")
+        client.redis.set(keys.model_meta(ns, "double", 2),
+                         client.redis.get(keys.model_meta(ns, "double", 1)))
+        client.redis.set(keys.model_latest(ns, "double"), 2)
+        deadline = time.monotonic() + 10
+        while worker._bad_versions.get("double") != 2 and time.monotonic() < deadline:
+            inference.run("double", np.ones((3, 1), np.float32), out)
+            time.sleep(0.05)
+        assert worker._bad_versions.get("double") == 2
+        time.sleep(2 * worker_module.HEARTBEAT_INTERVAL + 0.2)
+        ttl = client.redis.pttl(heartbeat)
+        assert 0 < ttl <= HEARTBEAT_TTL * 1000 < LOADING_TTL * 1000
+        assert inference.run("double", np.ones((3, 1), np.float32), out)["version"] == 1
+    finally:
+        release.set()
+        worker.stop()
+        serving.join(30)
+        native.close()
+        client.close()
+    assert not serving.is_alive()
+
+
+def _swallow(function, *args):
+    try:
+        function(*args)
+    except Exception:  # the caller may time out or see the worker as dead: either is fine here
+        pass
