@@ -18,6 +18,9 @@ namespace nekrs_ml {
 namespace {
 
 constexpr std::size_t kMaxLineBytes = 64 * 1024;
+// One recv of a reply line takes up to this much: the line and the start of what follows (a
+// small value whole, a tensor's header). Larger data is read straight into the caller's memory.
+constexpr std::size_t kReadAheadBytes = 16 * 1024;
 
 timeval to_timeval(double seconds) {
   // At least 1 us: a zero socket timeout would mean "wait forever".
@@ -57,6 +60,7 @@ Connection::~Connection() { drop(); }
 void Connection::drop() {
   if (context_ != nullptr) redisFree(context_);
   context_ = nullptr;
+  ahead_begin_ = ahead_end_ = 0;
 }
 
 void Connection::connect(const Op& op) {
@@ -103,6 +107,7 @@ void Connection::authenticate(const Op& op) {
 
 Reply Connection::command(const std::vector<std::string>& argv, const Op& op) {
   connect(op);
+  hand_ahead_to_hiredis(op);
   std::vector<const char*> args;
   std::vector<std::size_t> lengths;
   for (const std::string& arg : argv) {
@@ -117,6 +122,7 @@ Reply Connection::command(const std::vector<std::string>& argv, const Op& op) {
 
 Reply Connection::read_reply(const Op& op) {
   connect(op);
+  hand_ahead_to_hiredis(op);
   void* reply = nullptr;
   if (redisGetReply(context_, &reply) != REDIS_OK || reply == nullptr) fail_hiredis(op);
   return Reply(static_cast<redisReply*>(reply));
@@ -127,7 +133,8 @@ void Connection::prepare_raw(const Op& op) {
   // hiredis 0.14 keeps unparsed input in reader->buf[pos, len) and unsent output in the sds
   // string obuf (commands never start with '\0', so a non-empty one has obuf[0] != 0).
   const redisReader* reader = context_->reader;
-  const bool buffered = reader->len > reader->pos || context_->obuf[0] != '\0';
+  const bool buffered =
+      reader->len > reader->pos || context_->obuf[0] != '\0' || ahead_bytes() > 0;
   if (buffered) {
     drop();
     connect(op);
@@ -158,7 +165,37 @@ void Connection::send(iovec* iov, std::size_t count, const Op& op) {
   }
 }
 
+void Connection::hand_ahead_to_hiredis(const Op& op) {
+  if (ahead_bytes() == 0) return;
+  if (redisReaderFeed(context_->reader, ahead_.data() + ahead_begin_, ahead_bytes()) != REDIS_OK) {
+    drop();
+    throw ConnectionError(op.prefix() + "connection to " + address_ +
+                          " failed: cannot buffer a reply (out of memory)");
+  }
+  ahead_begin_ = ahead_end_ = 0;
+}
+
+void Connection::receive_ahead(const Op& op) {
+  if (ahead_.empty()) ahead_.resize(kReadAheadBytes);
+  ahead_begin_ = ahead_end_ = 0;
+  for (;;) {
+    const ssize_t received = ::recv(context_->fd, ahead_.data(), ahead_.size(), 0);
+    if (received > 0) {
+      ahead_end_ = static_cast<std::size_t>(received);
+      return;
+    }
+    if (received == 0) fail_closed(op);
+    if (errno != EINTR) fail_io(op, errno, false);
+  }
+}
+
 std::size_t Connection::read_some(void* out, std::size_t size, const Op& op) {
+  if (ahead_bytes() > 0) {
+    const std::size_t taken = std::min(size, ahead_bytes());
+    std::memcpy(out, ahead_.data() + ahead_begin_, taken);
+    ahead_begin_ += taken;
+    return taken;
+  }
   for (;;) {
     const ssize_t received = ::recv(context_->fd, out, size, 0);
     if (received > 0) return static_cast<std::size_t>(received);
@@ -178,19 +215,14 @@ void Connection::read_exact(void* out, std::size_t size, const Op& op) {
 
 std::string Connection::read_line(const Op& op) {
   std::string line;
-  char buffer[256];
   for (;;) {
-    // Peek first so that only the line itself is consumed.
-    const ssize_t peeked = ::recv(context_->fd, buffer, sizeof buffer, MSG_PEEK);
-    if (peeked == 0) fail_closed(op);
-    if (peeked < 0) {
-      if (errno == EINTR) continue;
-      fail_io(op, errno, false);
-    }
-    const char* newline = static_cast<const char*>(std::memchr(buffer, '\n', peeked));
-    const std::size_t take = newline ? static_cast<std::size_t>(newline - buffer) + 1 : peeked;
-    read_exact(buffer, take, op);
-    line.append(buffer, take);
+    if (ahead_bytes() == 0) receive_ahead(op);
+    const char* begin = ahead_.data() + ahead_begin_;
+    const char* newline = static_cast<const char*>(std::memchr(begin, '\n', ahead_bytes()));
+    const std::size_t take =
+        newline ? static_cast<std::size_t>(newline - begin) + 1 : ahead_bytes();
+    line.append(begin, take);
+    ahead_begin_ += take;
     if (newline != nullptr) break;
     if (line.size() > kMaxLineBytes) {
       drop();

@@ -63,10 +63,13 @@ public:
   void prepare_raw(const Op& op);
   // Sends all bytes of iov[0..count) (advancing iov over partial writes).
   void send(iovec* iov, std::size_t count, const Op& op);
-  // Reads one reply line up to and including "\r\n", never reading past it; returns it
-  // without the "\r\n".
+  // Reads one reply line up to and including "\r\n"; returns it without the "\r\n". It
+  // receives ahead (one recv for the line and what follows it, up to kReadAheadBytes): the
+  // bytes past the line are the next raw reads' first, or are handed to hiredis's reader by
+  // command() and read_reply().
   std::string read_line(const Op& op);
-  // Reads between 1 and `size` bytes.
+  // Reads between 1 and `size` bytes: those received ahead first, else straight from the socket
+  // into `out`.
   std::size_t read_some(void* out, std::size_t size, const Op& op);
   void read_exact(void* out, std::size_t size, const Op& op);
   // Consumes the rest of a reply after an aborted read; drops the connection if that fails,
@@ -78,11 +81,21 @@ private:
   [[noreturn]] void fail_hiredis(const Op& op);
   [[noreturn]] void fail_io(const Op& op, int error_number, bool sending);
   [[noreturn]] void fail_closed(const Op& op);
+  // One recv into the empty read-ahead buffer.
+  void receive_ahead(const Op& op);
+  // Appends the bytes received ahead to hiredis's input buffer: it parses them before it reads
+  // the socket again.
+  void hand_ahead_to_hiredis(const Op& op);
+  std::size_t ahead_bytes() const { return ahead_end_ - ahead_begin_; }
 
   std::string address_;
   Address parsed_;
   const ClientOptions& options_;
   redisContext* context_ = nullptr;
+  // Received, not yet consumed: ahead_[ahead_begin_, ahead_end_).
+  std::vector<char> ahead_;
+  std::size_t ahead_begin_ = 0;
+  std::size_t ahead_end_ = 0;
 };
 
 } // namespace nekrs_ml
