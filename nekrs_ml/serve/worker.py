@@ -141,7 +141,18 @@ def load_module(blob: bytes, meta: dict, device, prefer_export: bool = False,
     return module
 
 
-class ReplySender:
+class _FailureCarrier:
+    """A helper thread's failure, kept to be raised in the serving thread."""
+
+    error: Optional[BaseException] = None
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class ReplySender(_FailureCarrier):
     """Sends the worker's replies on a connection and a thread of their own, so that the next
     forward pass runs while the last replies travel, as RedisAI's main thread talks to the
     clients while its backend thread computes (one pass of 25,000 points on a CPU core takes
@@ -170,11 +181,6 @@ class ReplySender:
                     self.connection.pipeline(commands, True)
             except BaseException as exc:  # raised in the worker's thread by the next send
                 self.error = exc
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
 
     def close(self, timeout: float = 10.0) -> None:
         """Sends what is queued (waiting at most ``timeout`` s), then closes the connection."""
@@ -303,7 +309,7 @@ class RequestReceiver:
         return left
 
 
-class Housekeeper:
+class Housekeeper(_FailureCarrier):
     """Beats the worker's heartbeat and reads the registry's current versions on a thread of
     its own, so that the serving thread never waits on the server between passes (on a loaded
     host each such round trip cost it 0.3 ms to several ms: the thread gives up the core while it
@@ -334,9 +340,7 @@ class Housekeeper:
             self.error = exc
 
     def check(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+        self._raise()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
