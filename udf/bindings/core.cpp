@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "py_arrays.hpp"
 #include "py_client.hpp"
 
 #include <chrono>
@@ -22,6 +23,7 @@
 namespace py = pybind11;
 using namespace nekrs_ml;
 using nekrs_ml::python::PyClient;
+using nekrs_ml::python::wire_dtype;
 
 namespace {
 
@@ -84,6 +86,7 @@ std::string key_prefix(const std::string& key) {
 }
 
 DType dtype_of_array(const py::array& array, const std::string& key) {
+  if (const std::optional<DType> wire = wire_dtype(array)) return *wire;
   const py::dtype dtype = array.dtype();
   const std::string name = py::str(dtype.attr("name"));
   if (dtype.byteorder() == '>') {
@@ -108,6 +111,7 @@ py::array ndarray(const py::handle& object, const std::string& key) {
 
 // What can be sent: an ndarray (from its own memory) or a numpy scalar (as a 0-d tensor).
 py::array array_to_send(const py::handle& object, const std::string& key) {
+  if (py::isinstance<py::array>(object)) return py::reinterpret_borrow<py::array>(object);
   if (py::isinstance(object, py::module_::import("numpy").attr("generic"))) {
     return py::array::ensure(object);
   }

@@ -22,13 +22,17 @@ using namespace nekrs_ml;
 using nekrs_ml::python::contiguous_shape;
 using nekrs_ml::python::describe;
 using nekrs_ml::python::PyClient;
+using nekrs_ml::python::wire_dtype;
 
 namespace {
 
 // The header of a C-contiguous array of one of the wire dtypes, used in place.
 TensorHeader header_of(const py::array& array, const char* what) {
   std::vector<std::uint64_t> shape = contiguous_shape(array, what);
-  return TensorHeader{dtype_from_name(std::string(py::str(array.dtype()))), std::move(shape)};
+  const std::optional<DType> wire = wire_dtype(array);
+  // dtype_from_name names the valid dtypes in its error
+  return TensorHeader{wire ? *wire : dtype_from_name(std::string(py::str(array.dtype()))),
+                      std::move(shape)};
 }
 
 // One call of an inference backend from `inputs` into `out` (numpy arrays used in place, the

@@ -21,6 +21,7 @@ namespace py = pybind11;
 using namespace nekrs_ml;
 using nekrs_ml::python::contiguous_shape;
 using nekrs_ml::python::PyClient;
+using nekrs_ml::python::wire_dtype;
 
 namespace {
 
@@ -136,7 +137,10 @@ py::list pipeline(PyClient& self, const py::sequence& commands, bool raise_on_er
 TensorHeader header_of(const py::array& array, const std::string& key) {
   const std::string what = "message for '" + key + "': array";
   std::vector<std::uint64_t> shape = contiguous_shape(array, what.c_str());
-  return TensorHeader{dtype_from_name(std::string(py::str(array.dtype()))), std::move(shape)};
+  const std::optional<DType> wire = wire_dtype(array);
+  // dtype_from_name names the valid dtypes in its error
+  return TensorHeader{wire ? *wire : dtype_from_name(std::string(py::str(array.dtype()))),
+                      std::move(shape)};
 }
 
 long long push_message(PyClient& self, const std::string& key, const py::bytes& envelope,

@@ -25,6 +25,7 @@ namespace py = pybind11;
 using namespace nekrs_ml;
 using nekrs_ml::python::contiguous_shape;
 using nekrs_ml::python::describe;
+using nekrs_ml::python::wire_dtype;
 
 namespace {
 
@@ -56,9 +57,7 @@ py::dict config_dict(const Config& config) {
 
 // --- arrays ------------------------------------------------------------------------------------
 
-bool is_dtype(const py::array& array, DType dtype) {
-  return array.dtype().is(py::dtype(dtype_name(dtype)));
-}
+bool is_dtype(const py::array& array, DType dtype) { return wire_dtype(array) == dtype; }
 
 // The header of an array used in place: float32 or float64, C-contiguous.
 TensorHeader header_of(const py::array& array, const char* what) {
