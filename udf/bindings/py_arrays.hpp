@@ -1,5 +1,5 @@
-// numpy arrays used in place by the binding files: their description in messages and the shape
-// of a C-contiguous array (workflow.cpp, inference.cpp).
+// numpy arrays used in place by the binding files: their description in messages, their wire
+// dtype and the shape of a C-contiguous array.
 #pragma once
 
 #include "nekrs_ml/codec.hpp"
