@@ -147,6 +147,12 @@ def model_package(ns: str, name: str, graph: str, device: str, torch_version: st
     return f"{ns}:{model_tag(name)}:package:{graph}:{device}:{torch_version}"
 
 
+def package_state(ns: str, name: str, graph: str, device: str, torch_version: str) -> str:
+    """JSON state of the compilation of that package (compiling, failed, stopped), kept by
+    ``nekrs-ml compile`` until the package exists; the in-process backend reports it."""
+    return f"{ns}:{model_tag(name)}:compile:{graph}:{device}:{torch_version}"
+
+
 def model_pinned(ns: str, name: str) -> str:
     """Set of the versions a rollback made current: kept when older versions are pruned."""
     return f"{ns}:{model_tag(name)}:pinned"

@@ -109,6 +109,7 @@ public:
 
   double last_swap_seconds() const { return backend_->last_swap_seconds(); }
   std::string torch_version() const { return backend_->torch_version(); }
+  std::string model_state(const std::string& model) { return backend_->model_state(model); }
 
 private:
   PyClient& client_;
@@ -155,6 +156,9 @@ void bind_inference(py::module_& m) {
            "Predicts `out` from `inputs` [points, features]; returns {'version', 'seconds', 'shape'}")
       .def("refresh", &PyInprocess::refresh, py::arg("model"),
            "Checks the registry for a newer version now; returns the version in use (0: none)")
+      .def("model_state", &PyInprocess::model_state, py::arg("model"),
+           "JSON of what the backend holds for `model`: state (loaded, waiting, refused, "
+           "unknown), version, waiting_for_version, graph, device, torch, reason")
       .def_property_readonly("last_swap_seconds", &PyInprocess::last_swap_seconds)
       .def_property_readonly("torch_version", &PyInprocess::torch_version);
   m.def("inprocess_library_path", [](const std::string& library) {

@@ -13,7 +13,7 @@ module nekrs_ml
 
   integer(c_int), parameter, public :: NKML_OK = 0, NKML_E_ERROR = 1, NKML_E_CONNECTION = 2, &
     NKML_E_TIMEOUT = 3, NKML_E_SERVER = 4, NKML_E_NOT_FOUND = 5, NKML_E_FORMAT = 6, &
-    NKML_E_CONFIG = 7, NKML_E_MODEL = 8, NKML_E_WORKER_UNAVAILABLE = 9
+    NKML_E_CONFIG = 7, NKML_E_MODEL = 8, NKML_E_WORKER_UNAVAILABLE = 9, NKML_E_PACKAGE_MISSING = 10
   integer(c_int), parameter, public :: NKML_FLOAT32 = 1, NKML_FLOAT64 = 2
 
   public :: nkml_last_error, nkml_client_from_env, nkml_client_free, nkml_put_tensor, &

@@ -28,6 +28,7 @@ extern "C" {
 #define NKML_E_CONFIG 7             /* invalid argument or option */
 #define NKML_E_MODEL 8              /* the model failed or refused the request */
 #define NKML_E_WORKER_UNAVAILABLE 9 /* no live model worker serves this rank */
+#define NKML_E_PACKAGE_MISSING 10   /* no in-process package of the model's graph (yet) */
 
 /* Element types (the wire format's dtype codes) */
 #define NKML_FLOAT32 1

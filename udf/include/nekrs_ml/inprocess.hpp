@@ -1,7 +1,8 @@
 // In-process inference: the model evaluated in the solver rank's own process from an AOTInductor
 // package (no request through the server, no Python). The backend lives in the optional library
 // libnekrsml_torch (built when Torch is found), loaded at run time, so libnekrsml and a NekRS udf
-// link no libtorch.
+// link no libtorch. Only the C interface of nekrs_ml/inprocess_abi.h crosses between the two
+// libraries; this class wraps it.
 //
 // Per model it follows the registry (docs/protocol.md, "In-process inference"): every
 // reload_interval_s it reads the current version; a version of the loaded graph swaps its
@@ -46,10 +47,14 @@ public:
   // Seconds of the last weight swap (update of the inactive buffer and swap), or 0.
   virtual double last_swap_seconds() const = 0;
   virtual std::string torch_version() const = 0;
+  // What the backend holds for `model` (JSON: state loaded | waiting | refused | unknown,
+  // version, waiting_for_version, graph, device, torch, reason): report.json's package state.
+  virtual std::string model_state(const std::string& model) = 0;
 };
 
 // Loads libnekrsml_torch and creates the backend. `client` must outlive it. Throws ConfigError
-// when the library cannot be loaded (with the reason and the fix) or the options are invalid.
+// when the library cannot be loaded (with the reason and the fix), speaks another version of
+// the in-process ABI, or the options are invalid.
 std::unique_ptr<InprocessBackend> make_inprocess_backend(Client& client,
                                                          const InprocessOptions& options);
 
@@ -57,7 +62,3 @@ std::unique_ptr<InprocessBackend> make_inprocess_backend(Client& client,
 std::string inprocess_library_path(const InprocessOptions& options);
 
 } // namespace nekrs_ml
-
-// The factory libnekrsml_torch exports (resolved with dlsym).
-extern "C" nekrs_ml::InprocessBackend*
-nekrs_ml_create_inprocess_backend(nekrs_ml::Client* client, const nekrs_ml::InprocessOptions* options);

@@ -64,5 +64,12 @@ inline std::string model_package(const std::string& ns, const std::string& name,
                                  const std::string& torch_version) {
   return ns + ":" + model_tag(name) + ":package:" + graph + ":" + device + ":" + torch_version;
 }
+// JSON state of the compilation of that package (compiling, failed, stopped), kept by
+// `nekrs-ml compile` until the package exists.
+inline std::string package_state(const std::string& ns, const std::string& name,
+                                 const std::string& graph, const std::string& device,
+                                 const std::string& torch_version) {
+  return ns + ":" + model_tag(name) + ":compile:" + graph + ":" + device + ":" + torch_version;
+}
 
 } // namespace nekrs_ml::keys
