@@ -19,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -29,7 +32,7 @@ import numpy as np
 
 from . import keys, registry
 from .client import Client
-from .errors import ConfigError, KeyNotFoundError
+from .errors import ConfigError, KeyNotFoundError, NekrsMLError
 
 WEIGHTS_MAGIC = b"NKMLW1\n"
 DEVICE_KINDS = ("cpu", "cuda")
@@ -216,9 +219,27 @@ def ensure_package(client: Client, ns: str, name: str, version: Optional[int] = 
     if log:
         log(f"compiling {name} v{version} (graph {weights.graph}) for {device_kind(device)} "
             f"with torch {torch_version()}")
-    package = compile_package(blob, weights.n_in, weights.n_out, device)
-    key = keys.model_package(ns, name, weights.graph, device_kind(device), torch_version())
-    client.set_string(key, package)
+    kind, release = device_kind(device), torch_version()
+    state = keys.package_state(ns, name, weights.graph, kind, release)
+    # what in-process users wait for, and why a compilation ended without a package
+    client.set_string(state, json.dumps({"state": "compiling", "started": time.time(),
+                                         "host": socket.gethostname(), "pid": os.getpid(),
+                                         "version": int(version)}))
+    try:
+        package = compile_package(blob, weights.n_in, weights.n_out, device)
+        client.set_string(keys.model_package(ns, name, weights.graph, kind, release), package)
+    except BaseException as exc:
+        stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        reason = (f"stopped ({type(exc).__name__})" if stopped
+                  else f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        try:
+            client.set_string(state, json.dumps({"state": "stopped" if stopped else "failed",
+                                                 "reason": reason, "at": time.time(),
+                                                 "host": socket.gethostname()}))
+        except NekrsMLError:
+            pass  # the database is gone too: the original failure is what matters
+        raise
+    client.delete(state)
     return weights.graph, True
 
 

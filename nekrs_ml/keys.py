@@ -80,6 +80,12 @@ def solver_summary(ns: str) -> str:
     return f"{ns}:solver:summary"
 
 
+def solver_inference(ns: str) -> str:
+    """Rank 0's inference counters (JSON: version, calls, predicted, fallbacks, waiting_for),
+    written with the step; the launcher's progress line shows them."""
+    return f"{ns}:solver:inference"
+
+
 def flow_stats(ns: str) -> str:
     """List of flow-statistics records (JSON: wall-parallel velocity moments and wall shear
     stress), pushed by the solver's rank 0 every statsInterval steps, drained by the launcher."""

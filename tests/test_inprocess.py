@@ -307,3 +307,22 @@ def test_training_run_feeds_the_inprocess_backend(run_dir):
     assert len(versions) >= 2 and versions == sorted(versions), inference["version_by_step"]
     assert inference["tau_w_rel_error_final"]["median"] < 0.02
     assert no_servers_left(run_dir)
+
+
+def test_a_train_and_infer_run_that_never_applied_a_model_is_not_ok(run_dir):
+    """The trainer publishes only its final model, after the solver ended: every call waited and
+    used the wall law, so the run ends no_model (exit code 6) and says what the solver waited for."""
+    case = write_case(run_dir, {"NEKRS_ML": {"inferenceBackend": "inprocess",
+                                             "publishInterval": 100000},
+                                "REPRODUCER": {"steps": 60}}, base=TRAIN_INFER)
+    code, out = finish(start_run(case, run_dir), timeout=300)
+    data = report(run_dir)
+    assert code == 6 and data["status"] == "no_model", out[-3000:]
+    inference = data["inference"]
+    assert inference["predicted_calls"] == 0 and inference["waiting_calls"] == 2 * 61
+    assert inference["predicted_share"] == 0 and "no published version" in inference["waiting_for"]
+    assert inference["package"]["state"] == "unknown" or inference["package"]["version"] == 0
+    last = [line for line in out.splitlines() if line.startswith("nekrs-ml run: no_model")]
+    assert last and "no model applied (wall law at every step)" in last[-1], out[-2000:]
+    assert "the solver never applied the model: every one of its 122 inference calls waited" in out
+    assert no_servers_left(run_dir)

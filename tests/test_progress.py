@@ -51,3 +51,72 @@ def test_flow_statistics_from_the_summary():
     assert flow["U_b"] == 1.0 and flow["half_height"] == 1.0 and flow["tau_w_from"] == "applied"
     assert flow_statistics({"wall_stress": None}) is None  # the stand-in
     assert flow_statistics(None) is None
+
+
+def test_the_progress_line_of_an_inference_run_shows_the_model_in_use(capsys):
+    progress = launch.Progress(total_steps=100)
+    progress.tty = False
+    progress.show(50, None, 0, {}, {"version": 3, "calls": 200, "predicted": 150,
+                                   "waiting_for": None})
+    line = capsys.readouterr().out
+    assert "solver uses v3  predicted 75% of 200 calls" in line and "snapshots" not in line
+    progress.last_print = -1e9
+    waiting = ("wall_model v1: waiting for the cuda package of its graph 0123 for torch 2.13.0 "
+               "(compiling for 42 s on node7; ...)")
+    progress.show(60, None, 4, {"epoch": 2, "state": "training"},
+                  {"version": 0, "calls": 10, "predicted": 0, "waiting_for": waiting})
+    line = capsys.readouterr().out
+    assert "epoch 2" in line and "solver uses v-  predicted 0% of 10 calls" in line
+    assert "waiting: wall_model v1: waiting for the cuda package" in line and len(line) < 400
+
+
+INFERENCE = {"calls": 0, "waiting_calls": 6002, "predicted_calls": 0, "fallbacks": 0,
+             "applied": True, "failures": {"timeout": 0}, "versions": [], "final_version": None,
+             "waiting_for": "wall_model v1: waiting for the cuda package of its graph G"}
+
+
+@pytest.mark.parametrize("workflow", ["infer", "train+infer"])
+def test_a_run_whose_solver_applied_no_prediction_is_not_ok(workflow):
+    from nekrs_ml.launch.report import model_outcome, model_use_text
+
+    status, why = model_outcome("ok", workflow, INFERENCE)
+    assert status == "no_model" and "6002 inference calls waited" in why
+    assert "waiting for the cuda package" in why
+    failed = dict(INFERENCE, calls=10, waiting_calls=0, fallbacks=10, failures={"timeout": 10})
+    status, why = model_outcome("ok", workflow, failed)
+    assert status == "no_model" and "timeout 10" in why
+    assert model_use_text(INFERENCE) == "no model applied (wall law at every step)"
+    # not asked to apply, or another failure already named: unchanged
+    assert model_outcome("ok", workflow, dict(INFERENCE, applied=False)) == ("ok", "")
+    assert model_outcome("solver", workflow, INFERENCE) == ("solver", "")
+    assert model_outcome("ok", "train", None) == ("ok", "")
+
+
+def test_the_last_line_says_on_how_many_steps_the_model_was_applied(tmp_path, capsys):
+    from nekrs_ml.launch import summarise
+
+    partial = dict(INFERENCE, calls=3660, waiting_calls=2342, predicted_calls=3660,
+                   versions=[1, 34], final_version=34, waiting_for=None)
+    summarise({"status": "ok", "trainer": {"model_version": 35}, "inference": partial}, tmp_path)
+    line = capsys.readouterr().out
+    assert "trained model v35" in line and "models v1-v34 applied on 61% of steps, wall law before" in line
+    summarise({"status": "no_model", "trainer": {"model_version": 34}, "inference": INFERENCE,
+               "message": "the solver never applied the model"}, tmp_path)
+    captured = capsys.readouterr()
+    assert "no_model; trained model v34; no model applied (wall law at every step)" in captured.out
+    everywhere = dict(partial, waiting_calls=0, versions=[2], final_version=2)
+    summarise({"status": "ok", "inference": everywhere}, tmp_path)
+    assert "ok; model v2 applied at every step" in capsys.readouterr().out
+
+
+def test_a_flow_block_from_a_handful_of_records_is_marked_not_meaningful(tmp_path, capsys):
+    from nekrs_ml.launch import summarise
+    from nekrs_ml.launch.flow import FlowStatistics
+
+    flow = FlowStatistics()
+    flow.records, flow.steps, flow.times = 3, [10, 20, 30], [0.1, 0.2, 0.3]
+    flow.tau_applied, flow.tau_resolved, flow.bulk_velocity = [2.5e-3] * 3, [], [1.0] * 3
+    result = flow.result(1 / 19000)
+    assert result["statistically_meaningful"] is False and "3 flow-statistics record(s)" in result["caveat"]
+    summarise({"status": "ok", "flow": result}, tmp_path)
+    assert "u_tau 0.05 (not statistically meaningful" in capsys.readouterr().out

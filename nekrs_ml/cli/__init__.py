@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "nekrs_ml.cli.run",
     "nekrs_ml.cli.node",
     "nekrs_ml.cli.mesh",
+    "nekrs_ml.cli.check",
 )
 
 

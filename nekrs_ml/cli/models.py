@@ -122,9 +122,15 @@ def _compile(parser: argparse.ArgumentParser):
     add_namespace_option(parser)
 
     def run(args) -> int:
+        import signal
+
         from .. import aot
         from ..client import Client
 
+        def stop(signum, frame):  # a stopped compilation says so in the registry
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         with Client.from_env() as client:
             graph, compiled = aot.ensure_package(
                 client, environment.resolve_namespace(args.namespace), args.model, args.version,

@@ -32,8 +32,9 @@ from .settings import LaunchSettings, ReproducerSettings
 from .supervisor import Part
 from .watchdog import Guard
 
-EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
-    0, 1, 3, 4, 5, 130)
+EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_NO_MODEL = (
+    0, 1, 3, 4, 5, 6)
+EXIT_INTERRUPTED = 130
 NODE_START_TIMEOUT = 120.0  # s for every host's node agent to have its server up
 MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
 RUN_LOCK = "run.lock"  # held by the live run of a run directory
@@ -109,7 +110,8 @@ class Progress:
         self.last_print = 0.0
         self.last_text = ""
 
-    def show(self, step: int, sim_time: Optional[float], snapshots: int, status: Dict) -> None:
+    def show(self, step: int, sim_time: Optional[float], snapshots: int, status: Dict,
+             inference: Optional[Dict] = None) -> None:
         width = 30
         if self.total:
             frac = min(1.0, step / self.total)
@@ -122,9 +124,19 @@ class Progress:
         where = f"step {step}/{self.total or '?'}"
         if self.end_time and sim_time is not None:
             where += f"  t {sim_time:.4g}/{self.end_time:g}"
-        text = (f"[{bar}] {where}  snapshots {snapshots}  "
-                f"epoch {status.get('epoch', '-')}  loss {loss if loss is None else f'{loss:.3e}'}  "
-                f"model v{status.get('model_version') or '-'}  {status.get('state', 'waiting')}")
+        text = f"[{bar}] {where}"
+        if status or not inference:  # a training run
+            text += (f"  snapshots {snapshots}  epoch {status.get('epoch', '-')}  "
+                     f"loss {loss if loss is None else f'{loss:.3e}'}  "
+                     f"trained v{status.get('model_version') or '-'}  "
+                     f"{status.get('state', 'waiting')}")
+        if inference:
+            calls = inference.get("calls") or 0
+            share = (inference.get("predicted") or 0) / calls if calls else 0.0
+            text += (f"  solver uses v{inference.get('version') or '-'}  "
+                     f"predicted {share:.0%} of {calls} calls")
+            if inference.get("waiting_for"):
+                text += f"  waiting: {_short(inference['waiting_for'])}"
         if self.tty:
             print("\r" + text.ljust(120), end="", flush=True)
             return
@@ -421,14 +433,16 @@ class Run:
             snapshots = int(self.client.get_string(keys.solver_snapshots(ns)) or 0)
             raw = self.client.get_string(keys.trainer_status(ns))
             status = json.loads(raw) if raw else {}
+            raw = self.client.get_string(keys.solver_inference(ns)) if self.settings.inferring else None
+            inference = json.loads(raw) if raw else None
             self.flow_stats.drain(self.client, ns)
         except NekrsMLError:
             self.failed_polls += 1
-            return 0, None, 0, {}
+            return 0, None, 0, {}, None
         except ValueError:
-            return 0, None, 0, {}
+            return 0, None, 0, {}, None
         self.failed_polls = 0
-        return step, sim_time, snapshots, status
+        return step, sim_time, snapshots, status, inference
 
     def orchestrator_failed(self) -> bool:
         """True (with the reason in orchestrator_problem) when a server of the run is gone or
@@ -489,6 +503,11 @@ class Run:
                 plots.append("profile.png")
         except Exception as exc:  # the report must be written even when a plot fails
             self.warn(f"profile.png was not drawn: {exc}")
+        status, why = report.model_outcome(status, self.settings.workflow,
+                                           (solver_summary or {}).get("inference"))
+        if why:
+            message = why
+            self.warn(why)
         tested = evaluation is not None and "median" in evaluation
         trainer = _read_json(self.run_dir / "trainer.json")
         if history and "skipped" in history[-1]:  # bad snapshots the trainer left out
@@ -547,6 +566,12 @@ class Run:
         if statistics is None:
             return from_summary
         return {**(from_summary or {}), **statistics}
+
+
+def _short(text: str, limit: int = 90) -> str:
+    """The start of a long reason, for the one-line progress display."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_json(path: Path):
@@ -649,17 +674,24 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
     if interrupted:
         return EXIT_INTERRUPTED
     return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
-            "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE}.get(status, EXIT_SOLVER)
+            "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE,
+            "no_model": EXIT_NO_MODEL}.get(data["status"], EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:
+    from .report import model_use_text
+
     err = data.get("tau_w_rel_error")
     line = f"nekrs-ml run: {data['status']}"
-    if data.get("model_version"):
-        line += f"; model v{data['model_version']}"
-    if err:
-        line += f"; tau_w relative error median {err['median']:.3%}, p95 {err['p95']:.3%}"
     inference = data.get("inference")
+    trained = (data.get("trainer") or {}).get("model_version") or (
+        data.get("model_version") if err else None)
+    if trained:
+        line += f"; trained model v{trained}"
+    if err:
+        line += f" (a-priori tau_w relative error median {err['median']:.3%}, p95 {err['p95']:.3%})"
+    if inference:
+        line += f"; {model_use_text(inference)}"
     if inference and inference.get("calls"):
         line += f"; inference {inference['calls']:.0f} calls"
         if inference.get("latency_ms_p50") is not None:
@@ -672,8 +704,10 @@ def summarise(data: Dict, run_dir: Path) -> None:
     flow = data.get("flow") or {}
     if flow.get("u_tau"):
         line += f"; u_tau {flow['u_tau']:.4g}"
-        if flow.get("u_tau_uncertainty"):
+        if flow.get("u_tau_uncertainty") and flow.get("statistically_meaningful", True):
             line += f" ± {flow['u_tau_uncertainty']:.2g}"
+        elif flow.get("statistically_meaningful") is False:
+            line += " (not statistically meaningful: see flow.caveat)"
         if flow.get("Re_tau"):
             line += f", Re_tau {flow['Re_tau']:.0f}"
         if flow.get("U_b") is not None:

@@ -20,6 +20,7 @@ LOG_LAYER = (100.0, 500.0)  # y+ range of the comparison with DNS
 DNS_SOURCE = "Lee & Moser (2015), Re_tau = 1000"
 BATCHES = 10  # batch means for the uncertainty of the time-averaged wall shear stress
 SERIES_POINTS = 500  # at most this many points of the wall-stress time series in report.json
+MEANINGFUL_RECORDS = 2 * BATCHES  # fewer records: u_tau is reported as not statistically meaningful
 MOMENTS = 8   # per plane: w, w u, w v, w w, w uu, w vv, w ww, w uv
 
 
@@ -130,6 +131,12 @@ class FlowStatistics:
                 out["u_tau"] = u_tau
                 out["u_tau_uncertainty"] = (tau_error / (2 * u_tau)
                                             if tau_error is not None else None)
+        meaningful = self.records >= MEANINGFUL_RECORDS and out.get("u_tau_uncertainty") is not None
+        out["statistically_meaningful"] = meaningful
+        out["caveat"] = None if meaningful else (
+            f"{self.records} flow-statistics record(s) from step {self.steps[0]} to "
+            f"{self.steps[-1]}: too few for a time average with an uncertainty (at least "
+            f"{MEANINGFUL_RECORDS}); a short run shows its start-up transient, not the flow")
         profile = self.profile(u_tau, nu)
         if profile is not None:
             out["half_height"] = profile.pop("half_height")

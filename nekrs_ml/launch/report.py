@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,6 +58,53 @@ def evaluate_model(client, ns: str, name: str, ranks: int) -> Optional[Dict]:
             "samples": int(rel.size)}
 
 
+def applied_share(inference: Optional[Dict]) -> Optional[float]:
+    """The share of the solver's inference calls (waiting ones included) whose predictions it
+    used, or None for a run without inference."""
+    if not inference:
+        return None
+    total = (inference.get("calls") or 0) + (inference.get("waiting_calls") or 0)
+    return (inference.get("predicted_calls") or 0) / total if total else 0.0
+
+
+def model_outcome(status: str, workflow: str, inference: Optional[Dict]) -> Tuple[str, str]:
+    """("no_model", why) when a run that was to apply predictions (infer, or train+infer with
+    applyPredictions) ended well otherwise but its solver applied none; else (status, "")."""
+    if status != "ok" or workflow not in ("infer", "train+infer") or not inference:
+        return status, ""
+    if not inference.get("applied", True) or inference.get("predicted_calls"):
+        return status, ""
+    calls, waiting = inference.get("calls") or 0, inference.get("waiting_calls") or 0
+    failures = {cause: count for cause, count in (inference.get("failures") or {}).items() if count}
+    if waiting and not calls:
+        why = (f"every one of its {waiting:.0f} inference calls waited for a model and used the "
+               f"wall law ({inference.get('waiting_for') or 'no published version'})")
+    else:
+        causes = ", ".join(f"{cause} {count:.0f}" for cause, count in failures.items())
+        why = (f"none of its {calls + waiting:.0f} inference calls gave usable predictions "
+               f"(failures: {causes or 'none counted'}; the wall law was applied instead)")
+    return "no_model", f"the solver never applied the model: {why}"
+
+
+def model_use_text(inference: Optional[Dict]) -> str:
+    """The last line's words on the model the solver used: "model v34 applied on 61 % of steps,
+    wall law before" (or at every step, or predicted and not applied)."""
+    share = applied_share(inference)
+    if share is None:
+        return ""
+    version = inference.get("final_version")
+    if not inference.get("predicted_calls") or version is None:
+        return "no model applied (wall law at every step)"
+    versions = inference.get("versions") or [version]
+    which = f"model v{version}" if len(versions) == 1 else f"models v{versions[0]}-v{version}"
+    if not inference.get("applied", True):
+        return f"{which} predicted on {share:.0%} of steps, not applied (applyPredictions = false)"
+    if share >= 0.9995:
+        return f"{which} applied at every step"
+    before = ", wall law before" if inference.get("waiting_calls") else ", wall law otherwise"
+    return f"{which} applied on {share:.0%} of steps{before}"
+
+
 def flow_statistics(summary: Optional[Dict]) -> Optional[Dict]:
     """u_tau, Re_tau and U_b of the run from its summary's wall statistics and momentum balance
     (NekRS runs; None when the solver gave no geometry or no balance): u_tau = sqrt(tau_w) of the
@@ -77,7 +124,10 @@ def flow_statistics(summary: Optional[Dict]) -> Optional[Dict]:
             "tau_w": tau, "half_height": half_height,
             "tau_w_from": "applied" if stress.get("applied") else "resolved",
             "tau_w_implied": balance.get("tau_w_implied"),
-            "time": balance.get("time")}
+            "time": balance.get("time"),
+            "statistically_meaningful": False,
+            "caveat": "the wall shear stress of the momentum-balance window, not a time average "
+                      "of flow-statistics records (set statsInterval): no uncertainty"}
 
 
 def strict_json(value):

@@ -209,6 +209,26 @@ void Coupling::set_inference_backend(std::unique_ptr<InferenceBackend> backend) 
   inference_ = std::move(backend);
 }
 
+void Coupling::note_waiting(long tstep, const std::string& reason) {
+  constexpr double kWaitingLogSeconds = 30.0;
+  waiting_for_ = reason;
+  const double now = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (waiting_logged_ < 0 || now - waiting_logged_ >= kWaitingLogSeconds) {
+    waiting_logged_ = now;
+    log("step " + std::to_string(tstep) + ": no model yet, the wall law meanwhile: " + reason);
+  }
+}
+
+std::string Coupling::inference_progress_json() const {
+  return "{\"version\": " + std::to_string(version_) +
+         ", \"calls\": " + std::to_string(calls_ + waiting_calls_) +
+         ", \"predicted\": " + std::to_string(predicted_steps_) +
+         ", \"fallbacks\": " + std::to_string(fallbacks_) +
+         ", \"waiting_for\": " + (waiting_for_.empty() ? std::string("null")
+                                                        : json_string(waiting_for_)) + "}";
+}
+
 void Coupling::log(const std::string& text) const {
   if (comm_.rank() == 0) std::cout << "nekrs_ml: " << text << std::endl;
 }
@@ -332,6 +352,7 @@ void Coupling::run_inference(long tstep) {
     if (!options_.infer_only && version_ == 0) {
       // train+infer before the trainer's first version (or its package): the wall law, as planned
       ++waiting_calls_;
+      note_waiting(tstep, error.what());
       fallback_stress();
       apply_stress(tstep);
       return;
@@ -360,6 +381,7 @@ void Coupling::run_inference(long tstep) {
   }
   ++calls_;
   if (ok) {
+    waiting_for_.clear();
     consecutive_failures_ = 0;
     ++predicted_steps_;
     if (!options_.apply) { // predict and report only: the wall law stays the BC
@@ -592,6 +614,9 @@ void Coupling::control(long tstep, double time) {
     try {
       client_->set_string(keys::solver_step(options_.ns), std::to_string(tstep));
       client_->set_string(keys::solver_time(options_.ns), json_number(time));
+      if (options_.inferring) {
+        client_->set_string(keys::solver_inference(options_.ns), inference_progress_json());
+      }
       if (options_.training && TrainingStream::stop_requested(*client_, options_.ns)) flags[0] = 1;
     } catch (const Error& error) {
       if (control_errors_++ % 100 == 0) {
@@ -1011,6 +1036,19 @@ std::string Coupling::summary_json(const std::vector<double>& totals) const {
     s += ", \"applied\": " + std::string(options_.apply ? "true" : "false");
     s += ", \"latency_ms_p50\": " + json_number(latency.percentile(50) * 1e3);
     s += ", \"latency_ms_p99\": " + json_number(latency.percentile(99) * 1e3);
+    s += ", \"predicted_share\": " +
+         json_number(totals[2] + totals[3] > 0 ? totals[5] / (totals[2] + totals[3]) : 0.0);
+    s += ", \"waiting_for\": " + (waiting_for_.empty() ? std::string("null")
+                                                        : json_string(waiting_for_));
+    std::string package = "null";
+    if (auto* inprocess = dynamic_cast<InprocessBackend*>(inference_.get())) {
+      try {
+        package = inprocess->model_state(options_.model);
+      } catch (const Error& error) {
+        package = "{\"state\": \"unknown\", \"reason\": " + json_string(error.what()) + "}";
+      }
+    }
+    s += ", \"package\": " + package;
     s += ", \"versions\": " + version_list;
     s += ", \"final_version\": " + (versions.empty() ? std::string("null")
                                                      : std::to_string(*versions.rbegin()));

@@ -225,6 +225,10 @@ private:
   void fallback_stress();
   void apply_stress(long tstep);
   void record_failure(long tstep, InferenceFailure cause, const std::string& detail);
+  // A call of train+infer that found no model (version or package) yet: remembered and logged.
+  void note_waiting(long tstep, const std::string& reason);
+  // Rank 0's inference counters for the launcher's progress line (JSON).
+  std::string inference_progress_json() const;
   void put_snapshot(long tstep, double time, bool predicted_now);
   void control(long tstep, double time);
   void put_holdout();
@@ -312,6 +316,10 @@ private:
   std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> failures_{};
   std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> warned_{};
   std::uint64_t version_ = 0;
+  // What the last call that found no model waited for (empty once predictions come), and when
+  // that was last logged (rank 0 logs it at most every kWaitingLogSeconds).
+  std::string waiting_for_;
+  double waiting_logged_ = -1.0;
   std::uint64_t data_digest_ = 1469598103934665603ULL; // FNV-1a of every streamed byte
   LogHistogram latency_{1e-6, 1e3};   // seconds per inference call
   LogHistogram error_{1e-9, 1e3};     // |pred - resolved| / |resolved| per point, current version

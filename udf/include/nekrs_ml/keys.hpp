@@ -43,6 +43,9 @@ inline std::string solver_step(const std::string& ns) { return ns + ":solver:ste
 inline std::string solver_time(const std::string& ns) { return ns + ":solver:time"; }
 inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
 inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
+// Rank 0's inference counters (JSON: version, calls, predicted, fallbacks, waiting_for),
+// written with the step for the launcher's progress line.
+inline std::string solver_inference(const std::string& ns) { return ns + ":solver:inference"; }
 // List of flow-statistics records (JSON), pushed by the solver's rank 0, drained by the launcher.
 inline std::string flow_stats(const std::string& ns) { return ns + ":solver:stats"; }
 constexpr long long kFlowStatsRetained = 1000; // records kept when nobody drains the list
