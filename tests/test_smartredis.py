@@ -407,6 +407,16 @@ def test_smartredis_servers_refuse_open_tcp_unless_asked(run_dir):
         Orchestrator(run_dir, mode="cluster", smartredis=True)
 
 
+@pytest.mark.parametrize("limits,expected", [
+    ({"MAX_JOB_BYTES": "1gb\nloadmodule /tmp/planted.so"}, "positive number of bytes"),
+    ({"MAX_VALUE_BYTES": 0}, "positive number of bytes"),
+    ({"EXECUTE_TIMEOUT": 5}, "not known"),
+])
+def test_smartredis_limits_are_checked(run_dir, limits, expected):
+    with pytest.raises(OrchestratorError, match=expected):
+        Orchestrator(run_dir, transport="unix", smartredis=True, smartredis_limits=limits)
+
+
 def test_cli_prints_the_smartredis_environment(run_dir):
     done = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "db", "start", "--dir", run_dir,
                            "--transport", "unix", "--smartredis"],
