@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import redis
 
@@ -187,6 +187,21 @@ def check_maxmemory(value: str) -> str:
     return str(value)
 
 
+SMARTREDIS_LIMITS = ("MAX_VALUE_BYTES", "MAX_JOB_BYTES")  # nkml_ai load arguments (docs/smartredis.md)
+
+
+def check_smartredis_limits(limits: Dict[str, int]) -> Dict[str, int]:
+    checked = {}
+    for name, value in limits.items():
+        if name not in SMARTREDIS_LIMITS:
+            raise OrchestratorError(f"smartredis limit {name!r} is not known; use "
+                                    f"{' or '.join(SMARTREDIS_LIMITS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise OrchestratorError(f"smartredis limit {name} = {value!r}: use a positive number of bytes")
+        checked[name] = value
+    return checked
+
+
 def check_bind(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -245,7 +260,7 @@ class Orchestrator:
                  persistence: bool = False, redis_server: Optional[str] = None,
                  namespace: str = "nkml", start_timeout: float = 30.0, smartredis: bool = False,
                  smartredis_tcp: bool = False, die_with_parent: bool = False,
-                 form_cluster: bool = True):
+                 form_cluster: bool = True, smartredis_limits: Optional[Dict[str, int]] = None):
         if mode not in MODES:
             raise OrchestratorError(f"mode {mode!r} is not valid; use one of {', '.join(MODES)}")
         if transport not in ("tcp", "unix"):
@@ -281,6 +296,8 @@ class Orchestrator:
         self.start_timeout = start_timeout
         self.smartredis = smartredis
         self.smartredis_tcp = smartredis_tcp
+        # nkml_ai load arguments beyond EXECUTE_TIMEOUT (MAX_VALUE_BYTES, MAX_JOB_BYTES)
+        self.smartredis_limits = check_smartredis_limits(smartredis_limits or {})
         # a node agent's servers: the kernel stops them when the agent dies, however it dies
         self.die_with_parent = die_with_parent
         # False: this host's masters are one part of a cluster formed later (form_cluster_of)
@@ -511,8 +528,9 @@ class Orchestrator:
         else:
             lines += ["appendonly no", 'save ""']
         if self.smartredis:
+            limits = "".join(f" {name} {value}" for name, value in self.smartredis_limits.items())
             lines += [f"loadmodule {conf_path(self._module, 'module path')} "
-                      f"EXECUTE_TIMEOUT {SMARTREDIS_EXECUTE_TIMEOUT_MS}"]
+                      f"EXECUTE_TIMEOUT {SMARTREDIS_EXECUTE_TIMEOUT_MS}{limits}"]
             if self.transport == "tcp" and not ipaddress.ip_address(self.bind).is_loopback:
                 lines += ["protected-mode no"]  # allowed with --smartredis-tcp, warned about
         if self.mode == "cluster":

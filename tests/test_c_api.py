@@ -129,6 +129,32 @@ def test_failures_are_status_codes_with_messages(connected, api, server):
     assert "127.0.0.1:1" in error(ffi, lib)
 
 
+def test_timeouts_out_of_range_are_refused_naming_the_function_and_the_limit(api, tcp_server):
+    """A timeout the socket cannot take (1e13 s overflows the microseconds) is refused, and the
+    client keeps the timeout it had: its calls still work."""
+    ffi, lib = api
+    handle = ffi.new("nkml_client**")
+    assert lib.nkml_client_connect(",".join(tcp_server.addresses).encode(),
+                                   tcp_server.password.encode(), 0, handle) == lib.NKML_OK
+    client = handle[0]
+    try:
+        for seconds in (1e13, 1e6 * 1.5, float("inf"), float("nan"), -1.0, 0.0):
+            assert lib.nkml_client_set_timeout(client, seconds) == lib.NKML_E_CONFIG, seconds
+            message = error(ffi, lib)
+            assert message.startswith("nkml_client_set_timeout: seconds "), message
+            assert "greater than 0 and at most 1e+06" in message, message
+        assert lib.nkml_client_set_timeout(client, 1e6) == lib.NKML_OK
+        assert lib.nkml_client_set_timeout(client, 5.0) == lib.NKML_OK
+        exists = ffi.new("int*")
+        assert lib.nkml_key_exists(client, b"nothing", exists) == lib.NKML_OK, error(ffi, lib)
+        inference = ffi.new("nkml_inference**")
+        assert lib.nkml_inference_open(client, b"nkml", 0, 1, 1e13, inference) == lib.NKML_E_CONFIG
+        assert error(ffi, lib).startswith("nkml_inference_open: timeout 1e+13 s is not valid")
+        assert inference[0] == ffi.NULL
+    finally:
+        lib.nkml_client_free(client)
+
+
 def test_training_stream_and_control_flags(connected):
     ffi, lib, client, python, ns = connected
     stream = ffi.new("nkml_stream**")

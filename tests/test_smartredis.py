@@ -53,19 +53,33 @@ def smartredis_python(request) -> str:
 class CompatRun:
     """`nekrs-ml db start --smartredis` plus `nekrs-ml serve --smartredis`, always stopped."""
 
-    def __init__(self, kind: str, workers: bool = True):
+    def __init__(self, kind: str, workers: bool = True, limits=None, persistence: bool = False,
+                 maxmemory: str = "256mb"):
         self.kind = kind
         self.dir = short_tmpdir(f"nkml-sr-{kind}-")
         cluster = kind == "cluster"
-        self.orchestrator = Orchestrator(
-            self.dir, mode=kind, transport="tcp" if cluster else "unix", shards=3,
-            maxmemory="256mb", smartredis=True, smartredis_tcp=cluster)
+        self.options = dict(mode=kind, transport="tcp" if cluster else "unix", shards=3,
+                            maxmemory=maxmemory, smartredis=True, smartredis_tcp=cluster,
+                            smartredis_limits=limits, persistence=persistence)
+        self.worker = None
+        try:
+            self.start_servers()
+            if workers:
+                self.start_worker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_servers(self):
+        self.orchestrator = Orchestrator(self.dir, **self.options)
         self.info = self.orchestrator.start()
         self.addresses = self.info["addresses"]
         self.ssdb = self.info["env"]["SSDB"]
-        self.worker = None
-        if workers:
-            self.start_worker()
+
+    def restart_servers(self):
+        """Stops the servers (a clean shutdown) and starts them again on the same directory."""
+        Orchestrator.stop_dir(self.dir)
+        self.start_servers()
 
     def start_worker(self):
         self.worker = subprocess.Popen(
@@ -391,6 +405,16 @@ def test_smartredis_servers_refuse_open_tcp_unless_asked(run_dir):
         Orchestrator(run_dir, mode="single", transport="tcp", smartredis=True)
     with pytest.raises(OrchestratorError, match="smartredisTcp"):
         Orchestrator(run_dir, mode="cluster", smartredis=True)
+
+
+@pytest.mark.parametrize("limits,expected", [
+    ({"MAX_JOB_BYTES": "1gb\nloadmodule /tmp/planted.so"}, "positive number of bytes"),
+    ({"MAX_VALUE_BYTES": 0}, "positive number of bytes"),
+    ({"EXECUTE_TIMEOUT": 5}, "not known"),
+])
+def test_smartredis_limits_are_checked(run_dir, limits, expected):
+    with pytest.raises(OrchestratorError, match=expected):
+        Orchestrator(run_dir, transport="unix", smartredis=True, smartredis_limits=limits)
 
 
 def test_cli_prints_the_smartredis_environment(run_dir):

@@ -56,7 +56,7 @@ int nkml_client_from_env(nkml_client** client);
 int nkml_client_connect(const char* addresses, const char* password, int cluster,
                         nkml_client** client);
 void nkml_client_free(nkml_client* client);
-/* Timeout of every call, in seconds. */
+/* Timeout of every call, in seconds: finite, > 0 and <= 1e6 (NKML_E_CONFIG otherwise). */
 int nkml_client_set_timeout(nkml_client* client, double seconds);
 
 /* Stores `data` (dtype, ndim <= NKML_MAX_DIMS dimensions `shape`) under `key`. */
@@ -88,7 +88,8 @@ int nkml_stop_requested(nkml_client* client, const char* ns, int* requested);
 int nkml_mark_done(nkml_client* client, const char* ns);
 
 /* --- inference (docs/protocol.md, "Inference requests") ------------------------------------ */
-/* Rank `rank` talks to model worker rank mod `workers`; `timeout` in seconds per call. */
+/* Rank `rank` talks to model worker rank mod `workers`; `timeout` in seconds per call (finite,
+ * > 0 and <= 1e6). */
 int nkml_inference_open(nkml_client* client, const char* ns, int rank, int workers,
                         double timeout, nkml_inference** inference);
 void nkml_inference_free(nkml_inference* inference);

@@ -7,10 +7,21 @@
  * and queue a job; a nekrs_ml model worker takes jobs with NKML.AI.TAKE and answers with
  * NKML.AI.DONE, which writes the outputs and unblocks the caller. A job ends with an error
  * reply when its time runs out, when the worker that took it disconnects, or when no worker
- * is connected at all: a caller never hangs.
+ * is connected at all: a caller never hangs. A caller or a waiting worker that is unblocked
+ * (CLIENT UNBLOCK) or disconnects leaves no job or waiter behind.
  *
- * Load arguments: EXECUTE_TIMEOUT <ms> (longest a job may wait, default 60000; a client's
- * TIMEOUT may only shorten it). */
+ * Every store validates its whole input and builds the new value before it replaces the old
+ * one: a refused store leaves the key as it was. Values are built whole (a model sent in
+ * chunks is one value), so there is no 512 MB limit of the module API's StringTruncate; the
+ * limit is MAX_VALUE_BYTES. Job memory (the inputs a job holds until a worker takes it) is
+ * allocated by the server's allocator, so it counts in used_memory and against maxmemory,
+ * and all jobs together hold at most MAX_JOB_BYTES. Execution outputs are replicated and
+ * written to the AOF as SETs, like any write.
+ *
+ * Load arguments (pairs): EXECUTE_TIMEOUT <ms> (longest a job may wait, default 60000; a
+ * client's TIMEOUT may only shorten it), MAX_VALUE_BYTES <n> (largest tensor, model or script
+ * value, default 2 GiB), MAX_JOB_BYTES <n> (input bytes all queued jobs may hold, default
+ * 1 GiB). */
 #include "redis_module_api.h"
 
 #include <ctype.h>
@@ -114,8 +125,25 @@ static int arg_is(RedisModuleString *arg, const char *word) {
     return strlen(word) == len && strncasecmp(s, word, len) == 0;
 }
 
+/* Module memory comes from the server's allocator (RedisModule_TryAlloc): it is counted in
+ * used_memory, so maxmemory applies to it, and a failed allocation is NULL, not an abort. */
+static void *nk_alloc(size_t n) {
+    return RedisModule_TryAlloc(n ? n : 1);
+}
+
+static void *nk_calloc(size_t n, size_t size) {
+    if (size && n > SIZE_MAX / size) return NULL;
+    void *p = nk_alloc(n * size);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+
+static void nk_free(void *p) {
+    if (p) RedisModule_Free(p);
+}
+
 static char *copy_bytes(const char *s, size_t len) {
-    char *p = malloc(len + 1);
+    char *p = nk_alloc(len + 1);
     if (!p) return NULL;
     memcpy(p, s, len);
     p[len] = 0;
@@ -143,6 +171,50 @@ static int reply_text(RedisModuleCtx *ctx, const char *text) {
 
 static const char *arg_text(RedisModuleString *arg) {
     return RedisModule_StringPtrLen(arg, NULL);
+}
+
+/* --- configuration (load arguments) ----------------------------------------------------------- */
+static long long execute_timeout_ms = 60000;
+static long long max_value_bytes = 2LL * 1024 * 1024 * 1024;  /* MAX_VALUE_BYTES */
+static long long max_job_bytes = 1LL * 1024 * 1024 * 1024;    /* MAX_JOB_BYTES */
+static long long model_chunk_size = 511 * 1024 * 1024;        /* RedisAI's default */
+
+/* --- stores: validate, build the whole new value, and only then replace the old one ---------- */
+
+/* 0 when a value of `total` bytes may be stored; else replies why not and returns -1. */
+static int check_value_size(RedisModuleCtx *ctx, const char *command, RedisModuleString *keyname,
+                            const char *what, size_t total) {
+    if ((unsigned long long)total <= (unsigned long long)max_value_bytes) return 0;
+    reply_errorf(ctx, "ERR %s %s: the %s takes %zu bytes, over this server's limit of %lld bytes "
+                      "for one value (nkml_ai's MAX_VALUE_BYTES load argument); the key is unchanged",
+                 command, arg_text(keyname), what, total, max_value_bytes);
+    return -1;
+}
+
+/* `keyname` opened for writing when it is empty or holds a string; else replies WRONGTYPE and
+ * returns NULL. */
+static RedisModuleKey *open_for_store(RedisModuleCtx *ctx, RedisModuleString *keyname) {
+    RedisModuleKey *key = RedisModule_OpenKey(ctx, keyname, REDISMODULE_READ | REDISMODULE_WRITE);
+    int type = RedisModule_KeyType(key);
+    if (type != REDISMODULE_KEYTYPE_EMPTY && type != REDISMODULE_KEYTYPE_STRING) {
+        RedisModule_CloseKey(key);
+        reply_errorf(ctx, "WRONGTYPE key %s holds another Redis type; the key is unchanged",
+                     arg_text(keyname));
+        return NULL;
+    }
+    return key;
+}
+
+/* Appends to a value under construction (a string this module created: never shared). */
+static void value_append(RedisModuleCtx *ctx, RedisModuleString *value, const char *p, size_t len) {
+    if (len) RedisModule_StringAppendBuffer(ctx, value, p, len);
+}
+
+/* Replaces the value of the open `key` with the built `value` (whose reference it takes). */
+static void value_store(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *value) {
+    RedisModule_TrimStringAllocation(value);
+    RedisModule_StringSet(key, value);
+    RedisModule_FreeString(ctx, value);
 }
 
 /* --- model and script records --------------------------------------------------------------- */
@@ -253,41 +325,41 @@ typedef struct {
     int n_payload;
 } RecordArgs;
 
-static int store_record(RedisModuleCtx *ctx, RedisModuleString *keyname, const RecordArgs *a) {
+static void stats_drop(const char *key, size_t len);
+
+static int store_record(RedisModuleCtx *ctx, const char *command, RedisModuleString *keyname,
+                        const RecordArgs *a) {
     size_t lens[3] = {0, 0, 0};
     const char *strs[3] = {"", "", ""};
     RedisModuleString *fields[3] = {a->backend, a->device, a->tag};
     for (int i = 0; i < 3; i++)
         if (fields[i]) strs[i] = RedisModule_StringPtrLen(fields[i], &lens[i]);
-    size_t total = 16 + 12 + lens[0] + lens[1] + lens[2] + 32;
+    size_t head = 16 + 12 + lens[0] + lens[1] + lens[2] + 32;
     for (int i = 0; i < a->n_inputs; i++) {
         size_t l;
         RedisModule_StringPtrLen(a->inputs[i], &l);
-        total += 4 + l;
+        head += 4 + l;
     }
     for (int i = 0; i < a->n_outputs; i++) {
         size_t l;
         RedisModule_StringPtrLen(a->outputs[i], &l);
-        total += 4 + l;
+        head += 4 + l;
     }
+    size_t total = head;
     for (int i = 0; i < a->n_payload; i++) {
         size_t l;
         RedisModule_StringPtrLen(a->payload[i], &l);
         total += l;
     }
-    RedisModuleKey *key = RedisModule_OpenKey(ctx, keyname, REDISMODULE_READ | REDISMODULE_WRITE);
-    int type = RedisModule_KeyType(key);
-    if (type != REDISMODULE_KEYTYPE_EMPTY && type != REDISMODULE_KEYTYPE_STRING) {
+    if (check_value_size(ctx, command, keyname, a->kind == KIND_MODEL ? "model" : "script", total))
+        return REDISMODULE_OK;
+    RedisModuleKey *key = open_for_store(ctx, keyname);
+    if (!key) return REDISMODULE_OK;
+    char *out = nk_alloc(head);
+    if (!out) {
         RedisModule_CloseKey(key);
-        return reply_errorf(ctx, "WRONGTYPE key %s holds another Redis type", arg_text(keyname));
+        return reply_errorf(ctx, "ERR out of memory storing %s; the key is unchanged", arg_text(keyname));
     }
-    if (type != REDISMODULE_KEYTYPE_EMPTY) RedisModule_DeleteKey(key);
-    if (RedisModule_StringTruncate(key, total) != REDISMODULE_OK) {
-        RedisModule_CloseKey(key);
-        return reply_errorf(ctx, "ERR could not store %s", arg_text(keyname));
-    }
-    size_t dma_len;
-    char *out = RedisModule_StringDMA(key, &dma_len, REDISMODULE_WRITE);
     memcpy(out, RECORD_MAGIC, 4);
     out[4] = 1;
     out[5] = (char)a->kind;
@@ -311,47 +383,84 @@ static int store_record(RedisModuleCtx *ctx, RedisModuleString *keyname, const R
         const char *s = RedisModule_StringPtrLen(a->outputs[i], &l);
         off = put_str(out, off, s, l);
     }
+    RedisModuleString *value = RedisModule_CreateString(ctx, out, head);
+    nk_free(out);
     for (int i = 0; i < a->n_payload; i++) {
         size_t l;
         const char *s = RedisModule_StringPtrLen(a->payload[i], &l);
-        memcpy(out + off, s, l);
-        off += l;
+        value_append(ctx, value, s, l);
     }
+    value_store(ctx, key, value);
     RedisModule_CloseKey(key);
+    size_t klen;
+    const char *kname = RedisModule_StringPtrLen(keyname, &klen);
+    stats_drop(kname, klen); /* a new model or script: its statistics start at zero */
     RedisModule_ReplicateVerbatim(ctx);
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
 }
 
-/* --- statistics for AI.INFO (per key, in memory) ----------------------------------------------- */
+/* --- statistics for AI.INFO ---------------------------------------------------------------------
+ * Per key and per stored version (store id): a new store, AI.MODELDEL / AI.SCRIPTDEL free them,
+ * and counts of another version are never reported for this one. */
 typedef struct Stats {
     char *key;
     size_t key_len;
+    uint64_t store_id;
     long long duration_us, samples, calls, errors;
     struct Stats *next;
 } Stats;
 
 static Stats *stats_head;
 
-static Stats *stats_for(const char *key, size_t len, int create) {
+static Stats *stats_find(const char *key, size_t len) {
     for (Stats *s = stats_head; s; s = s->next)
         if (s->key_len == len && memcmp(s->key, key, len) == 0) return s;
+    return NULL;
+}
+
+/* The statistics of version `store_id` of `key`: NULL when there are none (and, without
+ * `create`, when those kept are of another version). */
+static Stats *stats_for(const char *key, size_t len, uint64_t store_id, int create) {
+    Stats *s = stats_find(key, len);
+    if (s && s->store_id == store_id) return s;
     if (!create) return NULL;
-    Stats *s = calloc(1, sizeof *s);
+    if (s) {
+        if (store_id < s->store_id) return NULL; /* a job of an older version: not counted */
+        s->duration_us = s->samples = s->calls = s->errors = 0;
+        s->store_id = store_id;
+        return s;
+    }
+    s = nk_calloc(1, sizeof *s);
     if (!s) return NULL;
     s->key = copy_bytes(key, len);
     if (!s->key) {
-        free(s);
+        nk_free(s);
         return NULL;
     }
     s->key_len = len;
+    s->store_id = store_id;
     s->next = stats_head;
     stats_head = s;
     return s;
 }
 
-/* --- configuration --------------------------------------------------------------------------- */
-static long long execute_timeout_ms = 60000;
-static long long model_chunk_size = 511 * 1024 * 1024; /* RedisAI's default */
+static void stats_drop(const char *key, size_t len) {
+    for (Stats **p = &stats_head; *p; p = &(*p)->next) {
+        if ((*p)->key_len == len && memcmp((*p)->key, key, len) == 0) {
+            Stats *s = *p;
+            *p = s->next;
+            nk_free(s->key);
+            nk_free(s);
+            return;
+        }
+    }
+}
+
+static int stats_count_entries(void) {
+    int n = 0;
+    for (Stats *s = stats_head; s; s = s->next) n++;
+    return n;
+}
 
 /* --- jobs -------------------------------------------------------------------------------------- */
 typedef struct Job {
@@ -366,12 +475,11 @@ typedef struct Job {
     size_t function_len;
     uint64_t store_id;
     int n_in, n_out;
-    char **in_data;
+    char **in_data;   /* copies of the inputs, freed once a worker has taken them */
     size_t *in_len;
-    char **out_keys;
-    size_t *out_key_len;
-    char **out_data;  /* from NKML.AI.DONE */
-    size_t *out_len;
+    size_t in_bytes;  /* what in_data holds, counted in job_bytes */
+    RedisModuleString **out_keys;   /* held names of the output keys */
+    RedisModuleString **out_values; /* held tensors from NKML.AI.DONE */
     char *error;      /* the caller's error reply, when it failed */
     uint64_t start_us;
     long long samples;
@@ -380,10 +488,13 @@ typedef struct Job {
 
 static Job *jobs_head;       /* queued and taken jobs, oldest first */
 static uint64_t next_job_id;
+static long long job_bytes;  /* input bytes all jobs hold now (at most MAX_JOB_BYTES) */
 
 typedef struct Taker {
     RedisModuleBlockedClient *bc;
     uint64_t client;
+    int woken;               /* unblocked to take a job; its reply callback has not run yet */
+    int served;              /* its reply callback ran */
     struct Taker *next;
 } Taker;
 
@@ -396,23 +507,30 @@ typedef struct Worker {
 
 static Worker *workers_head; /* connections that have called NKML.AI.TAKE */
 
+static void job_release_inputs(Job *job) {
+    for (int i = 0; i < job->n_in; i++) {
+        nk_free(job->in_data ? job->in_data[i] : NULL);
+        if (job->in_data) job->in_data[i] = NULL;
+    }
+    job_bytes -= (long long)job->in_bytes;
+    job->in_bytes = 0;
+}
+
 static void job_free(Job *job) {
     if (!job) return;
-    for (int i = 0; i < job->n_in; i++) free(job->in_data ? job->in_data[i] : NULL);
+    job_release_inputs(job);
     for (int i = 0; i < job->n_out; i++) {
-        free(job->out_keys ? job->out_keys[i] : NULL);
-        free(job->out_data ? job->out_data[i] : NULL);
+        if (job->out_keys && job->out_keys[i]) RedisModule_FreeString(NULL, job->out_keys[i]);
+        if (job->out_values && job->out_values[i]) RedisModule_FreeString(NULL, job->out_values[i]);
     }
-    free(job->in_data);
-    free(job->in_len);
-    free(job->out_keys);
-    free(job->out_key_len);
-    free(job->out_data);
-    free(job->out_len);
-    free(job->key);
-    free(job->function);
-    free(job->error);
-    free(job);
+    nk_free(job->in_data);
+    nk_free(job->in_len);
+    nk_free(job->out_keys);
+    nk_free(job->out_values);
+    nk_free(job->key);
+    nk_free(job->function);
+    nk_free(job->error);
+    nk_free(job);
 }
 
 static void job_unlink(Job *job) {
@@ -432,7 +550,7 @@ static void job_append(Job *job) {
 }
 
 static void stats_count(const Job *job, int failed) {
-    Stats *s = stats_for(job->key, job->key_len, 1);
+    Stats *s = stats_for(job->key, job->key_len, job->store_id, 1);
     if (!s) return;
     s->calls++;
     if (failed) {
@@ -452,7 +570,7 @@ static void job_fail(Job *job, const char *fmt, ...) {
     va_end(ap);
     job_unlink(job);
     stats_count(job, 1);
-    free(job->error);
+    nk_free(job->error);
     job->error = copy_bytes(text, strlen(text));
     RedisModule_UnblockClient(job->bc, job);
 }
@@ -466,23 +584,31 @@ static int worker_count(void) {
 static void worker_add(uint64_t client) {
     for (Worker *w = workers_head; w; w = w->next)
         if (w->client == client) return;
-    Worker *w = calloc(1, sizeof *w);
+    Worker *w = nk_calloc(1, sizeof *w);
     if (!w) return;
     w->client = client;
     w->next = workers_head;
     workers_head = w;
 }
 
-/* Wakes the oldest waiting worker, whose reply callback takes the oldest queued job. */
+static int job_queued(void) {
+    for (Job *j = jobs_head; j; j = j->next)
+        if (!j->owner) return 1;
+    return 0;
+}
+
+/* Wakes the oldest waiting worker, whose reply callback takes the oldest queued job (and when
+ * that worker is gone before its callback runs, take_free wakes the next one). */
 static void wake_taker(void) {
     Taker *t = takers_head;
     if (!t) return;
     takers_head = t->next;
-    RedisModule_UnblockClient(t->bc, NULL);
-    free(t);
+    t->next = NULL;
+    t->woken = 1;
+    RedisModule_UnblockClient(t->bc, t);
 }
 
-/* The caller's reply: the outputs written, or the error. */
+/* The caller's reply: the outputs written (all or, when one cannot be, none), or the error. */
 static int execute_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     (void)argv;
     (void)argc;
@@ -490,17 +616,22 @@ static int execute_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     if (!job) return RedisModule_ReplyWithError(ctx, "ERR model execution ended without a result");
     if (job->error) return RedisModule_ReplyWithError(ctx, job->error);
     for (int i = 0; i < job->n_out; i++) {
-        RedisModuleString *name = RedisModule_CreateString(ctx, job->out_keys[i], job->out_key_len[i]);
-        RedisModuleKey *key = RedisModule_OpenKey(ctx, name, REDISMODULE_READ | REDISMODULE_WRITE);
+        RedisModuleKey *key = RedisModule_OpenKey(ctx, job->out_keys[i], REDISMODULE_READ);
         int type = RedisModule_KeyType(key);
-        if (type != REDISMODULE_KEYTYPE_EMPTY) RedisModule_DeleteKey(key);
-        if (RedisModule_StringTruncate(key, job->out_len[i]) == REDISMODULE_OK) {
-            size_t len;
-            char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
-            memcpy(dst, job->out_data[i], job->out_len[i]);
-        }
         RedisModule_CloseKey(key);
-        RedisModule_FreeString(ctx, name);
+        if (type != REDISMODULE_KEYTYPE_EMPTY && type != REDISMODULE_KEYTYPE_STRING)
+            return reply_errorf(ctx, "WRONGTYPE output key %s came to hold another Redis type while "
+                                     "the %s ran; no output was written",
+                                arg_text(job->out_keys[i]), job->kind == KIND_MODEL ? "model" : "script");
+    }
+    for (int i = 0; i < job->n_out; i++) {
+        RedisModuleKey *key = RedisModule_OpenKey(ctx, job->out_keys[i], REDISMODULE_READ | REDISMODULE_WRITE);
+        int stored = RedisModule_StringSet(key, job->out_values[i]) == REDISMODULE_OK;
+        RedisModule_CloseKey(key);
+        if (!stored)
+            return reply_errorf(ctx, "ERR could not write output key %s", arg_text(job->out_keys[i]));
+        /* replicas and the AOF get the write as what it is: a SET of the output tensor */
+        RedisModule_Replicate(ctx, "SET", "ss", job->out_keys[i], job->out_values[i]);
     }
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
 }
@@ -527,6 +658,16 @@ static int execute_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int ar
     return REDISMODULE_OK;
 }
 
+/* The caller disconnected or was unblocked (CLIENT UNBLOCK ... ERROR) while its job waited:
+ * the job goes, whether queued or taken (the worker's answer is then refused). */
+static void execute_disconnected(RedisModuleCtx *ctx, RedisModuleBlockedClient *bc) {
+    (void)ctx;
+    Job *job = job_by_bc(bc);
+    if (!job) return; /* already ended: its reply is on its way */
+    job_unlink(job);
+    RedisModule_UnblockClient(bc, job);
+}
+
 static void execute_free(RedisModuleCtx *ctx, void *privdata) {
     (void)ctx;
     job_free(privdata);
@@ -536,6 +677,7 @@ static void execute_free(RedisModuleCtx *ctx, void *privdata) {
 static int queue_job(RedisModuleCtx *ctx, int kind, RedisModuleString *keyname, uint64_t store_id,
                      RedisModuleString *function, RedisModuleString **inputs, int n_in,
                      RedisModuleString **outputs, int n_out, long long timeout_ms) {
+    const char *what = kind == KIND_MODEL ? "model" : "script";
     if (RedisModule_GetContextFlags(ctx) & (REDISMODULE_CTX_FLAGS_MULTI | REDISMODULE_CTX_FLAGS_LUA))
         return RedisModule_ReplyWithError(
             ctx, "ERR model and script execution cannot run inside MULTI or a script");
@@ -543,31 +685,17 @@ static int queue_job(RedisModuleCtx *ctx, int kind, RedisModuleString *keyname, 
         return RedisModule_ReplyWithError(
             ctx, "ERR no nekrs_ml model worker serves this server; start one with "
                  "`nekrs-ml serve --dir RUN_DIR --smartredis`");
-    Job *job = calloc(1, sizeof *job);
-    if (!job) return RedisModule_ReplyWithError(ctx, "ERR out of memory");
-    job->kind = kind;
-    job->n_in = n_in;
-    job->n_out = n_out;
-    job->in_data = calloc((size_t)n_in + 1, sizeof(char *));
-    job->in_len = calloc((size_t)n_in + 1, sizeof(size_t));
-    job->out_keys = calloc((size_t)n_out + 1, sizeof(char *));
-    job->out_key_len = calloc((size_t)n_out + 1, sizeof(size_t));
-    job->out_data = calloc((size_t)n_out + 1, sizeof(char *));
-    job->out_len = calloc((size_t)n_out + 1, sizeof(size_t));
-    size_t len;
-    const char *s = RedisModule_StringPtrLen(keyname, &len);
-    job->key = copy_bytes(s, len);
-    job->key_len = len;
-    if (function) {
-        s = RedisModule_StringPtrLen(function, &len);
-        job->function = copy_bytes(s, len);
-        job->function_len = len;
+    for (int i = 0; i < n_out; i++) {
+        RedisModuleKey *key = RedisModule_OpenKey(ctx, outputs[i], REDISMODULE_READ);
+        int type = RedisModule_KeyType(key);
+        RedisModule_CloseKey(key);
+        if (type != REDISMODULE_KEYTYPE_EMPTY && type != REDISMODULE_KEYTYPE_STRING)
+            return reply_errorf(ctx, "WRONGTYPE output key %s holds another Redis type (delete it or "
+                                     "name another output)", arg_text(outputs[i]));
     }
-    if (!job->in_data || !job->in_len || !job->out_keys || !job->out_key_len || !job->out_data ||
-        !job->out_len || !job->key || (function && !job->function)) {
-        job_free(job);
-        return RedisModule_ReplyWithError(ctx, "ERR out of memory");
-    }
+    /* the inputs, checked and measured before anything is copied */
+    size_t in_bytes = 0;
+    long long samples = 1;
     for (int i = 0; i < n_in; i++) {
         RedisModuleKey *key = RedisModule_OpenKey(ctx, inputs[i], REDISMODULE_READ);
         size_t vlen = 0;
@@ -578,35 +706,66 @@ static int queue_job(RedisModuleCtx *ctx, int kind, RedisModuleString *keyname, 
         const char *why = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_EMPTY
                               ? "tensor key is empty or in a different shard"
                               : (v ? tensor_parse(v, vlen, &t) : "key holds another Redis type");
-        if (why) {
-            RedisModule_CloseKey(key);
-            job_free(job);
-            return reply_errorf(ctx, "ERR input %s: %s", arg_text(inputs[i]), why);
+        RedisModule_CloseKey(key);
+        if (why) return reply_errorf(ctx, "ERR input %s: %s", arg_text(inputs[i]), why);
+        if (i == 0) samples = t.rank > 0 ? (long long)t.shape[0] : 1;
+        in_bytes += vlen;
+    }
+    if ((unsigned long long)job_bytes + in_bytes > (unsigned long long)max_job_bytes)
+        return reply_errorf(ctx, "ERR %s %s: its inputs take %zu bytes and the jobs waiting on this "
+                                 "server hold %lld bytes, over nkml_ai's limit of %lld bytes "
+                                 "(MAX_JOB_BYTES load argument); retry when the model workers have "
+                                 "caught up, or raise MAX_JOB_BYTES",
+                            what, arg_text(keyname), in_bytes, job_bytes, max_job_bytes);
+    Job *job = nk_calloc(1, sizeof *job);
+    if (!job) return RedisModule_ReplyWithError(ctx, "ERR out of memory");
+    job->kind = kind;
+    job->n_in = n_in;
+    job->n_out = n_out;
+    job->samples = samples;
+    job->in_data = nk_calloc((size_t)n_in + 1, sizeof(char *));
+    job->in_len = nk_calloc((size_t)n_in + 1, sizeof(size_t));
+    job->out_keys = nk_calloc((size_t)n_out + 1, sizeof(RedisModuleString *));
+    job->out_values = nk_calloc((size_t)n_out + 1, sizeof(RedisModuleString *));
+    size_t len;
+    const char *s = RedisModule_StringPtrLen(keyname, &len);
+    job->key = copy_bytes(s, len);
+    job->key_len = len;
+    if (function) {
+        s = RedisModule_StringPtrLen(function, &len);
+        job->function = copy_bytes(s, len);
+        job->function_len = len;
+    }
+    if (!job->in_data || !job->in_len || !job->out_keys || !job->out_values || !job->key ||
+        (function && !job->function)) {
+        job_free(job);
+        return RedisModule_ReplyWithError(ctx, "ERR out of memory");
+    }
+    for (int i = 0; i < n_in; i++) {
+        RedisModuleKey *key = RedisModule_OpenKey(ctx, inputs[i], REDISMODULE_READ);
+        size_t vlen = 0;
+        const char *v = RedisModule_StringDMA(key, &vlen, REDISMODULE_READ);
+        job->in_data[i] = v ? nk_alloc(vlen) : NULL;
+        if (job->in_data[i]) {
+            memcpy(job->in_data[i], v, vlen);
+            job->in_len[i] = vlen;
+            job->in_bytes += vlen;
+            job_bytes += (long long)vlen;
         }
-        if (i == 0) job->samples = t.rank > 0 ? (long long)t.shape[0] : 1;
-        job->in_data[i] = copy_bytes(v, vlen);
-        job->in_len[i] = vlen;
         RedisModule_CloseKey(key);
         if (!job->in_data[i]) {
             job_free(job);
-            return RedisModule_ReplyWithError(ctx, "ERR out of memory");
+            return reply_errorf(ctx, "ERR out of memory copying input %s", arg_text(inputs[i]));
         }
     }
-    for (int i = 0; i < n_out; i++) {
-        s = RedisModule_StringPtrLen(outputs[i], &len);
-        job->out_keys[i] = copy_bytes(s, len);
-        job->out_key_len[i] = len;
-        if (!job->out_keys[i]) {
-            job_free(job);
-            return RedisModule_ReplyWithError(ctx, "ERR out of memory");
-        }
-    }
+    for (int i = 0; i < n_out; i++) job->out_keys[i] = RedisModule_HoldString(NULL, outputs[i]);
     if (timeout_ms <= 0 || timeout_ms > execute_timeout_ms) timeout_ms = execute_timeout_ms;
     job->id = ++next_job_id;
     job->store_id = store_id;
     job->caller = RedisModule_GetClientId(ctx);
     job->start_us = RedisModule_MonotonicMicroseconds();
     job->bc = RedisModule_BlockClient(ctx, execute_reply, execute_timeout, execute_free, timeout_ms);
+    RedisModule_SetDisconnectCallback(job->bc, execute_disconnected);
     job_append(job);
     wake_taker();
     return REDISMODULE_OK;
@@ -715,6 +874,8 @@ static int cmd_tensorset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
         pos++;
     }
     size_t nbytes = count * dtype->itemsize;
+    size_t header = TENSOR_HEADER + 8 * (size_t)rank;
+    if (check_value_size(ctx, "AI.TENSORSET", argv[1], "tensor", header + nbytes)) return REDISMODULE_OK;
     const char *blob = NULL;
     int values_first = -1;
     if (pos < argc && arg_is(argv[pos], "BLOB")) {
@@ -737,33 +898,16 @@ static int cmd_tensorset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
             if (!ok) return reply_errorf(ctx, "ERR invalid value %s for %s", arg_text(argv[i]), dtype->name);
         }
     }
-    RedisModuleKey *key = RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
-    int type = RedisModule_KeyType(key);
-    if (type != REDISMODULE_KEYTYPE_EMPTY && type != REDISMODULE_KEYTYPE_STRING) {
-        RedisModule_CloseKey(key);
-        return reply_errorf(ctx, "WRONGTYPE key %s holds another Redis type", arg_text(argv[1]));
-    }
-    if (type != REDISMODULE_KEYTYPE_EMPTY) RedisModule_DeleteKey(key);
-    size_t header = TENSOR_HEADER + 8 * (size_t)rank;
-    if (RedisModule_StringTruncate(key, header + nbytes) != REDISMODULE_OK) {
-        RedisModule_CloseKey(key);
-        return RedisModule_ReplyWithError(ctx, "ERR could not store the tensor");
-    }
-    size_t len;
-    char *out = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
-    memcpy(out, "NKML", 4);
-    out[4] = 1;
-    out[5] = (char)dtype->code;
-    out[6] = (char)rank;
-    out[7] = 0;
-    for (int i = 0; i < rank; i++) put_u64(out + TENSOR_HEADER + 8 * i, shape[i]);
-    char *data = out + header;
-    if (blob) {
-        memcpy(data, blob, nbytes);
-    } else if (values_first < 0) {
-        memset(data, 0, nbytes);
-    } else {
-        for (uint64_t i = 0; i < count; i++) {
+    RedisModuleKey *key = open_for_store(ctx, argv[1]);
+    if (!key) return REDISMODULE_OK;
+    char *data = NULL; /* VALUES, or zeros when neither BLOB nor VALUES is given */
+    if (!blob && nbytes > 0) {
+        data = nk_calloc(1, nbytes);
+        if (!data) {
+            RedisModule_CloseKey(key);
+            return reply_errorf(ctx, "ERR out of memory for a tensor of %zu bytes; the key is unchanged", nbytes);
+        }
+        for (uint64_t i = 0; values_first >= 0 && i < count; i++) {
             RedisModuleString *arg = argv[values_first + (int)i];
             double dv = 0;
             long long lv = 0;
@@ -782,6 +926,17 @@ static int cmd_tensorset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
             }
         }
     }
+    char head[TENSOR_HEADER + 8 * TENSOR_MAX_RANK];
+    memcpy(head, "NKML", 4);
+    head[4] = 1;
+    head[5] = (char)dtype->code;
+    head[6] = (char)rank;
+    head[7] = 0;
+    for (int i = 0; i < rank; i++) put_u64(head + TENSOR_HEADER + 8 * i, shape[i]);
+    RedisModuleString *value = RedisModule_CreateString(ctx, head, header);
+    value_append(ctx, value, blob ? blob : data, nbytes);
+    nk_free(data);
+    value_store(ctx, key, value);
     RedisModule_CloseKey(key);
     RedisModule_ReplicateVerbatim(ctx);
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
@@ -892,7 +1047,7 @@ static int cmd_modelstore(RedisModuleCtx *ctx, RedisModuleString **argv, int arg
     if (pos + 1 >= argc) return RedisModule_ReplyWithError(ctx, "ERR insufficient arguments, missing model BLOB");
     a.payload = argv + pos + 1;
     a.n_payload = argc - pos - 1;
-    return store_record(ctx, argv[1], &a);
+    return store_record(ctx, "AI.MODELSTORE", argv[1], &a);
 }
 
 static void reply_names(RedisModuleCtx *ctx, const Record *r, uint32_t first, uint32_t n) {
@@ -965,6 +1120,9 @@ static int delete_record(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     if (!key) return REDISMODULE_OK;
     RedisModule_DeleteKey(key);
     RedisModule_CloseKey(key);
+    size_t klen;
+    const char *kname = RedisModule_StringPtrLen(argv[1], &klen);
+    stats_drop(kname, klen);
     RedisModule_ReplicateVerbatim(ctx);
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
 }
@@ -1038,7 +1196,7 @@ static int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc,
         return RedisModule_ReplyWithError(ctx, "ERR AI.SCRIPTSTORE needs ENTRY_POINTS");
     a.payload = argv + pos + 1;
     a.n_payload = 1;
-    return store_record(ctx, argv[1], &a);
+    return store_record(ctx, with_entry_points ? "AI.SCRIPTSTORE" : "AI.SCRIPTSET", argv[1], &a);
 }
 
 static int cmd_scriptset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -1129,7 +1287,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     }
     size_t klen;
     const char *kname = RedisModule_StringPtrLen(argv[1], &klen);
-    Stats *s = stats_for(kname, klen, 1);
+    Stats *s = stats_for(kname, klen, r.store_id, 0);
     if (argc == 3) {
         if (s) s->duration_us = s->samples = s->calls = s->errors = 0;
         RedisModule_CloseKey(key);
@@ -1149,7 +1307,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     reply_text(ctx, "duration");
     RedisModule_ReplyWithLongLong(ctx, s ? s->duration_us : 0);
     reply_text(ctx, "samples");
-    RedisModule_ReplyWithLongLong(ctx, s ? (r.kind == KIND_MODEL ? s->samples : -1) : 0);
+    RedisModule_ReplyWithLongLong(ctx, r.kind == KIND_MODEL ? (s ? s->samples : 0) : -1);
     reply_text(ctx, "calls");
     RedisModule_ReplyWithLongLong(ctx, s ? s->calls : 0);
     reply_text(ctx, "errors");
@@ -1202,34 +1360,50 @@ static void reply_job(RedisModuleCtx *ctx, Job *job) {
     RedisModule_ReplyWithLongLong(ctx, job->n_out);
 }
 
-/* Hands the oldest queued job to the calling worker; 0 when none is queued. */
+/* Hands the oldest queued job to the calling worker; 0 when none is queued. The job's inputs
+ * are in the worker's reply now: the job lets go of its copies. */
 static int take_job(RedisModuleCtx *ctx) {
     for (Job *j = jobs_head; j; j = j->next) {
         if (!j->owner) {
             j->owner = RedisModule_GetClientId(ctx);
             reply_job(ctx, j);
+            job_release_inputs(j);
             return 1;
         }
     }
     return 0;
 }
 
-static void taker_unlink(RedisModuleBlockedClient *bc) {
+/* Removes the waiting worker blocked as `bc`; 0 when it is not waiting (any more). */
+static int taker_unlink(RedisModuleBlockedClient *bc) {
     for (Taker **p = &takers_head; *p; p = &(*p)->next) {
         if ((*p)->bc == bc) {
             Taker *t = *p;
             *p = t->next;
-            free(t);
-            return;
+            nk_free(t);
+            return 1;
         }
     }
+    return 0;
 }
 
 static int take_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     (void)argv;
     (void)argc;
+    Taker *t = RedisModule_GetBlockedClientPrivateData(ctx);
+    if (t) t->served = 1;
     if (!take_job(ctx)) RedisModule_ReplyWithNull(ctx);
     return REDISMODULE_OK;
+}
+
+/* A woken worker's record, after its reply callback ran or (when it went away meanwhile) did
+ * not: then a queued job would wait for nobody, so the next waiting worker is woken. */
+static void take_free(RedisModuleCtx *ctx, void *privdata) {
+    (void)ctx;
+    Taker *t = privdata;
+    int missed = !t->served;
+    nk_free(t);
+    if (missed && job_queued()) wake_taker();
 }
 
 static int take_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -1237,25 +1411,37 @@ static int take_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     (void)argc;
     RedisModuleBlockedClient *bc = RedisModule_GetBlockedClientHandle(ctx);
     taker_unlink(bc);
-    RedisModule_ReplyWithNull(ctx);
+    if (!take_job(ctx)) RedisModule_ReplyWithNull(ctx);
     RedisModule_UnblockClient(bc, NULL);
     return REDISMODULE_OK;
 }
 
+/* The waiting worker disconnected or was unblocked (CLIENT UNBLOCK ... ERROR): it waits no
+ * more, so no job is handed to it. */
+static void take_disconnected(RedisModuleCtx *ctx, RedisModuleBlockedClient *bc) {
+    (void)ctx;
+    if (taker_unlink(bc)) RedisModule_UnblockClient(bc, NULL);
+}
+
+#define TAKE_MAX_WAIT_MS 3600000LL
+
 static int cmd_take(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (argc != 2) return RedisModule_WrongArity(ctx);
     long long timeout_ms;
-    if (RedisModule_StringToLongLong(argv[1], &timeout_ms) != REDISMODULE_OK || timeout_ms < 0)
-        return RedisModule_ReplyWithError(ctx, "ERR NKML.AI.TAKE takes a timeout in milliseconds");
+    if (RedisModule_StringToLongLong(argv[1], &timeout_ms) != REDISMODULE_OK || timeout_ms < 0 ||
+        timeout_ms > TAKE_MAX_WAIT_MS)
+        return RedisModule_ReplyWithError(ctx, "ERR NKML.AI.TAKE takes a timeout in milliseconds "
+                                               "(0 to 3600000)");
     if (RedisModule_GetContextFlags(ctx) & (REDISMODULE_CTX_FLAGS_MULTI | REDISMODULE_CTX_FLAGS_LUA))
         return RedisModule_ReplyWithError(ctx, "ERR NKML.AI.TAKE cannot run inside MULTI or a script");
     worker_add(RedisModule_GetClientId(ctx));
     if (take_job(ctx)) return REDISMODULE_OK;
     if (timeout_ms == 0) return RedisModule_ReplyWithNull(ctx);
-    Taker *t = calloc(1, sizeof *t);
+    Taker *t = nk_calloc(1, sizeof *t);
     if (!t) return RedisModule_ReplyWithError(ctx, "ERR out of memory");
     t->client = RedisModule_GetClientId(ctx);
-    t->bc = RedisModule_BlockClient(ctx, take_reply, take_timeout, NULL, timeout_ms);
+    t->bc = RedisModule_BlockClient(ctx, take_reply, take_timeout, take_free, timeout_ms);
+    RedisModule_SetDisconnectCallback(t->bc, take_disconnected);
     Taker **p = &takers_head;
     while (*p) p = &(*p)->next;
     *p = t;
@@ -1297,12 +1483,18 @@ static int cmd_done(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
             job_fail(job, "ERR output %d: %s", i, why);
             return RedisModule_ReplyWithError(ctx, "ERR bad output tensor");
         }
-        job->out_data[i] = copy_bytes(v, len);
-        job->out_len[i] = len;
-        if (!job->out_data[i]) {
-            job_fail(job, "ERR out of memory");
-            return RedisModule_ReplyWithError(ctx, "ERR out of memory");
+        if ((unsigned long long)len > (unsigned long long)max_value_bytes) {
+            job_fail(job, "ERR output %d of %.*s takes %zu bytes, over this server's limit of %lld "
+                          "bytes for one value (nkml_ai's MAX_VALUE_BYTES load argument); no output "
+                          "was written", i, (int)job->key_len, job->key, len, max_value_bytes);
+            return reply_errorf(ctx, "ERR output %d takes %zu bytes, over MAX_VALUE_BYTES (%lld)", i,
+                                len, max_value_bytes);
         }
+    }
+    /* the outputs are stored as the very strings received (no copy) by the caller's reply */
+    for (int i = 0; i < n; i++) {
+        job->out_values[i] = RedisModule_HoldString(NULL, argv[3 + i]);
+        RedisModule_TrimStringAllocation(job->out_values[i]);
     }
     job_unlink(job);
     stats_count(job, 0);
@@ -1318,54 +1510,47 @@ static int cmd_workers(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
         if (j->owner) taken++;
         else queued++;
     }
-    RedisModule_ReplyWithArray(ctx, 6);
+    RedisModule_ReplyWithArray(ctx, 10);
     reply_text(ctx, "workers");
     RedisModule_ReplyWithLongLong(ctx, worker_count());
     reply_text(ctx, "queued");
     RedisModule_ReplyWithLongLong(ctx, queued);
     reply_text(ctx, "running");
     RedisModule_ReplyWithLongLong(ctx, taken);
+    reply_text(ctx, "job_bytes");
+    RedisModule_ReplyWithLongLong(ctx, job_bytes);
+    reply_text(ctx, "stats");
+    RedisModule_ReplyWithLongLong(ctx, stats_count_entries());
     return REDISMODULE_OK;
 }
 
-/* A disconnected client: a worker's jobs fail at once (and all queued ones when it was the last
- * worker); a waiting worker stops waiting; a caller's job is dropped. */
+/* A disconnected worker: its jobs fail at once (and all queued ones when it was the last
+ * worker). A blocked caller's job and a waiting worker's wait end in their disconnect
+ * callbacks (execute_disconnected, take_disconnected), which also serve CLIENT UNBLOCK. */
 static void on_client_change(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent, void *data) {
     (void)ctx;
     (void)eid;
     if (subevent != REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED) return;
     uint64_t client = ((RedisModuleClientInfoV1 *)data)->id;
-    for (Taker **p = &takers_head; *p;) {
-        if ((*p)->client == client) {
-            Taker *t = *p;
-            *p = t->next;
-            RedisModule_UnblockClient(t->bc, NULL);
-            free(t);
-        } else {
-            p = &(*p)->next;
-        }
-    }
     int was_worker = 0;
     for (Worker **p = &workers_head; *p; p = &(*p)->next) {
         if ((*p)->client == client) {
             Worker *w = *p;
             *p = w->next;
-            free(w);
+            nk_free(w);
             was_worker = 1;
             break;
         }
     }
+    if (!was_worker) return;
     int none_left = worker_count() == 0;
     Job *j = jobs_head;
     while (j) {
         Job *next = j->next;
-        if (j->caller == client) {
-            job_unlink(j);
-            RedisModule_UnblockClient(j->bc, j);
-        } else if (was_worker && j->owner == client) {
+        if (j->owner == client) {
             job_fail(j, "ERR the model worker running %.*s disconnected (died?) before it answered",
                      (int)j->key_len, j->key);
-        } else if (was_worker && none_left && !j->owner) {
+        } else if (none_left && !j->owner) {
             job_fail(j, "ERR no nekrs_ml model worker is left on this server");
         }
         j = next;
@@ -1373,23 +1558,38 @@ static void on_client_change(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t
 }
 
 /* --- registration ----------------------------------------------------------------------------------- */
+/* A load argument's value: a positive integer. */
+static int load_arg(RedisModuleCtx *ctx, RedisModuleString *name, RedisModuleString *value, long long *out) {
+    long long v;
+    if (RedisModule_StringToLongLong(value, &v) != REDISMODULE_OK || v <= 0) {
+        RedisModule_Log(ctx, "warning", "nkml_ai: load argument %s takes a positive integer, not %s",
+                        arg_text(name), arg_text(value));
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+#define LOAD_ARGS "EXECUTE_TIMEOUT ms, MAX_VALUE_BYTES n, MAX_JOB_BYTES n"
+
 __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv,
                                                            int argc) {
     if (nkml_module_init(ctx, MODULE_NAME, MODULE_VERSION) != REDISMODULE_OK) return REDISMODULE_ERR;
+    if (argc % 2) {
+        RedisModule_Log(ctx, "warning", "nkml_ai: load arguments come in pairs (" LOAD_ARGS ")");
+        return REDISMODULE_ERR;
+    }
     for (int i = 0; i + 1 < argc; i += 2) {
-        long long v;
-        if (arg_is(argv[i], "EXECUTE_TIMEOUT") && RedisModule_StringToLongLong(argv[i + 1], &v) == REDISMODULE_OK &&
-            v > 0) {
-            execute_timeout_ms = v;
-        } else {
-            RedisModule_Log(ctx, "warning", "nkml_ai: unknown load argument %s (EXECUTE_TIMEOUT ms)",
+        long long *target = arg_is(argv[i], "EXECUTE_TIMEOUT")   ? &execute_timeout_ms
+                            : arg_is(argv[i], "MAX_VALUE_BYTES") ? &max_value_bytes
+                            : arg_is(argv[i], "MAX_JOB_BYTES")   ? &max_job_bytes
+                                                                  : NULL;
+        if (!target) {
+            RedisModule_Log(ctx, "warning", "nkml_ai: unknown load argument %s (" LOAD_ARGS ")",
                             arg_text(argv[i]));
             return REDISMODULE_ERR;
         }
-    }
-    if (argc % 2) {
-        RedisModule_Log(ctx, "warning", "nkml_ai: load arguments come in pairs (EXECUTE_TIMEOUT ms)");
-        return REDISMODULE_ERR;
+        if (load_arg(ctx, argv[i], argv[i + 1], target) != 0) return REDISMODULE_ERR;
     }
     next_store_id = (uint64_t)RedisModule_Milliseconds() * 1000;
     struct {

@@ -43,6 +43,7 @@ typedef struct RedisModuleClientInfoV1 {
 } RedisModuleClientInfoV1;
 
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+typedef void (*RedisModuleDisconnectFunc)(RedisModuleCtx *ctx, RedisModuleBlockedClient *bc);
 typedef void (*RedisModuleEventCallback)(RedisModuleCtx *ctx, RedisModuleEvent eid,
                                          uint64_t subevent, void *data);
 
@@ -69,12 +70,16 @@ typedef void (*RedisModuleEventCallback)(RedisModuleCtx *ctx, RedisModuleEvent e
     X(void, CloseKey, (RedisModuleKey *))                                                        \
     X(int, KeyType, (RedisModuleKey *))                                                          \
     X(int, DeleteKey, (RedisModuleKey *))                                                        \
-    X(int, StringTruncate, (RedisModuleKey *, size_t))                                           \
+    X(int, StringSet, (RedisModuleKey *, RedisModuleString *))                                   \
+    X(int, StringAppendBuffer, (RedisModuleCtx *, RedisModuleString *, const char *, size_t))    \
+    X(void, TrimStringAllocation, (RedisModuleString *))                                         \
+    X(RedisModuleString *, HoldString, (RedisModuleCtx *, RedisModuleString *))                  \
     X(char *, StringDMA, (RedisModuleKey *, size_t *, int))                                      \
     X(RedisModuleBlockedClient *, BlockClient,                                                   \
       (RedisModuleCtx *, RedisModuleCmdFunc, RedisModuleCmdFunc,                                 \
        void (*)(RedisModuleCtx *, void *), long long))                                           \
     X(int, UnblockClient, (RedisModuleBlockedClient *, void *))                                  \
+    X(void, SetDisconnectCallback, (RedisModuleBlockedClient *, RedisModuleDisconnectFunc))      \
     X(void *, GetBlockedClientPrivateData, (RedisModuleCtx *))                                   \
     X(RedisModuleBlockedClient *, GetBlockedClientHandle, (RedisModuleCtx *))                    \
     X(int, IsKeysPositionRequest, (RedisModuleCtx *))                                            \
@@ -82,6 +87,9 @@ typedef void (*RedisModuleEventCallback)(RedisModuleCtx *ctx, RedisModuleEvent e
     X(unsigned long long, GetClientId, (RedisModuleCtx *))                                       \
     X(int, SubscribeToServerEvent, (RedisModuleCtx *, RedisModuleEvent, RedisModuleEventCallback)) \
     X(int, ReplicateVerbatim, (RedisModuleCtx *))                                                \
+    X(int, Replicate, (RedisModuleCtx *, const char *, const char *, ...))                       \
+    X(void *, TryAlloc, (size_t))                                                                \
+    X(void, Free, (void *))                                                                      \
     X(void, Log, (RedisModuleCtx *, const char *, const char *, ...))                            \
     X(int, GetContextFlags, (RedisModuleCtx *))                                                  \
     X(long long, Milliseconds, (void))                                                           \

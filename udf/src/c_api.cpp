@@ -8,6 +8,7 @@
 #include "nekrs_ml/stream.hpp"
 #include "nekrs_ml/version.hpp"
 
+#include <cmath>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -66,6 +67,19 @@ template <typename Body> int guarded(Body body) {
     last_error = "unknown error";
     return NKML_E_ERROR;
   }
+}
+
+// Longest timeout a C API call takes (about 11.6 days). Longer ones are refused: converted to
+// microseconds for the socket they would overflow and end every call after 1 us.
+constexpr double kMaxTimeoutSeconds = 1e6;
+
+void check_timeout(const char* function, const char* what, double seconds) {
+  if (std::isfinite(seconds) && seconds > 0 && seconds <= kMaxTimeoutSeconds) return;
+  std::ostringstream message;
+  message << function << ": " << what << " " << seconds
+          << " s is not valid; pass a finite number of seconds greater than 0 and at most "
+          << kMaxTimeoutSeconds << " (about 11.6 days)";
+  throw ConfigError(message.str());
 }
 
 void require(const void* pointer, const char* what) {
@@ -154,6 +168,7 @@ void nkml_client_free(nkml_client* client) { delete client; }
 int nkml_client_set_timeout(nkml_client* client, double seconds) {
   return guarded([&] {
     require(client, "client");
+    check_timeout("nkml_client_set_timeout", "seconds", seconds);
     client->client->set_timeout(seconds);
   });
 }
@@ -271,6 +286,7 @@ int nkml_inference_open(nkml_client* client, const char* ns, int rank, int worke
     require(client, "client");
     require(out, "inference");
     *out = nullptr;
+    check_timeout("nkml_inference_open", "timeout", timeout);
     InferenceOptions options;
     options.ns = text(ns, "ns");
     options.rank = rank;
