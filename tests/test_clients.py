@@ -133,6 +133,20 @@ def test_missing_key_names_the_key(server):
             client.get_tensor("no:such:key")
 
 
+def test_timeouts_beyond_the_socket_limit_are_refused(server):
+    """1e13 s used to overflow into a 1 us socket timeout: every call then timed out at once."""
+    from nekrs_ml.errors import ConfigError
+
+    native = _core.Client(**server.client_args())
+    for bad in (1e13, float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ConfigError, match="at most 1e6"):
+            native.timeout = bad
+    native.timeout = 5.0
+    native.put_tensor("timeout:check", np.zeros(2, np.float32))  # the client still works
+    assert native.timeout == 5.0 and native.delete("timeout:check") == 1
+    native.close()
+
+
 @pytest.mark.parametrize("password", ["wrong", None])
 def test_password_is_required(server, password):
     args = dict(server.client_args(), password=password)

@@ -100,9 +100,11 @@ long long integer_of(const Reply& reply, const Op& op) {
 }
 
 void check_seconds(const char* what, double value) {
-  if (!(value > 0) || !std::isfinite(value)) {
-    throw ConfigError(std::string(what) + " must be a positive number of seconds, got " +
-                      std::to_string(value));
+  // The socket timeouts are microseconds in a 64-bit count: far beyond any useful wait.
+  constexpr double kMaxSeconds = 1e6;
+  if (!(value > 0) || !std::isfinite(value) || value > kMaxSeconds) {
+    throw ConfigError(std::string(what) + " must be a positive number of seconds of at most " +
+                      "1e6 (about 11.6 days), got " + std::to_string(value));
   }
 }
 
