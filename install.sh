@@ -78,6 +78,6 @@ case "$action" in
     ;;
   --test)
     echo "== pytest"
-    "$bin_dir/pytest" -q tests
+    "$bin_dir/pytest" -q --durations=15 tests
     ;;
 esac
