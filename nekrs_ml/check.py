@@ -298,14 +298,16 @@ class Checker:
         row.values = {"status": report.get("status"), "applied_share": share,
                       "final_version": inference.get("final_version"), "run_dir": str(run_dir)}
         versions = inference.get("versions") or []
-        row.detail = (f"{report.get('status')}: versions {versions} applied on {share:.0%} of the "
-                      f"{self.run_steps} steps (v1 deployed, the others trained); {run_dir}")
+        used = (f"v{versions[0]}" if len(versions) == 1 else
+                f"{len(versions)} versions, v{versions[0]} to v{versions[-1]}") if versions else "no model"
+        row.detail = (f"{report.get('status')}: {used} applied on {share:.0%} of the "
+                      f"{self.run_steps} steps (v1 deployed, the later ones trained)")
         if report.get("status") != "ok" or process.returncode != 0:
-            raise RuntimeError(f"{row.detail}: {report.get('message') or ''}".strip())
+            raise RuntimeError(f"{row.detail}; {run_dir}: {report.get('message') or ''}".strip())
         if not versions or max(versions) < 2:
             package = (inference.get("package") or {}).get("reason") or ""
-            raise RuntimeError(f"{row.detail}: the solver never applied a version the trainer "
-                               f"published {package}".strip())
+            raise RuntimeError(f"{row.detail}; {run_dir}: the solver never applied a version the "
+                               f"trainer published {package}".strip())
 
 
 RUN_SECONDS = 45.0  # the stand-in solver's time in the check run: the trainer publishes before
