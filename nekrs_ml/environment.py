@@ -107,3 +107,14 @@ def connection_options(env: Optional[Mapping[str, str]] = None) -> dict:
         except ValueError:
             raise ConfigError(f"{TIMEOUT}={env[TIMEOUT]!r} is not a number of seconds") from None
     return options
+
+
+def package_dir() -> Path:
+    """The installed package's directory (its lib/, include/ and CMake files)."""
+    return Path(__file__).resolve().parent
+
+
+def udf_build_env() -> dict:
+    """What a NekRS case's udf.cmake reads to find nekrs_ml (docs/nekrs.md)."""
+    cmake_dir = package_dir() / "lib" / "cmake" / "nekrs_ml"
+    return {"NEKRS_ML_UDF_CMAKE": str(cmake_dir / "udf.cmake"), "NEKRS_ML_CMAKE_DIR": str(cmake_dir)}

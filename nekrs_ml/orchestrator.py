@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,9 +46,10 @@ import redis
 
 from . import environment, rundir
 from .errors import OrchestratorError
+from .processes import (CLUSTER_BUS_OFFSET, die_with_parent, free_port, port_is_free,  # noqa: F401
+                        process_start_time, process_state)
 
 CLUSTER_SLOTS = 16384
-CLUSTER_BUS_OFFSET = 10000
 STATE_FILE = "state.json"
 PASSWORD_FILE = "password"
 SMARTREDIS_MODULE = "nkml_ai.so"
@@ -133,21 +133,8 @@ def pid_alive(pid: int) -> bool:
     return status != "Z"
 
 
-def process_start_time(pid: int) -> Optional[int]:
-    """When ``pid`` started (clock ticks since boot); None when there is no such process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
-    except (OSError, IndexError, ValueError):
-        return None
 
 
-def process_state(pid: int) -> str:
-    """The state letter of proc(5) (R, S, T, Z, ...); "" when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
 
 
 def is_our_server(server: "Server") -> bool:
@@ -211,37 +198,10 @@ def check_bind(value: str) -> str:
             "address on the cluster network") from None
 
 
-def port_is_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
-def free_port(host: str = "127.0.0.1", with_bus: bool = False, taken: Optional[set] = None) -> int:
-    """A free TCP port (and, for cluster nodes, a free bus port at +10000)."""
-    taken = taken or set()
-    for _ in range(200):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        if port in taken or port in (6379, 16379):
-            continue
-        if with_bus and (port + CLUSTER_BUS_OFFSET > 65535 or not port_is_free(host, port + CLUSTER_BUS_OFFSET)):
-            continue
-        return port
-    raise OrchestratorError(f"no free TCP port found on {host}")
 
 
-def _die_with_parent():
-    from .launch.watchdog import die_with_parent
-
-    return die_with_parent(signal.SIGTERM)
 
 
 def node_name() -> str:
@@ -497,7 +457,7 @@ class Orchestrator:
                 stdin=subprocess.DEVNULL, cwd=server_dir, umask=SERVER_UMASK,
                 pass_fds=(lock_fd,) if lock_fd is not None else (),
                 start_new_session=True,  # outlives `db start`; stopped by `db stop`
-                preexec_fn=_die_with_parent() if self.die_with_parent else None)
+                preexec_fn=die_with_parent(signal.SIGTERM) if self.die_with_parent else None)
         return Server(name=name, address=address, pid=process.pid, config=str(config),
                       log=str(log), host=host, port=port, socket=sock,
                       start_time=process_start_time(process.pid))

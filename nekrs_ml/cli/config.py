@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ..environment import package_dir, udf_build_env  # noqa: F401 (re-exported by the CLI)
 from .commands import command
-
-
-def package_dir() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-def udf_build_env() -> dict:
-    """What a NekRS case's udf.cmake reads to find nekrs_ml (docs/nekrs.md)."""
-    cmake_dir = package_dir() / "lib" / "cmake" / "nekrs_ml"
-    return {"NEKRS_ML_UDF_CMAKE": str(cmake_dir / "udf.cmake"), "NEKRS_ML_CMAKE_DIR": str(cmake_dir)}
 
 
 @command("config", "print what a case build needs to compile and link against nekrs_ml")

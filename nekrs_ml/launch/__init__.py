@@ -315,7 +315,7 @@ class Run:
             self.wait_for_workers()
         solver_env = self.env
         if self.solver == "nekrs":  # the case's udf.cmake finds nekrs_ml through these
-            from ..cli import udf_build_env
+            from ..environment import udf_build_env
 
             solver_env = {**udf_build_env(), **self.env}
         argv, solver_env = self.mpi.command(

@@ -41,7 +41,7 @@ from .. import environment, keys, rundir
 from ..client import Client
 from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator, node_name
-from .watchdog import die_with_parent
+from ..processes import die_with_parent
 
 POLL_INTERVAL = 0.5  # s between health checks of the server
 PLAN_FILE = "plan.json"

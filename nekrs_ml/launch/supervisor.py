@@ -12,7 +12,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional
 
-from .watchdog import Guard, die_with_parent
+from ..processes import die_with_parent
+from .watchdog import Guard
 
 _guard: Optional[Guard] = None
 _hurried = False

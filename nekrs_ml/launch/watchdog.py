@@ -13,7 +13,6 @@ launcher dies (``die_with_parent``).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,29 +20,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
+
+from ..processes import process_start_time
 
 GRACE = 10.0  # s between SIGTERM and SIGKILL of the parts
 SERVER_STOP_TIMEOUT = 5.0
 WATCHDOG_LOG = "watchdog.log"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """A preexec_fn: the child gets ``sig`` from the kernel when this process dies."""
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls into it
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-    return preexec
 
 
 def start_time(pid: int) -> Optional[int]:
-    from ..orchestrator import process_start_time
-
     return process_start_time(pid)
 
 

@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from ..client import Client
 from ..errors import ConfigError, NekrsMLError
-from ..orchestrator import free_port
+from ..processes import free_port
 
 T = TypeVar("T")
 
