@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nekrs_ml import codec
-from test_smartredis import CompatRun
+from test_smartredis import CompatRun, bare  # noqa: F401 (the fixture)
 
 KIB = 1024
 LIMITS = {"MAX_VALUE_BYTES": 1024 * KIB, "MAX_JOB_BYTES": 1024 * KIB}
@@ -98,15 +98,6 @@ def tensor(n: int, value: float = 1.0) -> bytes:
 @pytest.fixture
 def limited():
     run = CompatRun("single", workers=False, limits=LIMITS)
-    try:
-        yield run
-    finally:
-        run.stop()
-
-
-@pytest.fixture
-def bare():
-    run = CompatRun("single", workers=False)
     try:
         yield run
     finally:
