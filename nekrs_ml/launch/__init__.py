@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from .. import environment, keys, rundir
 from ..client import Client
 from ..config import load_par
-from ..errors import ConfigError, NekrsMLError
+from ..errors import ConfigError, DiskFullError, NekrsMLError
 from ..orchestrator import Orchestrator
 from ..rundir import RunLock
 from . import supervisor
@@ -34,6 +34,10 @@ from .watchdog import Guard
 
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
     0, 1, 3, 4, 5, 130)
+EXIT_DISK_FULL = 7
+REPORT_RESERVE = ".report-reserve"  # space held for report.json, freed just before it is written
+REPORT_RESERVE_BYTES = 1 << 20
+DISK_LOW_BYTES = 64 << 10  # a part that failed with less than this free failed on a full disk
 NODE_START_TIMEOUT = 120.0  # s for every host's node agent to have its server up
 MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
 RUN_LOCK = "run.lock"  # held by the live run of a run directory
@@ -273,8 +277,7 @@ class Run:
         nodes = {host: _read_json(summary_file(self.run_dir / "db", host))
                  for host in self.placement.hosts}
         data = {**data, "nodes": nodes}
-        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
-        (self.run_dir / "report.json").write_text(text + "\n")
+        self.write_report_file(data)
         return data
 
     def start_parts(self) -> None:
@@ -381,8 +384,10 @@ class Run:
                 if trainer and not trainer.running and not trainer_reported and solver.running:
                     trainer_reported = True
                     if trainer.returncode != 0:
+                        error = self.trainer_status().get("error")
                         self.warn(f"trainer exited with code {trainer.returncode} while the solver "
-                                  f"runs; the solver continues (see {trainer.log_path})")
+                                  f"runs; the solver continues (see {trainer.log_path})"
+                                  + (f": {error}" if error else ""))
                 for worker in list(workers):
                     if not worker.running and solver.running:
                         self.warn(f"{worker.name} exited with code {worker.returncode}; the solver's "
@@ -483,7 +488,12 @@ class Run:
         history = report.read_history(self.run_dir / "trainer_history.jsonl")
         solver_summary = self.solver_summary()
         flow = self.flow(solver_summary)
-        plots = report.plot(self.run_dir, history, evaluation)
+        release_reserve(self.run_dir)  # report.json comes first: the plots may find no room
+        try:
+            plots = report.plot(self.run_dir, history, evaluation)
+        except Exception as exc:  # the report must be written even when a plot fails
+            plots = []
+            self.warn(f"loss.png and tau_w.png were not drawn: {exc}")
         try:
             if flow and plot_profile(self.run_dir / "profile.png", flow, label=self.par.stem):
                 plots.append("profile.png")
@@ -527,9 +537,46 @@ class Run:
             "plots": plots,
             "wall_seconds": time.time() - self.started,
         }
-        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
-        (self.run_dir / "report.json").write_text(text + "\n")
+        self.write_report_file(data)
         return data
+
+    def write_report_file(self, data: Dict) -> None:
+        """report.json, whole or not at all; when even that finds no room, the report goes to
+        stderr (and the error into the last line)."""
+        from . import report
+
+        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
+        release_reserve(self.run_dir)
+        try:
+            rundir.write_file(self.run_dir / "report.json", text + "\n")
+        except OSError as exc:
+            print(f"nekrs-ml run: report.json could not be written ({exc}); the report:\n{text}",
+                  file=sys.stderr, flush=True)
+            data["report_error"] = str(exc)
+
+    def trainer_status(self) -> Dict:
+        """The trainer's last status record (its error when it failed), {} when none."""
+        if self.client is None:
+            return {}
+        try:
+            raw = self.client.get_string(keys.trainer_status(self.ns))
+            status = json.loads(raw) if raw else {}
+        except (NekrsMLError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def disk_problem(self) -> str:
+        """Why a failed part failed on a full disk ("" when it did not): the trainer said so
+        (its status key, which a full disk does not stop), or the run directory's file system
+        has (almost) no room left."""
+        status = self.trainer_status()
+        if status.get("disk_full"):
+            return f"the trainer failed: {status.get('error')}"
+        free = rundir.free_bytes(self.run_dir)
+        if free is not None and free < DISK_LOW_BYTES:
+            return (f"the file system of the run directory {self.run_dir} (mounted at "
+                    f"{rundir.mount_point(self.run_dir)}) is full: {free / 1024:.0f} KiB free")
+        return ""
 
     def flow(self, solver_summary: Optional[Dict]) -> Optional[Dict]:
         """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
@@ -565,7 +612,9 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
 
         check_case(par_path)
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
-    run_path.mkdir(parents=True, exist_ok=True)
+    # --- the run directory is this user's and closed to everyone else (0700), like the
+    # servers' directories: nothing in it (a link in place of an output) can have been planted
+    rundir.private_dir(run_path)
     # --- one live run per directory: refused before anything in it is touched -------------
     lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
                    "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
@@ -585,9 +634,41 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             signal.signal(sig, handler)        # the stop, the report or the watchdog's end
 
 
+def reserve_report_space(run_dir: Path) -> None:
+    """Holds REPORT_RESERVE_BYTES of the run directory's file system for report.json, so that
+    a disk that fills up during the run still gets its report; refuses a run that starts on a
+    full disk."""
+    path = run_dir / REPORT_RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, REPORT_RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        error = rundir.disk_error(exc, path)
+        if error is None:
+            raise
+        raise DiskFullError(f"{error}; the run needs at least {REPORT_RESERVE_BYTES >> 20} MiB "
+                            "there besides its outputs") from None
+
+
+def release_reserve(run_dir: Path) -> None:
+    (run_dir / REPORT_RESERVE).unlink(missing_ok=True)
+
+
 def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     for stale in stale_outputs(run_path):  # a reused run directory must not mix two runs' results
         stale.unlink(missing_ok=True)
+    reserve_report_space(run_path)
+    try:
+        return _run(par_path, solver, run_path, trainer_grace)
+    finally:
+        release_reserve(run_path)
+
+
+def _run(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     run = Run(par_path, solver, run_path, trainer_grace)
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
@@ -622,11 +703,20 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         status = run.supervise()
     except KeyboardInterrupt:
         interrupted, status = True, "interrupted"
+    except DiskFullError as exc:  # the launcher's own write (a log, a host file, ...)
+        status, message = "disk_full", str(exc)
     finally:
         for sig in STOP_SIGNALS:  # from here on a signal must not cut the stop short
             signal.signal(sig, while_stopping)
         exit_codes = run.stop_parts()
-        if status in run.parts:
+        disk = run.disk_problem() if status in ("solver", "trainer", "launcher") else ""
+        if disk:
+            status = "disk_full"
+            message = f"{disk}; every part was stopped"
+            if "--run-dir" not in disk:
+                message += (". Free space there, or choose a run directory on another file "
+                            "system (--run-dir)")
+        elif status in run.parts:
             part = run.parts[status]
             message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "
                        f"{part.log_path}:\n{part.log_tail()}")
@@ -649,7 +739,8 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
     if interrupted:
         return EXIT_INTERRUPTED
     return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
-            "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE}.get(status, EXIT_SOLVER)
+            "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE,
+            "disk_full": EXIT_DISK_FULL}.get(status, EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:

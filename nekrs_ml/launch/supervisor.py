@@ -12,6 +12,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional
 
+from ..rundir import open_log
 from .watchdog import Guard, die_with_parent
 
 _guard: Optional[Guard] = None
@@ -42,7 +43,7 @@ class Part:
         self.name = name
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = open_log(log_path)
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent())
