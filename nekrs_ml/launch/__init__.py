@@ -23,6 +23,7 @@ from ..errors import ConfigError, DiskFullError, NekrsMLError
 from ..orchestrator import Orchestrator
 from ..rundir import RunLock
 from . import supervisor
+from .drops import DropWatch
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
 from .node_agent import cluster_ready_file, plan_file, ready_file, summary_file
@@ -35,6 +36,7 @@ from .watchdog import Guard
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_INTERRUPTED = (
     0, 1, 3, 4, 5, 130)
 EXIT_DISK_FULL = 7
+EXIT_DATA_DROPPED = 8
 REPORT_RESERVE = ".report-reserve"  # space held for report.json, freed just before it is written
 REPORT_RESERVE_BYTES = 1 << 20
 DISK_LOW_BYTES = 64 << 10  # a part that failed with less than this free failed on a full disk
@@ -162,6 +164,8 @@ class Run:
         self.placement: Optional[Placement] = None  # several hosts: where each part runs
         self.nodes: Optional[Part] = None  # several hosts: the node agents (one per host)
         self.mpi: Optional[MpiLauncher] = None  # the site's MPI launcher, found at the start
+        self.drops: Optional[DropWatch] = None  # training: snapshots dropped while it trains
+        self.worker_restarts: Dict[str, Dict] = {}  # model workers restarted during the run
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
@@ -376,9 +380,18 @@ class Run:
         workers = [part for name, part in self.parts.items() if name.startswith("worker")]
         trainer_reported = trainer_stopped_here = False
         solver_finished_at = None
+        if trainer is not None:
+            self.drops = DropWatch(self.client, self.ns, self.settings.solver_ranks,
+                                   self.settings.max_drop_fraction, self.warn)
+        trainer_state = None
         try:
             while True:
-                progress.show(*self.poll_progress())
+                step, sim_time, snapshots, status = self.poll_progress()
+                progress.show(step, sim_time, snapshots, status)
+                trainer_state = status.get("state", trainer_state)
+                if self.drops is not None:
+                    self.drops.poll(trainer.running, trainer_state)
+                self.check_restarted_workers()
                 if self.orchestrator_failed():
                     return "orchestrator"
                 if trainer and not trainer.running and not trainer_reported and solver.running:
@@ -390,9 +403,10 @@ class Run:
                                   + (f": {error}" if error else ""))
                 for worker in list(workers):
                     if not worker.running and solver.running:
-                        self.warn(f"{worker.name} exited with code {worker.returncode}; the solver's "
-                                  f"next inference call fails (see {worker.log_path})")
                         workers.remove(worker)
+                        restarted = self.restart_worker(worker)
+                        if restarted is not None:
+                            workers.append(restarted)
                 if not solver.running:
                     if solver.returncode != 0:
                         # ranks fail when the database dies under them: blame the cause
@@ -410,12 +424,59 @@ class Run:
         finally:
             progress.show(*self.poll_progress())
             progress.done()
+        if self.drops is not None:  # the last counts (the solver has finished)
+            self.drops.poll(trainer.running, trainer_state, force=True)
         # mpiexec reports a rank stopped by our SIGTERM as a failure: that one is not
         if trainer is not None and trainer.returncode != 0 and not trainer_stopped_here:
             return "trainer"
         if (self.solver_summary() or {}).get("ended_early") == "inference_failures":
             return "inference"
+        if self.drops is not None and self.drops.exceeded():
+            return "data_dropped"
         return "ok"
+
+    def restart_worker(self, worker: Part) -> Optional[Part]:
+        """A model worker died while the solver runs: started again unless it already was
+        maxWorkerRestarts times (the solver bridges on the fallback wall law meanwhile)."""
+        record = self.worker_restarts.setdefault(
+            worker.name, {"restarts": 0, "exit_codes": [], "serving_again_after_s": []})
+        record["exit_codes"].append(worker.returncode)
+        limit = self.settings.max_worker_restarts
+        if record["restarts"] >= limit:
+            self.warn(f"{worker.name} exited with code {worker.returncode} and is not restarted "
+                      f"(maxWorkerRestarts = {limit} reached); the solver's next inference calls "
+                      f"fail (see {worker.log_path})")
+            return None
+        record["restarts"] += 1
+        index = int(worker.name[len("worker"):])
+        try:  # its heartbeat outlives it by a few seconds: the new one's is what counts
+            self.client.delete(keys.worker_heartbeat(self.ns, index))
+        except NekrsMLError:
+            pass
+        restarted = worker.restarted()
+        self.parts[worker.name] = restarted
+        record["pending_since"] = time.monotonic()
+        self.warn(f"{worker.name} exited with code {worker.returncode}; restarted it (restart "
+                  f"{record['restarts']} of maxWorkerRestarts = {limit}); the solver uses the "
+                  f"fallback wall law until it serves again (see {worker.log_path})")
+        return restarted
+
+    def check_restarted_workers(self) -> None:
+        """Says when a restarted worker serves again (its heartbeat is back)."""
+        for name, record in self.worker_restarts.items():
+            since = record.get("pending_since")
+            if since is None:
+                continue
+            try:
+                serving = self.client.exists(keys.worker_heartbeat(self.ns, int(name[6:])))
+            except NekrsMLError:
+                continue
+            if serving:
+                took = time.monotonic() - since
+                record["serving_again_after_s"].append(round(took, 2))
+                del record["pending_since"]
+                print(f"\nnekrs-ml run: {name} serves again, {took:.1f} s after its restart",
+                      flush=True)
 
     def poll_progress(self):
         ns = self.ns
@@ -533,6 +594,11 @@ class Run:
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
             "placement": self.placement.as_dict() if self.placement else None,
+            # snapshots dropped while the trainer trained (maxDropFraction)
+            "drops": self.drops.as_dict() if self.drops is not None else None,
+            # model workers restarted after they died (maxWorkerRestarts)
+            "worker_restarts": ({name: {k: v for k, v in record.items() if k != "pending_since"}
+                                 for name, record in self.worker_restarts.items()} or None),
             "warnings": self.warnings,
             "plots": plots,
             "wall_seconds": time.time() - self.started,
@@ -728,6 +794,12 @@ def _run(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> i
         elif status == "inference":
             message = ("the solver ended early: inference failed maxInferenceFailures times in a "
                        "row (see inference.failures in report.json and the worker logs)")
+        elif status == "data_dropped":
+            drops = run.drops
+            message = (f"{drops.dropped} of the {drops.streamed} snapshots streamed while the "
+                       f"trainer trained were dropped ({drops.fraction():.0%}, more than "
+                       f"maxDropFraction = {drops.max_fraction:g}): the model was trained on "
+                       "what the trainer kept up with (see the warnings)")
         try:
             data = run.write_report(status, exit_codes, message)
         finally:
@@ -740,7 +812,7 @@ def _run(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> i
         return EXIT_INTERRUPTED
     return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
             "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE,
-            "disk_full": EXIT_DISK_FULL}.get(status, EXIT_SOLVER)
+            "disk_full": EXIT_DISK_FULL, "data_dropped": EXIT_DATA_DROPPED}.get(status, EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:
@@ -760,6 +832,16 @@ def summarise(data: Dict, run_dir: Path) -> None:
             line += f", v{inference['final_version']} error median {final['median']:.3%}"
         if inference.get("fallbacks"):
             line += f", {inference['fallbacks']:.0f} fallback steps"
+    snapshots = data.get("snapshots") or {}
+    if snapshots.get("dropped"):
+        line += f"; {snapshots['dropped']:.0f} of {snapshots.get('written') or 0:.0f} snapshots dropped"
+        drops = data.get("drops") or {}
+        if drops.get("dropped_while_training"):
+            line += (f" ({drops['fraction']:.0%} of those streamed while the trainer trained; "
+                     f"maxDropFraction {drops['max_fraction']:g})")
+    restarts = sum(r["restarts"] for r in (data.get("worker_restarts") or {}).values())
+    if restarts:
+        line += f"; {restarts} model worker restart(s)"
     flow = data.get("flow") or {}
     if flow.get("u_tau"):
         line += f"; u_tau {flow['u_tau']:.4g}"
