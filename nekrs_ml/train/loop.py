@@ -562,6 +562,9 @@ def create(args, comm: MPI.Comm, stop: StopSignal) -> Trainer:
     node_rank = local_rank(comm)
     device = collectively(comm, lambda: pick_device(settings.train_device, node_rank))
     client = collectively(comm, Client.from_env)
+    # a checkpointDir that is not ours is refused at the start, not at the first checkpoint
+    collectively(comm, lambda: rundir.private_dir(settings.checkpoint_dir) if comm.rank == 0
+                 else None)
     checkpoint = collectively(comm, lambda: checkpoints.load_latest(settings.checkpoint_dir)) \
         if settings.resume else None
     world = World(comm, server_group(comm, client))
