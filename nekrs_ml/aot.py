@@ -21,10 +21,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -71,8 +73,82 @@ def quiet_torch():
         yield
 
 
-def load_program(blob: bytes):
-    """The ExportedProgram of a saved torch.export blob."""
+# What a torch.export archive (torch.export.save, archive format "pt2") may hold, relative to
+# its top folder: torch reads every one of these without unpickling anything but plain tensors.
+_SAFE_ENTRIES = re.compile(
+    r"archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|extra/.+"
+    r"|data/weights/[\w.-]+_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/[\w.-]+_constants_config\.json|data/constants/tensor_\d+"
+    r"|data/sample_inputs/[\w.-]+\.pt")
+
+
+class UnsafeModelError(ConfigError):
+    """A model file that torch would unpickle (or load native code from) to read it."""
+
+
+def check_program_archive(blob: bytes, what: str = "model file") -> None:
+    """Refuses, before torch reads anything, a saved torch.export program whose loading would
+    run code: pickled weights or constants (``use_pickle`` in its payload configs: torch loads
+    them with ``weights_only=False``), custom or opaque objects (pickle), legacy weight files,
+    compiled AOTInductor code (a shared library), the pre-2.8 zip format, or sample inputs that
+    are not plain tensors (torch falls back to ``weights_only=False`` for them). What remains is
+    JSON and raw tensor bytes."""
+    def refuse(reason: str):
+        raise UnsafeModelError(
+            f"{what}: {reason}; nekrs_ml never loads a model whose reading would unpickle "
+            "Python objects or load compiled code (it could run anything). Save the program "
+            "again with torch.export.save from plain tensor weights (parameters and buffers), "
+            "e.g. as the trainer does, and deploy that file")
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise ConfigError(f"{what}: not a zip archive (a saved torch.export program is one)") \
+            from None
+    folders = {name.split("/", 1)[0] for name in names}
+    if len(folders) != 1 or any("/" not in name for name in names):
+        refuse("not a torch.export archive of this torch (one top folder holding "
+               "archive_format); the pre-2.8 format reads pickles")
+    folder = folders.pop() + "/"
+    entries = [name[len(folder):] for name in names if not name.endswith("/")]
+    if "archive_format" not in entries:
+        refuse("no archive_format entry: not a torch.export archive of this torch")
+    unexpected = [name for name in entries if not _SAFE_ENTRIES.fullmatch(name)]
+    if unexpected:
+        kind = ("compiled AOTInductor code" if any(n.startswith("data/aotinductor/")
+                                                   for n in unexpected) else "entries")
+        refuse(f"it holds {kind} torch would load as code or pickles: {unexpected[:3]}")
+    for name in entries:
+        if not name.endswith("_config.json"):
+            continue
+        try:
+            config = json.loads(archive.read(folder + name)).get("config", {})
+        except (ValueError, AttributeError):
+            refuse(f"{name} is not a payload configuration")
+        for key, payload in (config.items() if isinstance(config, dict) else ()):
+            path_name = str((payload or {}).get("path_name", ""))
+            if (payload or {}).get("use_pickle"):
+                refuse(f"{name} marks {key!r} use_pickle (torch unpickles it with "
+                       "weights_only=False)")
+            if not re.fullmatch(r"weight_\d+|tensor_\d+", path_name):
+                refuse(f"{name}: {key!r} is stored as {path_name!r}, not as plain tensor bytes")
+    torch = _torch()
+    for name in entries:
+        if name.startswith("data/sample_inputs/"):
+            try:
+                with quiet_torch():
+                    torch.load(io.BytesIO(archive.read(folder + name)), weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - UnpicklingError and its relatives
+                first = next((line for line in str(exc).splitlines() if line.strip()), "")
+                refuse(f"its sample inputs {name} are not plain tensors ({first[:200]})")
+
+
+def load_program(blob: bytes, what: str = "model file"):
+    """The ExportedProgram of a saved torch.export blob, read without unpickling anything
+    (``check_program_archive`` first: UnsafeModelError otherwise)."""
+    check_program_archive(blob, what)
     with quiet_torch():
         return _torch().export.load(io.BytesIO(blob))
 

@@ -55,3 +55,9 @@ class ConfigError(NekrsMLError, ValueError):
 
 class OrchestratorError(NekrsMLError):
     """The orchestrator (redis-server processes) could not be started, stopped or queried."""
+
+
+class DiskFullError(NekrsMLError, OSError):
+    """A file could not be written: no space left on its file system (ENOSPC, or the quota:
+    EDQUOT). The message names the file, the file system and what to do; nothing half-written
+    is left behind."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from . import registry
+from . import registry, rundir
 from .client import Client
-from .errors import ConfigError
+from .errors import ConfigError, DiskFullError
 
 EXPORT_SUFFIX = ".pt2"
 
@@ -48,10 +48,9 @@ def sha256(blob: bytes) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """A reader (or a killed writer) never sees a torn file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    """A reader (or a killed writer) never sees a torn file; a link planted at the name (or at
+    a temporary name) is never written through."""
+    rundir.write_file(path, data)
 
 
 def save(path: Union[str, Path], blob: bytes, meta: dict,
@@ -72,6 +71,8 @@ def save(path: Union[str, Path], blob: bytes, meta: dict,
         record = dict(meta, file=path.name, sha256=sha256(blob),
                       export_file=export_file.name if export_file else None)
         _write_atomically(metadata_path(path), (json.dumps(record, indent=2) + "\n").encode())
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot write the model file {path}: {exc.strerror}") from None
     return record

@@ -326,7 +326,8 @@ class Orchestrator:
                 sys.stderr.write(
                     f"WARNING: nekrs-ml db: the --smartredis servers on {self.bind} accept clients "
                     "without a password (--smartredis-tcp): anyone who reaches their ports can "
-                    "read, change or delete the run's data\n")
+                    "read, change or delete the run's data, and run code as you through the "
+                    "models and packages stored there (docs/security.md)\n")
         rundir.private_dir(self.run_dir)
         rundir.private_dir(self.node_dir)
         # Taken before anything in the directory is read or changed; the servers inherit it,

@@ -6,7 +6,11 @@ file that the orchestrator then uses, and two live runs must never share a direc
 - ``private_dir``: the directory is ours and closed to everyone else (0700);
 - ``write_private``: a file is written whole under a fresh name (0600) and renamed in place;
 - ``read_private``: a file is read only when it is ours, closed to others and not a link;
-- ``RunLock``: an exclusive flock on a file in the directory, held by the live run.
+- ``RunLock``: an exclusive flock on a file in the directory, held by the live run;
+- ``write_file`` / ``append_line``: the outputs of a run (models, checkpoints, summaries,
+  report.json, plots, history) are never written through a link: a new file under a fresh
+  name (O_CREAT | O_EXCL | O_NOFOLLOW) renamed in place, or an append opened with O_NOFOLLOW;
+  a full disk raises DiskFullError naming the file system, and leaves no partial file.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import errno
 import fcntl
 import os
 import stat
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
-from .errors import OrchestratorError
+from .errors import DiskFullError, OrchestratorError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -29,7 +34,11 @@ def private_dir(path: Path) -> Path:
     """Creates ``path`` (0700) or checks that the existing one belongs to this user; closes it
     to group and others either way."""
     path = Path(path)
-    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, path) or OrchestratorError(
+            f"cannot create the directory {path}: {exc.strerror}") from None
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise OrchestratorError(f"{path} is not a directory (a link?); choose another run directory")
@@ -173,3 +182,131 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# --- the outputs of a run ---------------------------------------------------------------------
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    device = os.stat(path).st_dev
+    while path != path.parent and os.stat(path.parent).st_dev == device:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> Optional[int]:
+    """Bytes an unprivileged writer may still use on the file system of ``path``."""
+    try:
+        info = os.statvfs(mount_point(path))
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def disk_full_message(path: Path) -> str:
+    try:
+        where = mount_point(path)
+    except OSError:
+        where = Path(path).parent
+    free = free_bytes(path)
+    left = f", {free / 1024:.0f} KiB free" if free is not None else ""
+    return (f"no space left on device writing {path} (the file system mounted at {where}"
+            f"{left}): free space there, or choose a run directory on another file system "
+            "(--run-dir)")
+
+
+def disk_error(exc: BaseException, path: Path) -> Optional[DiskFullError]:
+    """The DiskFullError for an OSError of a full disk or quota; None for any other error."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        error = DiskFullError(disk_full_message(path))
+        error.errno = exc.errno
+        return error
+    return None
+
+
+def write_file(path: Union[str, Path], data: Union[bytes, str],
+               mode: int = 0o644) -> Path:
+    """Writes ``data`` to a new file beside ``path`` (a fresh name, O_CREAT | O_EXCL |
+    O_NOFOLLOW) and renames it over ``path``: never through a link planted at either name,
+    never a torn file for a reader or a killed writer, nothing left behind when it fails.
+    A full disk raises DiskFullError naming the file system."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as exc:
+        raise disk_error(exc, path) or exc
+    try:
+        try:
+            os.fchmod(fd, mode & ~_umask())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        error = disk_error(exc, path)
+        if error is not None and error is not exc:
+            raise error from None
+        raise
+    return path
+
+
+def append_line(path: Union[str, Path], text: str, mode: int = 0o644) -> None:
+    """Appends one line to ``path`` (created if missing), never through a link; a full disk
+    raises DiskFullError."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OrchestratorError(f"{path} is a symbolic link; remove it") from None
+        raise disk_error(exc, path) or exc
+    try:
+        data = (text.rstrip("\n") + "\n").encode()
+        written = os.write(fd, data)
+        if written != len(data):  # a short append: the disk filled up on the way
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as exc:
+        raise disk_error(exc, path) or exc
+    finally:
+        os.close(fd)
+
+
+def open_log(path: Union[str, Path]):
+    """A log file to append to (binary), never through a link."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OrchestratorError(f"log file {path} is a symbolic link; remove it") from None
+        raise disk_error(exc, path) or exc
+    return os.fdopen(fd, "ab")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

@@ -255,7 +255,7 @@ def test_a_killed_worker_ends_the_run_cleanly_after_max_inference_failures(run_d
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(model_file))
     case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
                                              "inferenceTimeout": 1, "maxInferenceFailures": 5,
-                                             "sampleInterval": 10},
+                                             "sampleInterval": 10, "maxWorkerRestarts": 0},
                                 "REPRODUCER": {"steps": 5000, "stepCost": 0.01}})
     proc = start_run(case, run_dir)
     try:
@@ -277,6 +277,89 @@ def test_a_killed_worker_ends_the_run_cleanly_after_max_inference_failures(run_d
     assert inference["fallbacks"] == sum(failures.values())
     assert data["solver_summary"]["ended_early"] == "inference_failures"
     assert data["solver_summary"]["steps"] < 5000
+    assert data["worker_restarts"]["worker0"]["restarts"] == 0
+    assert any("not restarted (maxWorkerRestarts = 0 reached)" in w for w in data["warnings"])
+    assert no_servers_left(run_dir)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_ok(run_dir):
+    """The worker is stateless: the launcher starts it again while the solver bridges on the
+    fallback wall law, and the run ends ok with the restart counted."""
+    import torch
+
+    model_file = Path(run_dir) / "tau_model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(model_file))
+    steps = 500
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
+                                             "inferenceTimeout": 1, "maxInferenceFailures": 30},
+                                "REPRODUCER": {"steps": steps, "stepCost": 0.01}})
+    proc = start_run(case, run_dir)
+    try:
+        wait_for(lambda: list(_processes_matching(" reproduce ", run_dir)), 120,
+                 "the solver to start")
+        time.sleep(1)
+        killed = [int(pid) for pid in _processes_matching(" serve ", run_dir)]
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        code, out = finish(proc, timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    data = report(run_dir)
+    assert data["status"] == "ok" and code == 0, out[-3000:]
+    restarts = data["worker_restarts"]["worker0"]
+    assert restarts["restarts"] == 1 and restarts["exit_codes"] == [-signal.SIGKILL], restarts
+    took = restarts["serving_again_after_s"]
+    assert len(took) == 1 and took[0] < 30, restarts
+    print(f"the restarted worker served again {took[0]:.1f} s after its restart")
+    assert "worker0 serves again" in out and "1 model worker restart(s)" in out
+    inference = data["inference"]
+    assert 0 < inference["fallbacks"] < 2 * 30  # bridged, never maxInferenceFailures in a row
+    assert data["solver_summary"]["steps"] == steps and not data["solver_summary"].get("ended_early")
+    assert inference["version_by_step"][-1][1] == steps  # answered by the model again at the end
+    log = (Path(run_dir) / "worker0.log").read_text()
+    assert log.count("nekrs-ml serve: worker 0 on cpu") == 2 and "serving 'wall_model'" in log, log
+    assert no_servers_left(run_dir)
+
+
+def test_a_stopped_trainer_drops_data_loudly(run_dir):
+    """SIGSTOP of the trainer mid-run: the drops are warned about as they happen and in the
+    last line, and beyond maxDropFraction the run is not ok."""
+    case = write_case(run_dir, {"NEKRS_ML": {"maxSnapshots": 5, "maxDropFraction": 0.1},
+                                "REPRODUCER": {"steps": 550, "stepCost": 0.02}})
+    proc = start_run(case, run_dir)
+    stopped = []
+    try:
+        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120,
+                 "the trainer to start")
+        stopped = [int(pid) for pid in _processes_matching(" train ", run_dir)]
+        assert stopped
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(6)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        code, out = finish(proc, timeout=180)
+    finally:
+        for pid in stopped:  # never leave a stopped process behind
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    data = report(run_dir)
+    assert data["status"] == "data_dropped" and code == 8, out[-3000:]
+    drops = data["drops"]
+    assert drops["dropped_while_training"] > 0 and drops["fraction"] > 0.1, drops
+    assert "maxDropFraction = 0.1" in data["message"]
+    warned = [w for w in data["warnings"] if "snapshot(s) dropped" in w]
+    assert warned and "maxSnapshots" in warned[0], data["warnings"]
+    assert f"warning: {warned[0]}" in out  # said while the run went on
+    last = [line for line in out.splitlines() if line.startswith("nekrs-ml run: data_dropped")]
+    assert last and "snapshots dropped" in last[0], out[-2000:]
+    assert data["solver_summary"]["steps"] == 550  # the solver itself never waited
     assert no_servers_left(run_dir)
 
 

@@ -198,7 +198,9 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
         if key not in modules:
             from torch.export.passes import move_to_device_pass
 
-            program = torch.export.load(io.BytesIO(blob))
+            from .. import aot
+
+            program = aot.load_program(blob, f"model {model!r}")
             modules[key] = move_to_device_pass(program, torch.device(device)).module()
         module, torch_device = modules[key], torch.device(device)
 

@@ -28,10 +28,11 @@ def _reproduce(parser: argparse.ArgumentParser):
                 comm.Abort(1)  # the other ranks may wait in a collective call forever
             return 1
         if summary:
+            from ..rundir import write_file
+
             text = json.dumps(summary)
             print(f"reproducer: {text}", flush=True)
-            if args.summary:
-                with open(args.summary, "w") as handle:
-                    handle.write(text + "\n")
+            if args.summary:  # whole or not at all (a full disk leaves no empty file)
+                write_file(args.summary, text + "\n")
         return 0
     return run

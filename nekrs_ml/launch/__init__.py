@@ -19,10 +19,11 @@ from typing import Dict, List, Optional, Tuple
 from .. import environment, keys, rundir
 from ..client import Client
 from ..config import load_par
-from ..errors import ConfigError, NekrsMLError
+from ..errors import ConfigError, DiskFullError, NekrsMLError
 from ..orchestrator import Orchestrator
 from ..rundir import RunLock
 from . import supervisor
+from .drops import DropWatch
 from .flow import FlowStatistics, plot_profile
 from .nodes import allocation_hosts
 from .node_agent import cluster_ready_file, plan_file, ready_file, summary_file
@@ -34,7 +35,12 @@ from .watchdog import Guard
 
 EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_NO_MODEL = (
     0, 1, 3, 4, 5, 6)
+EXIT_DISK_FULL = 7
+EXIT_DATA_DROPPED = 8
 EXIT_INTERRUPTED = 130
+REPORT_RESERVE = ".report-reserve"  # space held for report.json, freed just before it is written
+REPORT_RESERVE_BYTES = 1 << 20
+DISK_LOW_BYTES = 64 << 10  # a part that failed with less than this free failed on a full disk
 NODE_START_TIMEOUT = 120.0  # s for every host's node agent to have its server up
 MAX_FAILED_POLLS = 3  # database polls failing in a row that make the orchestrator the failed part
 RUN_LOCK = "run.lock"  # held by the live run of a run directory
@@ -170,6 +176,8 @@ class Run:
         self.placement: Optional[Placement] = None  # several hosts: where each part runs
         self.nodes: Optional[Part] = None  # several hosts: the node agents (one per host)
         self.mpi: Optional[MpiLauncher] = None  # the site's MPI launcher, found at the start
+        self.drops: Optional[DropWatch] = None  # training: snapshots dropped while it trains
+        self.worker_restarts: Dict[str, Dict] = {}  # model workers restarted during the run
 
     # --- set-up -----------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
@@ -285,8 +293,7 @@ class Run:
         nodes = {host: _read_json(summary_file(self.run_dir / "db", host))
                  for host in self.placement.hosts}
         data = {**data, "nodes": nodes}
-        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
-        (self.run_dir / "report.json").write_text(text + "\n")
+        self.write_report_file(data)
         return data
 
     def start_parts(self) -> None:
@@ -385,21 +392,33 @@ class Run:
         workers = [part for name, part in self.parts.items() if name.startswith("worker")]
         trainer_reported = trainer_stopped_here = False
         solver_finished_at = None
+        if trainer is not None:
+            self.drops = DropWatch(self.client, self.ns, self.settings.solver_ranks,
+                                   self.settings.max_drop_fraction, self.warn)
+        trainer_state = None
         try:
             while True:
-                progress.show(*self.poll_progress())
+                step, sim_time, snapshots, status = self.poll_progress()
+                progress.show(step, sim_time, snapshots, status)
+                trainer_state = status.get("state", trainer_state)
+                if self.drops is not None:
+                    self.drops.poll(trainer.running, trainer_state)
+                self.check_restarted_workers()
                 if self.orchestrator_failed():
                     return "orchestrator"
                 if trainer and not trainer.running and not trainer_reported and solver.running:
                     trainer_reported = True
                     if trainer.returncode != 0:
+                        error = self.trainer_status().get("error")
                         self.warn(f"trainer exited with code {trainer.returncode} while the solver "
-                                  f"runs; the solver continues (see {trainer.log_path})")
+                                  f"runs; the solver continues (see {trainer.log_path})"
+                                  + (f": {error}" if error else ""))
                 for worker in list(workers):
                     if not worker.running and solver.running:
-                        self.warn(f"{worker.name} exited with code {worker.returncode}; the solver's "
-                                  f"next inference call fails (see {worker.log_path})")
                         workers.remove(worker)
+                        restarted = self.restart_worker(worker)
+                        if restarted is not None:
+                            workers.append(restarted)
                 if not solver.running:
                     if solver.returncode != 0:
                         # ranks fail when the database dies under them: blame the cause
@@ -417,12 +436,59 @@ class Run:
         finally:
             progress.show(*self.poll_progress())
             progress.done()
+        if self.drops is not None:  # the last counts (the solver has finished)
+            self.drops.poll(trainer.running, trainer_state, force=True)
         # mpiexec reports a rank stopped by our SIGTERM as a failure: that one is not
         if trainer is not None and trainer.returncode != 0 and not trainer_stopped_here:
             return "trainer"
         if (self.solver_summary() or {}).get("ended_early") == "inference_failures":
             return "inference"
+        if self.drops is not None and self.drops.exceeded():
+            return "data_dropped"
         return "ok"
+
+    def restart_worker(self, worker: Part) -> Optional[Part]:
+        """A model worker died while the solver runs: started again unless it already was
+        maxWorkerRestarts times (the solver bridges on the fallback wall law meanwhile)."""
+        record = self.worker_restarts.setdefault(
+            worker.name, {"restarts": 0, "exit_codes": [], "serving_again_after_s": []})
+        record["exit_codes"].append(worker.returncode)
+        limit = self.settings.max_worker_restarts
+        if record["restarts"] >= limit:
+            self.warn(f"{worker.name} exited with code {worker.returncode} and is not restarted "
+                      f"(maxWorkerRestarts = {limit} reached); the solver's next inference calls "
+                      f"fail (see {worker.log_path})")
+            return None
+        record["restarts"] += 1
+        index = int(worker.name[len("worker"):])
+        try:  # its heartbeat outlives it by a few seconds: the new one's is what counts
+            self.client.delete(keys.worker_heartbeat(self.ns, index))
+        except NekrsMLError:
+            pass
+        restarted = worker.restarted()
+        self.parts[worker.name] = restarted
+        record["pending_since"] = time.monotonic()
+        self.warn(f"{worker.name} exited with code {worker.returncode}; restarted it (restart "
+                  f"{record['restarts']} of maxWorkerRestarts = {limit}); the solver uses the "
+                  f"fallback wall law until it serves again (see {worker.log_path})")
+        return restarted
+
+    def check_restarted_workers(self) -> None:
+        """Says when a restarted worker serves again (its heartbeat is back)."""
+        for name, record in self.worker_restarts.items():
+            since = record.get("pending_since")
+            if since is None:
+                continue
+            try:
+                serving = self.client.exists(keys.worker_heartbeat(self.ns, int(name[6:])))
+            except NekrsMLError:
+                continue
+            if serving:
+                took = time.monotonic() - since
+                record["serving_again_after_s"].append(round(took, 2))
+                del record["pending_since"]
+                print(f"\nnekrs-ml run: {name} serves again, {took:.1f} s after its restart",
+                      flush=True)
 
     def poll_progress(self):
         ns = self.ns
@@ -497,7 +563,12 @@ class Run:
         history = report.read_history(self.run_dir / "trainer_history.jsonl")
         solver_summary = self.solver_summary()
         flow = self.flow(solver_summary)
-        plots = report.plot(self.run_dir, history, evaluation)
+        release_reserve(self.run_dir)  # report.json comes first: the plots may find no room
+        try:
+            plots = report.plot(self.run_dir, history, evaluation)
+        except Exception as exc:  # the report must be written even when a plot fails
+            plots = []
+            self.warn(f"loss.png and tau_w.png were not drawn: {exc}")
         try:
             if flow and plot_profile(self.run_dir / "profile.png", flow, label=self.par.stem):
                 plots.append("profile.png")
@@ -542,13 +613,55 @@ class Run:
             "trainer_last": history[-1] if history else None,
             "exit_codes": exit_codes,
             "placement": self.placement.as_dict() if self.placement else None,
+            # snapshots dropped while the trainer trained (maxDropFraction)
+            "drops": self.drops.as_dict() if self.drops is not None else None,
+            # model workers restarted after they died (maxWorkerRestarts)
+            "worker_restarts": ({name: {k: v for k, v in record.items() if k != "pending_since"}
+                                 for name, record in self.worker_restarts.items()} or None),
             "warnings": self.warnings,
             "plots": plots,
             "wall_seconds": time.time() - self.started,
         }
-        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
-        (self.run_dir / "report.json").write_text(text + "\n")
+        self.write_report_file(data)
         return data
+
+    def write_report_file(self, data: Dict) -> None:
+        """report.json, whole or not at all; when even that finds no room, the report goes to
+        stderr (and the error into the last line)."""
+        from . import report
+
+        text = json.dumps(report.strict_json(data), indent=2, allow_nan=False)
+        release_reserve(self.run_dir)
+        try:
+            rundir.write_file(self.run_dir / "report.json", text + "\n")
+        except OSError as exc:
+            print(f"nekrs-ml run: report.json could not be written ({exc}); the report:\n{text}",
+                  file=sys.stderr, flush=True)
+            data["report_error"] = str(exc)
+
+    def trainer_status(self) -> Dict:
+        """The trainer's last status record (its error when it failed), {} when none."""
+        if self.client is None:
+            return {}
+        try:
+            raw = self.client.get_string(keys.trainer_status(self.ns))
+            status = json.loads(raw) if raw else {}
+        except (NekrsMLError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def disk_problem(self) -> str:
+        """Why a failed part failed on a full disk ("" when it did not): the trainer said so
+        (its status key, which a full disk does not stop), or the run directory's file system
+        has (almost) no room left."""
+        status = self.trainer_status()
+        if status.get("disk_full"):
+            return f"the trainer failed: {status.get('error')}"
+        free = rundir.free_bytes(self.run_dir)
+        if free is not None and free < DISK_LOW_BYTES:
+            return (f"the file system of the run directory {self.run_dir} (mounted at "
+                    f"{rundir.mount_point(self.run_dir)}) is full: {free / 1024:.0f} KiB free")
+        return ""
 
     def flow(self, solver_summary: Optional[Dict]) -> Optional[Dict]:
         """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
@@ -590,7 +703,9 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
 
         check_case(par_path)
     run_path = Path(run_dir or Path("runs") / par_path.stem).absolute()
-    run_path.mkdir(parents=True, exist_ok=True)
+    # --- the run directory is this user's and closed to everyone else (0700), like the
+    # servers' directories: nothing in it (a link in place of an output) can have been planted
+    rundir.private_dir(run_path)
     # --- one live run per directory: refused before anything in it is touched -------------
     lock = RunLock(run_path / RUN_LOCK, f"run directory {run_path}",
                    "wait for that run to end (or stop it with Ctrl-C / kill PID), or pass "
@@ -610,9 +725,41 @@ def execute(par: str, solver: str, run_dir: Optional[str], trainer_grace: float 
             signal.signal(sig, handler)        # the stop, the report or the watchdog's end
 
 
+def reserve_report_space(run_dir: Path) -> None:
+    """Holds REPORT_RESERVE_BYTES of the run directory's file system for report.json, so that
+    a disk that fills up during the run still gets its report; refuses a run that starts on a
+    full disk."""
+    path = run_dir / REPORT_RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, REPORT_RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        error = rundir.disk_error(exc, path)
+        if error is None:
+            raise
+        raise DiskFullError(f"{error}; the run needs at least {REPORT_RESERVE_BYTES >> 20} MiB "
+                            "there besides its outputs") from None
+
+
+def release_reserve(run_dir: Path) -> None:
+    (run_dir / REPORT_RESERVE).unlink(missing_ok=True)
+
+
 def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     for stale in stale_outputs(run_path):  # a reused run directory must not mix two runs' results
         stale.unlink(missing_ok=True)
+    reserve_report_space(run_path)
+    try:
+        return _run(par_path, solver, run_path, trainer_grace)
+    finally:
+        release_reserve(run_path)
+
+
+def _run(par_path: Path, solver: str, run_path: Path, trainer_grace: float) -> int:
     run = Run(par_path, solver, run_path, trainer_grace)
     status, message, exit_codes = "launcher", "", {}
     interrupted = False
@@ -647,11 +794,20 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         status = run.supervise()
     except KeyboardInterrupt:
         interrupted, status = True, "interrupted"
+    except DiskFullError as exc:  # the launcher's own write (a log, a host file, ...)
+        status, message = "disk_full", str(exc)
     finally:
         for sig in STOP_SIGNALS:  # from here on a signal must not cut the stop short
             signal.signal(sig, while_stopping)
         exit_codes = run.stop_parts()
-        if status in run.parts:
+        disk = run.disk_problem() if status in ("solver", "trainer", "launcher") else ""
+        if disk:
+            status = "disk_full"
+            message = f"{disk}; every part was stopped"
+            if "--run-dir" not in disk:
+                message += (". Free space there, or choose a run directory on another file "
+                            "system (--run-dir)")
+        elif status in run.parts:
             part = run.parts[status]
             message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "
                        f"{part.log_path}:\n{part.log_tail()}")
@@ -663,6 +819,12 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         elif status == "inference":
             message = ("the solver ended early: inference failed maxInferenceFailures times in a "
                        "row (see inference.failures in report.json and the worker logs)")
+        elif status == "data_dropped":
+            drops = run.drops
+            message = (f"{drops.dropped} of the {drops.streamed} snapshots streamed while the "
+                       f"trainer trained were dropped ({drops.fraction():.0%}, more than "
+                       f"maxDropFraction = {drops.max_fraction:g}): the model was trained on "
+                       "what the trainer kept up with (see the warnings)")
         try:
             data = run.write_report(status, exit_codes, message)
         finally:
@@ -675,7 +837,8 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         return EXIT_INTERRUPTED
     return {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
             "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE,
-            "no_model": EXIT_NO_MODEL}.get(data["status"], EXIT_SOLVER)
+            "no_model": EXIT_NO_MODEL, "disk_full": EXIT_DISK_FULL,
+            "data_dropped": EXIT_DATA_DROPPED}.get(data["status"], EXIT_SOLVER)
 
 
 def summarise(data: Dict, run_dir: Path) -> None:
@@ -701,6 +864,16 @@ def summarise(data: Dict, run_dir: Path) -> None:
             line += f", v{inference['final_version']} error median {final['median']:.3%}"
         if inference.get("fallbacks"):
             line += f", {inference['fallbacks']:.0f} fallback steps"
+    snapshots = data.get("snapshots") or {}
+    if snapshots.get("dropped"):
+        line += f"; {snapshots['dropped']:.0f} of {snapshots.get('written') or 0:.0f} snapshots dropped"
+        drops = data.get("drops") or {}
+        if drops.get("dropped_while_training"):
+            line += (f" ({drops['fraction']:.0%} of those streamed while the trainer trained; "
+                     f"maxDropFraction {drops['max_fraction']:g})")
+    restarts = sum(r["restarts"] for r in (data.get("worker_restarts") or {}).values())
+    if restarts:
+        line += f"; {restarts} model worker restart(s)"
     flow = data.get("flow") or {}
     if flow.get("u_tau"):
         line += f"; u_tau {flow['u_tau']:.4g}"

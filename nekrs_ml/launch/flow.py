@@ -237,8 +237,14 @@ def plot_profile(path: Path, flow: Dict, label: str = "this run",
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    import io
+
+    from ..rundir import write_file
+
+    buffer = io.BytesIO()  # written whole or not at all, never through a link
+    fig.savefig(buffer, dpi=100, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
+    write_file(path, buffer.getvalue())
     return True
 
 

@@ -155,6 +155,17 @@ def read_history(path: Path) -> List[Dict]:
     return rows
 
 
+def _save(fig, path: Path) -> None:
+    """The figure as a PNG, written whole or not at all, never through a link."""
+    import io
+
+    from ..rundir import write_file
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    write_file(path, buffer.getvalue())
+
+
 def plot(run_dir: Path, history: List[Dict], evaluation: Optional[Dict]) -> List[str]:
     import matplotlib
 
@@ -174,7 +185,7 @@ def plot(run_dir: Path, history: List[Dict], evaluation: Optional[Dict]) -> List
         ax.legend()
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=100)
+        _save(fig, run_dir / "loss.png")
         plt.close(fig)
         written.append("loss.png")
     if evaluation and "true" in evaluation:
@@ -188,7 +199,7 @@ def plot(run_dir: Path, history: List[Dict], evaluation: Optional[Dict]) -> List
         ax.set_title(f"median rel. error {evaluation['median']:.3%}, p95 {evaluation['p95']:.3%}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(run_dir / "tau_w.png", dpi=100)
+        _save(fig, run_dir / "tau_w.png")
         plt.close(fig)
         written.append("tau_w.png")
     return written

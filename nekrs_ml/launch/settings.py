@@ -31,6 +31,8 @@ class LaunchSettings:
     trainer_nodes: int = 0        # trainerNodes (several hosts)
     db_nodes: int = 1             # dbNodes (cluster on several hosts)
     db_interface: str = "hostname"  # dbInterface
+    max_worker_restarts: int = 3  # maxWorkerRestarts
+    max_drop_fraction: float = 0.5  # maxDropFraction
 
     @property
     def training(self) -> bool:
@@ -70,6 +72,8 @@ class LaunchSettings:
             trainer_nodes=ml["trainerNodes"],
             db_nodes=ml["dbNodes"],
             db_interface=ml["dbInterface"],
+            max_worker_restarts=ml["maxWorkerRestarts"],
+            max_drop_fraction=ml["maxDropFraction"],
         )
 
 

@@ -13,6 +13,7 @@ import time
 from typing import Dict, List, Optional
 
 from ..processes import die_with_parent
+from ..rundir import open_log
 from .watchdog import Guard
 
 _guard: Optional[Guard] = None
@@ -42,8 +43,10 @@ class Part:
     def __init__(self, name: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str):
         self.name = name
         self.argv = argv
+        self.env = env
+        self.cwd = cwd
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = open_log(log_path)
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent())
@@ -51,6 +54,11 @@ class Part:
         self.guard = _guard
         if self.guard is not None:
             self.guard.watch(self.process.pid)  # its own group: the pid is the pgid
+
+    def restarted(self) -> "Part":
+        """The same command started again (its log appended to); this one is swept first."""
+        self.stop(grace=0.0)
+        return Part(self.name, self.argv, self.env, self.cwd, self.log_path)
 
     @property
     def returncode(self) -> Optional[int]:

@@ -62,10 +62,12 @@ def _load_module(path: Path, blob: bytes):
     kind = _archive_kind(blob)
     try:
         if kind == "export":
-            return aot.load_program(blob).module(), "export"
+            return aot.load_program(blob, f"model file {path}").module(), "export"
         if kind == "torchscript":
             return torch.jit.load(io.BytesIO(blob), map_location="cpu"), "torchscript"
         reason = "not a zip archive of either" if blob[:2] != b"PK" else "an unknown archive"
+    except aot.UnsafeModelError:
+        raise
     except Exception as exc:
         reason = _last_line(exc)
     raise ConfigError(f"model file {path} is neither a saved torch.export program "
@@ -144,7 +146,7 @@ def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
         meta["source"] = {key: saved.get(key) for key in ("name", "version", "origin", "time")}
     weights = None
     if fmt == "export":
-        program = aot.load_program(blob)
+        program = aot.load_program(blob, f"model file {path}")
         weights = aot.weights_blob(program, width, n_out)
         meta["graph"] = aot.graph_id(program, width, n_out)
     return registry.publish(client, ns, name, blob, meta, weights_blob=weights)

@@ -132,7 +132,8 @@ def load_module(blob: bytes, meta: dict, device, prefer_export: bool = False,
     if meta.get("format") == "export" or (prefer_export and export_blob is not None):
         from torch.export.passes import move_to_device_pass
 
-        program = aot.load_program(export_blob if export_blob is not None else blob)
+        program = aot.load_program(export_blob if export_blob is not None else blob,
+                                   f"model {meta.get('name')!r} v{meta.get('version')}")
         # an exported program is moved by rewriting its graph (module().to() keeps the
         # devices recorded in the graph)
         return move_to_device_pass(program, device).module()

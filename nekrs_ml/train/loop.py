@@ -30,9 +30,9 @@ import torch.distributed as dist
 from mpi4py import MPI
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import aot, keys, registry
+from .. import aot, keys, registry, rundir
 from ..client import Client
-from ..errors import NekrsMLError
+from ..errors import DiskFullError, NekrsMLError
 from . import checkpoints, outputs
 from .data import Samples, SnapshotReader, Window, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
@@ -537,8 +537,7 @@ class Trainer:
         text = json.dumps(record)
         self.client.set_string(keys.trainer_status(self.ns), text)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.settings.run_dir / HISTORY_FILE, "a") as history:
-            history.write(text + "\n")
+        rundir.append_line(self.settings.run_dir / HISTORY_FILE, text)
 
     def say(self, text: str) -> None:
         if self.world.rank == 0:
@@ -563,6 +562,9 @@ def create(args, comm: MPI.Comm, stop: StopSignal) -> Trainer:
     node_rank = local_rank(comm)
     device = collectively(comm, lambda: pick_device(settings.train_device, node_rank))
     client = collectively(comm, Client.from_env)
+    # a checkpointDir that is not ours is refused at the start, not at the first checkpoint
+    collectively(comm, lambda: rundir.private_dir(settings.checkpoint_dir) if comm.rank == 0
+                 else None)
     checkpoint = collectively(comm, lambda: checkpoints.load_latest(settings.checkpoint_dir)) \
         if settings.resume else None
     world = World(comm, server_group(comm, client))
@@ -584,6 +586,11 @@ def main(args) -> int:
         if comm.rank == 0:
             fail(trainer, str(exc))
         return 1
+    except DiskFullError as exc:  # its message names the file and the file system
+        fail(trainer, f"(trainer rank {comm.rank}) {exc}", disk_full=True)
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
     except Exception as exc:  # noqa: BLE001 - this rank alone failed: the others must not hang
         fail(trainer, f"(trainer rank {comm.rank}) {first_line(exc)}")
         if comm.size > 1:
@@ -604,10 +611,16 @@ def first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def fail(trainer: Optional[Trainer], message: str) -> None:
-    print(f"nekrs-ml train: error: {message}", file=sys.stderr, flush=True)
+def fail(trainer: Optional[Trainer], message: str, disk_full: bool = False) -> None:
+    """The error on stderr and in the status key (the launcher reads it there, also when the
+    disk is too full for the history file: ``disk_full``)."""
+    try:
+        print(f"nekrs-ml train: error: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
     if trainer is not None:
         try:
-            trainer.write_status(trainer.status("failed") | {"error": message})
+            trainer.write_status(trainer.status("failed") | {"error": message,
+                                                             "disk_full": disk_full})
         except Exception:  # noqa: BLE001 - the status is a courtesy; the exit code is what counts
             pass

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import model_file
+from .. import model_file, rundir
 from ..client import Client
-from ..errors import NekrsMLError
+from ..errors import DiskFullError, NekrsMLError
 
 SUMMARY_FILE = "trainer.json"
 
@@ -38,6 +38,8 @@ def save_model(client: Client, ns: str, model_name: str, version: Optional[int],
     path = model_path(run_dir, model_name)
     try:
         meta = model_file.export_version(client, ns, model_name, version, path)
+    except DiskFullError:  # the run directory's disk is full: the run failed, and says so
+        raise
     except NekrsMLError as exc:  # the training itself succeeded: say why, do not fail the run
         fields["model_file_error"] = str(exc)
         return fields
@@ -50,7 +52,4 @@ def save_model(client: Client, ns: str, model_name: str, version: Optional[int],
 def write_summary(run_dir: Path, record: dict) -> Path:
     path = Path(run_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(dict(record, time=time.time()), indent=2) + "\n")
-    partial.replace(path)
-    return path
+    return rundir.write_file(path, json.dumps(dict(record, time=time.time()), indent=2) + "\n")
