@@ -288,8 +288,6 @@ class Run:
         """report.json's `nodes`: per host, what its agent read from its server as it stopped
         (solver ranks, snapshots, last step, keys, peak memory; null for a host whose agent
         could not say)."""
-        from . import report
-
         nodes = {host: _read_json(summary_file(self.run_dir / "db", host))
                  for host in self.placement.hosts}
         data = {**data, "nodes": nodes}
