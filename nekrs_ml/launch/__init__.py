@@ -396,8 +396,8 @@ class Run:
         trainer_state = None
         try:
             while True:
-                step, sim_time, snapshots, status = self.poll_progress()
-                progress.show(step, sim_time, snapshots, status)
+                step, sim_time, snapshots, status, inference = self.poll_progress()
+                progress.show(step, sim_time, snapshots, status, inference)
                 trainer_state = status.get("state", trainer_state)
                 if self.drops is not None:
                     self.drops.poll(trainer.running, trainer_state)
