@@ -4,8 +4,10 @@ it goes on), and ends a run that dropped more than maxDropFraction of what was s
 meanwhile with status data_dropped instead of ok.
 
 A snapshot is dropped when a rank's maxSnapshots are pending (whenFull = drop) or the server
-is full: the trainer is too slow, or stopped. Drops after the trainer finished (converged,
-maxEpochs, failed) are not counted: nobody trains on them by design."""
+is full: the trainer is too slow, or stopped. Only drops while the trainer trains count: those
+before its first epoch (it is still starting: importing torch, waiting for data) and after it
+finished (converged, maxEpochs, failed) are by design, and a short run on a busy machine would
+otherwise end data_dropped for its start-up alone."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable, Dict, Optional
 from .. import keys
 from ..errors import NekrsMLError
 
-ACTIVE_STATES = (None, "waiting", "training")  # trainer states in which data is trained on
+ACTIVE_STATES = ("training",)  # the trainer state in which dropped data is data lost
 
 
 class DropWatch:
