@@ -68,7 +68,7 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait={kill_wait}
-MinJobAge=2
+MinJobAge=60
 SlurmctldTimeout=30
 SlurmdTimeout={slurmd_timeout}
 InactiveLimit=0
@@ -110,7 +110,7 @@ def _free_port() -> int:
 class SlurmCluster:
     """Slurm on an EmulatedCluster of `nodes` nodes, one partition `emu` of all of them."""
 
-    def __init__(self, nodes: int = 3, cpus: int = 4, kill_wait: int = 5,
+    def __init__(self, nodes: int = 3, cpus: int = 4, kill_wait: int = 30,
                  slurmd_timeout: int = 10):
         self.emu = EmulatedCluster(nodes)
         self.cpus = cpus
@@ -298,11 +298,15 @@ class SlurmCluster:
         return "GONE"
 
     def wait_job(self, job: str, timeout: float = 300) -> str:
-        """Waits until the job has ended; its last state (COMPLETED, FAILED, CANCELLED...)."""
+        """Waits until the job has ended and its processes are gone from every node (a
+        cancelled job says CANCELLED at once, while its processes still stop); its last state
+        (COMPLETED, FAILED, CANCELLED, TIMEOUT...)."""
         deadline = time.monotonic() + timeout
-        state = self.job_state(job)
-        while state in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING") \
-                and time.monotonic() < deadline:
+        state = last = self.job_state(job)
+        while time.monotonic() < deadline and (
+                state in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+                or self.job_pids()):
             time.sleep(0.5)
             state = self.job_state(job)
-        return state
+            last = last if state == "GONE" else state  # MinJobAge: the record goes soon
+        return last
