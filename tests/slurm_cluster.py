@@ -86,6 +86,10 @@ PartitionName=emu Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=
 # namespace: `ip netns exec` mounts a fresh /sys, without /sys/fs/cgroup. Nothing uses it.
 CGROUP_CONF = "CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n"
 
+# Slurm's PMIx plug-in waits PMIxTimeout (default 300 s) for a collective's other nodes: after a
+# node is lost, the slurmstepd of an MPI step on a surviving node waits that long before it ends.
+MPI_CONF = "PMIxTimeout=15\n"
+
 
 def why_unavailable() -> Optional[str]:
     """None where a Slurm cluster can be made here, else the reason (for pytest.skip)."""
@@ -158,6 +162,7 @@ class SlurmCluster:
                 node_range=f"{stem}[1-{len(self.nodes)}]",
                 address_range=f"{NETWORK}.{self.emu.net}.[1-{len(self.nodes)}]"))
             (self.dir / "cgroup.conf").write_text(CGROUP_CONF)
+            (self.dir / "mpi.conf").write_text(MPI_CONF)
             self._daemons["slurmctld"] = subprocess.Popen(
                 ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.ctl,
                  "slurmctld", "-D", "-i", "-f", str(self.conf)],
@@ -255,8 +260,9 @@ class SlurmCluster:
     def pids(self) -> List[int]:
         return self.emu.pids()
 
-    def job_pids(self) -> Dict[str, List[str]]:
-        """{node: command lines} of what runs on each node besides its slurmd."""
+    def job_pids(self, stepd: bool = True) -> Dict[str, List[str]]:
+        """{node: command lines} of what runs on each node besides its slurmd (and its
+        slurmstepd processes, stepd False)."""
         found: Dict[str, List[str]] = {}
         for node in self.nodes:
             out = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True)
@@ -266,7 +272,8 @@ class SlurmCluster:
                 except OSError:
                     continue
                 text = cmdline.decode(errors="replace").strip()
-                if not text.startswith("slurmd ") and text:
+                if text and not text.startswith("slurmd ") and (
+                        stepd or not text.startswith("slurmstepd")):
                     found.setdefault(node, []).append(f"{pid} {text}")
         return found
 
@@ -297,7 +304,7 @@ class SlurmCluster:
                 return word.split("=", 1)[1]
         return "GONE"
 
-    def wait_job(self, job: str, timeout: float = 300) -> str:
+    def wait_job(self, job: str, timeout: float = 300, stepd: bool = True) -> str:
         """Waits until the job has ended and its processes are gone from every node (a
         cancelled job says CANCELLED at once, while its processes still stop); its last state
         (COMPLETED, FAILED, CANCELLED, TIMEOUT...)."""
@@ -305,7 +312,7 @@ class SlurmCluster:
         state = last = self.job_state(job)
         while time.monotonic() < deadline and (
                 state in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
-                or self.job_pids()):
+                or self.job_pids(stepd)):
             time.sleep(0.5)
             state = self.job_state(job)
             last = last if state == "GONE" else state  # MinJobAge: the record goes soon

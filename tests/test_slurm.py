@@ -67,11 +67,11 @@ def report_of(directory: Path, case: Path) -> dict:
     return json.loads((directory / "runs" / case.stem / "report.json").read_text())
 
 
-def assert_nothing_left(slurm, timeout: float = 30) -> None:
+def assert_nothing_left(slurm, timeout: float = 30, stepd: bool = True) -> None:
     deadline = time.monotonic() + timeout
-    while slurm.job_pids() and time.monotonic() < deadline:
+    while slurm.job_pids(stepd) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not slurm.job_pids(), slurm.job_pids()
+    assert not slurm.job_pids(stepd), slurm.job_pids(stepd)
 
 
 def model(directory: Path) -> str:
@@ -225,15 +225,22 @@ def test_a_job_past_its_time_limit_writes_the_report_within_kill_wait(slurm, tmp
 
 
 def test_a_lost_node_ends_the_run_naming_the_node(slurm, tmp_path):
-    """The last node's slurmd and everything on it killed mid-run, as when a node dies: the run
-    ends with status orchestrator (or solver), naming the node; Slurm marks the node down."""
+    """The last node's slurmd and everything on it killed mid-run, as when a node dies. Slurm
+    marks the node down after SlurmdTimeout; the job (--no-kill) keeps its other nodes, srun
+    ends the node agents' step ("Node failure on NODE") and the run ends with status
+    orchestrator, naming the node. Every process of the run is gone from the other nodes; the
+    slurmstepd of an MPI step may stay behind a while on them (Slurm's PMIx plug-in waiting
+    for the lost node), which is Slurm's and ends with its daemon."""
     job, case = running_job(slurm, tmp_path)
     victim = slurm.nodes[-1]
+    lost = time.monotonic()
     slurm.kill_node(victim)
-    state = slurm.wait_job(job, timeout=180)
+    state = slurm.wait_job(job, timeout=180, stepd=False)
+    print(f"run ended {time.monotonic() - lost:.1f} s after the node was lost "
+          f"(SlurmdTimeout {slurm.slurmd_timeout} s)")
     report = report_of(tmp_path, case)
     assert report["status"] in ("orchestrator", "solver"), report
     assert victim in report["message"], report["message"]
-    assert state in ("FAILED", "NODE_FAIL", "COMPLETED", "CANCELLED"), state
-    assert_nothing_left(slurm)
+    assert state in ("FAILED", "COMPLETED", "NODE_FAIL"), state
+    assert_nothing_left(slurm, stepd=False)
     slurm.revive_node(victim)
