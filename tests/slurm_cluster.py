@@ -115,7 +115,7 @@ class SlurmCluster:
     """Slurm on an EmulatedCluster of `nodes` nodes, one partition `emu` of all of them."""
 
     def __init__(self, nodes: int = 3, cpus: int = 4, kill_wait: int = 30,
-                 slurmd_timeout: int = 10):
+                 slurmd_timeout: int = 6):
         self.emu = EmulatedCluster(nodes)
         self.cpus = cpus
         self.kill_wait = kill_wait

@@ -104,6 +104,36 @@ def test_slurm_runs_steps_on_the_emulated_nodes_with_pmix(slurm, tmp_path):
     assert {row[2] for row in rows} == {"6"}
 
 
+# MPICH through its C ABI (Debian's libmpich12; no compiler or mpi4py for MPICH needed)
+MPICH_HELLO = """
+import ctypes, socket
+mpi = ctypes.CDLL("libmpich.so.12")
+assert mpi.MPI_Init(None, None) == 0
+world, rank, size, one, total = ctypes.c_int(0x44000000), ctypes.c_int(), ctypes.c_int(), \\
+    ctypes.c_int(1), ctypes.c_int()
+mpi.MPI_Comm_rank(world, ctypes.byref(rank))
+mpi.MPI_Comm_size(world, ctypes.byref(size))
+mpi.MPI_Allreduce(ctypes.byref(one), ctypes.byref(total), 1, ctypes.c_int(0x4c000405),
+                  ctypes.c_int(0x58000003), world)  # MPI_INT, MPI_SUM
+print(rank.value, socket.gethostname(), size.value, total.value, flush=True)
+mpi.MPI_Finalize()
+"""
+
+
+def test_mpich_ranks_wire_up_through_pmi2(slurm, tmp_path):
+    """Debian's MPICH under srun: --mpi=pmi2 makes one job of 3 ranks; under --mpi=pmix each
+    rank would be a job of its own (size 1)."""
+    import ctypes.util
+
+    if not ctypes.util.find_library("mpich"):
+        pytest.skip("MPICH is not installed (Debian: apt-get install mpich)")
+    proc = slurm.command(["srun", "--mpi=pmi2", "-N3", "-n3", sys.executable, "-c",
+                          MPICH_HELLO], node=slurm.nodes[0], timeout=90)
+    rows = sorted(line.split() for line in proc.stdout.splitlines() if line.strip())
+    assert [row[1] for row in rows] == slurm.nodes
+    assert {(row[2], row[3]) for row in rows} == {("3", "3")}
+
+
 def test_colocated_train_infer_batch_job(slurm, tmp_path):
     case = colocated_case(tmp_path)
     job = submit(slurm, tmp_path, case)
