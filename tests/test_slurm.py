@@ -41,6 +41,22 @@ def slurm():
     assert not running.pids()
 
 
+def test_a_failed_start_leaves_no_daemon_node_or_file(monkeypatch):
+    """A slurmctld that refuses its configuration: start() says why and stops what it had
+    started (munged, the slurmds), removes the nodes and the files."""
+    import slurm_cluster
+
+    monkeypatch.setattr(slurm_cluster, "SLURM_CONF", slurm_cluster.SLURM_CONF + "NoSuchKey=1\n")
+    cluster = SlurmCluster(3)
+    with pytest.raises(RuntimeError, match="slurmctld exited"):
+        cluster.start(timeout=20)
+    left = subprocess.run(["pgrep", "-f", str(cluster.emu.dir)], capture_output=True, text=True)
+    assert not left.stdout.strip(), left.stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert cluster.emu.prefix not in namespaces
+    assert not cluster.emu.dir.exists()
+
+
 def job_env() -> dict:
     """The submitting shell's environment: the installed nekrs-ml first on PATH."""
     env = dict(os.environ)
