@@ -12,8 +12,12 @@ slurmd per emulated node, munge for authentication, all with their own files in 
   `TaskPlugin=task/affinity` (srun --cpu-bind sets each task's affinity with sched_setaffinity),
   no accounting. `SlurmdParameters=config_overrides`: each node says `CPUs=` what the test
   needs, whatever the machine has (the nodes share its cores).
-- The MPI plug-in for Debian's MPIs: `--mpi=pmix` (Slurm's mpi_pmix, libpmix2) for Open MPI,
-  `--mpi=pmi2` for MPICH (MPIR_CVAR_... nothing needed); `MpiDefault=pmix`.
+- The MPI plug-in for Debian's MPIs: `--mpi=pmix` (Slurm's mpi_pmix_v4 over libpmix2) for Open
+  MPI 4.1 (`--mpi=pmi2`: "OMPI was not built with SLURM's PMI support"), `--mpi=pmi2` for MPICH
+  4.0 (under pmix each rank is a job of its own); `MpiDefault=none`, so each srun says which.
+- Every node shares /tmp: `TmpFS=DIR/tmp/%n` gives each node its own directory for the PMIx
+  plug-in's files (with one /tmp the second node's step fails: "File exists").
+- KillWait=30 (Slurm's default): between a job's SIGTERM and SIGKILL (scancel, time limit).
 
 stop() cancels every job, stops the daemons, then the emulated cluster kills whatever is left on
 the nodes and removes them; it runs also after a failed start. `why_unavailable()` says why a
@@ -245,15 +249,17 @@ class SlurmCluster:
         """Cancels every job, stops the daemons, removes the nodes: nothing is left."""
         if self._daemons.get("slurmctld") and self._daemons["slurmctld"].poll() is None:
             self.command(["scancel", "--full", "--partition=emu"], check=False, timeout=10)
-        for name in sorted(self._daemons, key=lambda n: n == "munged"):  # munged last
+        names = list(self._daemons)
+        for name in names:  # all at once: their state is thrown away, no need to wait long
+            if self._daemons[name].poll() is None:
+                self._daemons[name].send_signal(signal.SIGTERM)
+        for name in names:
             proc = self._daemons[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self._daemons = {}
         self.emu.stop()  # kills what is left on the nodes (slurmstepd, job processes)
 
