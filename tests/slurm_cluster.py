@@ -156,8 +156,7 @@ class SlurmCluster:
                 (self.dir / "spool" / node).mkdir()
                 (self.dir / "tmp" / node).mkdir(parents=True)
             self._start_munge()
-            first, last = self.nodes[0], self.nodes[-1]
-            stem = first[:-1]
+            stem = f"{self.emu.prefix}n"  # nodes <prefix>n1 ... <prefix>nN
             self.conf.write_text(SLURM_CONF.format(
                 ctl=self.ctl, ctl_address=self.ctl_address, ctl_port=_free_port(),
                 node_port=_free_port(), munge_socket=self.munge_socket, dir=self.dir,

@@ -7,8 +7,6 @@ the time limit. Per-step CPU binding (--cpu-bind) read back from /proc."""
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
