@@ -23,8 +23,9 @@ system_packages=(redis-server redis-tools libhiredis-dev openmpi-bin libopenmpi-
                  cmake g++ gfortran make pkg-config python3-dev python3-venv python3-pip
                  iproute2)  # iproute2: the tests' emulated cluster (network namespaces)
 # MPICH's Hydra launcher: the tests run its host lists on the emulated cluster (Open MPI stays
-# the default mpiexec: its alternative has the higher priority)
-[ "$action" = --test ] && system_packages+=(mpich)
+# the default mpiexec: its alternative has the higher priority); Slurm and munge: the tests'
+# emulated Slurm cluster (tests/slurm_cluster.py starts its own daemons, none of the system's)
+[ "$action" = --test ] && system_packages+=(mpich slurm-wlm munge)
 if command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${system_packages[@]}"; do
@@ -77,7 +78,11 @@ case "$action" in
        --run-dir "$repo/runs/demo")
     ;;
   --test)
-    echo "== pytest"
-    "$bin_dir/pytest" -q --durations=15 tests
+    echo "== pytest -m 'not multinode'"
+    "$bin_dir/pytest" -q --durations=15 -m "not multinode" tests
+    # the multinode tier: a real Slurm on the emulated cluster (as root; skipped, saying why,
+    # where network namespaces or slurm-wlm/munge are not available)
+    echo "== pytest -m multinode (Slurm 22.05 on the emulated cluster)"
+    "$bin_dir/pytest" -q -m multinode tests
     ;;
 esac

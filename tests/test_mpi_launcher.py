@@ -6,6 +6,8 @@ lines are checked against their documented forms."""
 import os
 import shutil
 
+import sys
+
 import pytest
 
 from nekrs_ml.errors import ConfigError
@@ -47,7 +49,9 @@ def test_pals_gets_ranks_per_node_and_one_segment_per_count():
 def test_srun_shares_the_nodes_and_lists_a_host_per_rank_when_counts_differ(tmp_path):
     srun = launcher("srun", "srun")
     argv, _ = srun.command(PROGRAM, 4, EQUAL)
-    assert argv == ["srun", "--overlap", "--kill-on-bad-exit=1", "--export=ALL", "-N", "2", "-n",
+    # srun under srun_step: the SIGTERM that stops a part reaches the tasks as SIGINT, not SIGKILL
+    assert argv == [sys.executable, "-m", "nekrs_ml.launch.srun_step", "srun", "--overlap",
+                    "--kill-on-bad-exit=1", "--export=ALL", "--disable-status", "-N", "2", "-n",
                     "4", "--nodelist=x1001,x1002", "--ntasks-per-node", "2", *PROGRAM]
     hostfile = tmp_path / "trainer.hosts"
     argv, env = srun.command(PROGRAM, 5, UNEQUAL, hostfile=hostfile)
@@ -106,3 +110,23 @@ def test_forwarded_variables_are_the_runs_and_those_the_launcher_changed(monkeyp
     assert "NEKRS_ML_NAMESPACE" in names and "CHANGED_HERE" in names
     assert "SOME_SITE_SETTING" not in names
     assert "PATH" in names
+
+
+def test_srun_binds_the_node_agents_and_the_solver_ranks_to_cpus_of_their_own():
+    from nekrs_ml.launch.mpi import job_cpus_per_node
+
+    assert job_cpus_per_node("4(x3)") == 4 and job_cpus_per_node("8(x2),6") == 6
+    assert job_cpus_per_node("") is None and job_cpus_per_node("x") is None
+    srun = launcher("srun", "srun")
+    solver = {"x1001": 2, "x1002": 1}
+    env = {"SLURM_JOB_CPUS_PER_NODE": "4(x2)"}
+    assert srun.cpu_bind("nodes", solver, env) == "map_cpu:3"
+    assert srun.cpu_bind("solver", solver, env) == "map_cpu:0,1"
+    assert srun.cpu_bind("trainer", solver, env) is None
+    # no CPU to spare, a binding of the site's own, or another launcher: Slurm's default
+    assert srun.cpu_bind("nodes", solver, {"SLURM_JOB_CPUS_PER_NODE": "2(x2)"}) is None
+    assert launcher("srun", "srun", "--cpu-bind=cores").cpu_bind("nodes", solver, env) is None
+    assert launcher("openmpi").cpu_bind("nodes", solver, env) is None
+    argv, _ = srun.command(PROGRAM, 2, {"x1001": 1, "x1002": 1}, cpu_bind="map_cpu:0")
+    assert argv[-len(PROGRAM) - 3:-len(PROGRAM)] == ["--cpu-bind=map_cpu:0", "--ntasks-per-node",
+                                                     "1"]

@@ -251,7 +251,8 @@ class Run:
         cluster_ready_file(db_dir).unlink(missing_ok=True)
         argv, env = self.mpi.command(
             [sys.executable, "-m", "nekrs_ml.cli", "node", "--dir", str(db_dir)], len(hosts),
-            {host: 1 for host in hosts}, hostfile=self.run_dir / "nodes.hosts")
+            {host: 1 for host in hosts}, hostfile=self.run_dir / "nodes.hosts",
+            cpu_bind=self.cpu_bind("nodes"))
         self.nodes = Part("nodes", argv, env, str(self.run_dir), str(self.run_dir / "nodes.log"))
         if self.placement.mode == "cluster":  # every database host's masters, then one cluster
             masters = len(self.placement.servers) * self.placement.shards
@@ -268,6 +269,12 @@ class Run:
         # co-located: this host's server; cluster: the cluster, over the network
         self.client = Client(**environment.connection_options(self.env))
         return self.info
+
+    def cpu_bind(self, part: str) -> Optional[str]:
+        """srun's per-step binding: co-located, a host's server apart from its solver ranks."""
+        if self.placement is None or self.placement.mode != "colocated":
+            return None
+        return self.mpi.cpu_bind(part, self.placement.solver)
 
     def wait_for_nodes(self, ready, what: str) -> None:
         deadline = time.monotonic() + NODE_START_TIMEOUT
@@ -326,7 +333,7 @@ class Run:
         argv, solver_env = self.mpi.command(
             solver_program(self.solver, self.par, self.run_dir), self.settings.solver_ranks,
             self.placement.solver if self.placement else None, solver_env,
-            hostfile=self.run_dir / "solver.hosts")
+            hostfile=self.run_dir / "solver.hosts", cpu_bind=self.cpu_bind("solver"))
         self.parts["solver"] = Part("solver", argv, solver_env, cwd, str(self.run_dir / "solver.log"))
 
     def deploy_model(self) -> None:

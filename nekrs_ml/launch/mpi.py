@@ -9,6 +9,9 @@ Each kind has its own way to say "these ranks on these hosts" and to pass the en
 | `pals` (Cray PALS `mpiexec`: Polaris, Aurora) | `--ppn P --hosts a,b`; unequal counts: one segment per count, `A : B` | forwarded by default |
 | `srun` (Slurm) | `--nodelist=a,b --ntasks-per-node=P`; unequal counts: `--distribution=arbitrary` with a `SLURM_HOSTFILE` | `--export=ALL` |
 
+srun runs under `nekrs_ml.launch.srun_step`, which turns the SIGTERM that stops a part into the
+SIGINT srun passes on to its tasks (srun answers SIGTERM with SIGKILL to every task).
+
 The launcher's words come from `NEKRS_ML_MPIEXEC` (default `mpiexec`); its kind from
 `NEKRS_ML_MPI_FLAVOR`, else from its name (`srun`) or what `--version` prints.
 """
@@ -17,6 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -88,20 +92,43 @@ class MpiLauncher:
         raise ConfigError("Open MPI's mpiexec refuses to run as root: run as a normal user, or set "
                           "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
 
+    def cpu_bind(self, part: str, solver_counts: Optional[Mapping[str, int]],
+                 env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+        """srun's --cpu-bind for a co-located run's `part` ("nodes": the node agents with their
+        servers and model workers; "solver"), so that a host's server does not share a CPU with
+        its solver ranks: the agents on each node's last CPU, solver rank i of a node on its CPU
+        i. Only where every node of the job has more CPUs than solver ranks
+        (SLURM_JOB_CPUS_PER_NODE) and NEKRS_ML_MPIEXEC names no --cpu-bind of its own; None
+        (Slurm's default binding) otherwise, and for the other parts and launchers."""
+        env = os.environ if env is None else env
+        if (self.flavor != "srun" or not solver_counts or part not in ("nodes", "solver")
+                or any(word.startswith("--cpu-bind") for word in self.words)):
+            return None
+        cpus = job_cpus_per_node(env.get("SLURM_JOB_CPUS_PER_NODE", ""))
+        per_node = max(solver_counts.values())
+        if cpus is None or cpus <= per_node:
+            return None
+        if part == "nodes":
+            return f"map_cpu:{cpus - 1}"
+        return "map_cpu:" + ",".join(str(cpu) for cpu in range(per_node))
+
     def command(self, program: Sequence[str], ranks: int,
                 counts: Optional[Mapping[str, int]] = None,
                 env: Optional[Mapping[str, str]] = None,
-                hostfile: Optional[Path] = None) -> Tuple[List[str], Dict[str, str]]:
+                hostfile: Optional[Path] = None,
+                cpu_bind: Optional[str] = None) -> Tuple[List[str], Dict[str, str]]:
         """(argv, environment) that start `ranks` copies of `program`: anywhere the launcher
         likes (counts None), or counts[host] of them on each host, in order (rank 0 on the
-        first host). `hostfile`: where srun's per-rank host list goes when the counts differ."""
+        first host). `hostfile`: where srun's per-rank host list goes when the counts differ.
+        `cpu_bind`: srun's --cpu-bind for this step (see cpu_bind; other launchers: unused)."""
         env = dict(os.environ if env is None else env)
         program = list(program)
         words = list(self.words)
         if counts is not None and sum(counts.values()) != ranks:
             raise ValueError(f"{ranks} ranks but {sum(counts.values())} placed: {dict(counts)}")
-        if self.flavor == "srun":
-            words += ["--overlap", "--kill-on-bad-exit=1", "--export=ALL"]
+        if self.flavor == "srun":  # through srun_step: a SIGTERM to srun kills its tasks
+            words = [sys.executable, "-m", "nekrs_ml.launch.srun_step", *words, "--overlap",
+                     "--kill-on-bad-exit=1", "--export=ALL", "--disable-status"]
         if not counts:
             return words + ["-n", str(ranks)] + program, env
         hosts = list(counts)
@@ -124,6 +151,8 @@ class MpiLauncher:
         if self.flavor == "srun":
             argv = words + ["-N", str(len(hosts)), "-n", str(ranks),
                             "--nodelist=" + ",".join(hosts)]
+            if cpu_bind:
+                argv.append("--cpu-bind=" + cpu_bind)
             if len(per_host) == 1:
                 return argv + ["--ntasks-per-node", str(per_host.pop())] + program, env
             if hostfile is None:
@@ -136,6 +165,18 @@ class MpiLauncher:
             f"cannot tell which MPI {self.words[0]} is (its --version names none of Open MPI, "
             "MPICH/Hydra, Intel MPI, PALS), so ranks cannot be placed on hosts: set "
             f"NEKRS_ML_MPI_FLAVOR to one of {', '.join(FLAVORS)}")
+
+
+def job_cpus_per_node(text: str) -> Optional[int]:
+    """The fewest CPUs of a node of the job, from SLURM_JOB_CPUS_PER_NODE ("4(x3)", "4(x2),2",
+    "8"); None when unset or unreadable."""
+    counts = []
+    for item in text.split(","):
+        number = item.split("(", 1)[0].strip()
+        if not number.isdigit():
+            return None
+        counts.append(int(number))
+    return min(counts) if counts else None
 
 
 def forwarded_names(env: Mapping[str, str]) -> List[str]:

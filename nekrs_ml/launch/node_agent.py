@@ -174,20 +174,32 @@ def run_node_agent(db_dir: Path) -> int:
                                                         "workers": role["workers"]}))
         print(f"nekrs-ml node {host}: ready" + (f", servers {', '.join(mine)}" if mine else "")
               + (f", model workers {role['workers']}" if role["workers"] else ""), flush=True)
+        # Under srun a stop signal reaches every process of the step at once, this host's
+        # servers included: the counters are also read as the run goes, the last reading
+        # standing in for the one at the stop when the servers are already gone.
+        last_counters: Optional[Dict] = None
         while not stopping:
             dead = orchestrator.dead_servers() if orchestrator else []
-            if dead:
+            if dead and not stopping:
                 return fail(f"redis-server {', '.join(dead)}; this host's server logs are in "
                             f"{orchestrator.node_dir}")
+            if orchestrator is not None:
+                try:
+                    last_counters = node_counters(orchestrator, namespace, host)
+                except (NekrsMLError, redis.RedisError, OSError, ValueError):
+                    pass
             time.sleep(POLL_INTERVAL)
         print(f"nekrs-ml node {host}: stopping ({signal.Signals(stopping[0]).name})", flush=True)
         if orchestrator is not None:
             try:
-                summary_file(db_dir, host).write_text(
-                    json.dumps(node_counters(orchestrator, namespace, host)))
+                counters = node_counters(orchestrator, namespace, host)
             except (NekrsMLError, redis.RedisError, OSError, ValueError) as exc:
-                print(f"nekrs-ml node {host}: warning: no node counters: {exc}",
-                      file=sys.stderr, flush=True)
+                counters = last_counters
+                if counters is None:
+                    print(f"nekrs-ml node {host}: warning: no node counters: {exc}",
+                          file=sys.stderr, flush=True)
+            if counters is not None:
+                summary_file(db_dir, host).write_text(json.dumps(counters))
         return 0
     finally:
         ready_file(db_dir, host).unlink(missing_ok=True)
