@@ -120,3 +120,17 @@ def test_a_flow_block_from_a_handful_of_records_is_marked_not_meaningful(tmp_pat
     assert result["statistically_meaningful"] is False and "3 flow-statistics record(s)" in result["caveat"]
     summarise({"status": "ok", "flow": result}, tmp_path)
     assert "u_tau 0.05 (not statistically meaningful" in capsys.readouterr().out
+
+
+def test_drops_outside_training_are_said_to_be_by_design(tmp_path, capsys):
+    from nekrs_ml.launch import summarise
+
+    drops = {"dropped_while_training": 0, "streamed_while_training": 52, "fraction": 0.0,
+             "max_fraction": 0.5}
+    summarise({"status": "ok", "snapshots": {"written": 600, "dropped": 498}, "drops": drops},
+              tmp_path)
+    assert "498 of 600 snapshots dropped (none while the trainer trained)" in capsys.readouterr().out
+    summarise({"status": "data_dropped", "snapshots": {"written": 600, "dropped": 498},
+               "drops": dict(drops, dropped_while_training=40, fraction=40 / 52)}, tmp_path)
+    assert "(77% of those streamed while the trainer trained; maxDropFraction 0.5)" in \
+        capsys.readouterr().out

@@ -876,6 +876,8 @@ def summarise(data: Dict, run_dir: Path) -> None:
         if drops.get("dropped_while_training"):
             line += (f" ({drops['fraction']:.0%} of those streamed while the trainer trained; "
                      f"maxDropFraction {drops['max_fraction']:g})")
+        elif drops:  # by design: the trainer was starting, or had finished
+            line += " (none while the trainer trained)"
     restarts = sum(r["restarts"] for r in (data.get("worker_restarts") or {}).values())
     if restarts:
         line += f"; {restarts} model worker restart(s)"
