@@ -88,6 +88,31 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+TRAINER_STARTED = (lambda run_dir: (Path(run_dir) / "trainer_history.jsonl").exists(),
+                   "the trainer to start")
+SOLVER_STARTED = (lambda run_dir: list(_processes_matching(" reproduce ", run_dir)),
+                  "the solver to start")
+
+
+def kill_during_run(case: Path, run_dir: str, started, part: str, settle: float = 0.0,
+                    timeout: float = 180):
+    """Runs the case, SIGKILLs every process of `part` (" train ", " serve ", ...) once
+    `started` holds (and `settle` s more), and lets the run end: (exit code, output, pids)."""
+    proc = start_run(case, run_dir)
+    try:
+        ready, what = started
+        wait_for(lambda: ready(run_dir), 120, what)
+        time.sleep(settle)
+        killed = [int(pid) for pid in _processes_matching(part, run_dir)]
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        code, out = finish(proc, timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return code, out, killed
+
+
 def test_online_training_reaches_the_accuracy_target(run_dir):
     start = time.monotonic()
     code, out = finish(start_run(CASE, run_dir), timeout=300)
@@ -107,17 +132,8 @@ def test_online_training_reaches_the_accuracy_target(run_dir):
 
 def test_killed_trainer_lets_the_solver_finish(run_dir):
     case = write_case(run_dir, {"REPRODUCER": {"steps": 600, "stepCost": 0.02}})
-    proc = start_run(case, run_dir)
-    try:
-        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
-        trainer_pids = [int(p) for p in _processes_matching(" train ", run_dir)]
-        assert trainer_pids
-        for pid in trainer_pids:
-            os.kill(pid, signal.SIGKILL)
-        code, out = finish(proc, timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    code, out, trainer_pids = kill_during_run(case, run_dir, TRAINER_STARTED, " train ")
+    assert trainer_pids
     data = report(run_dir)
     assert data["status"] == "trainer" and code == 3, out[-2000:]
     assert any("trainer exited" in w for w in data["warnings"])
@@ -127,15 +143,7 @@ def test_killed_trainer_lets_the_solver_finish(run_dir):
 
 def test_killed_solver_stops_the_trainer(run_dir):
     case = write_case(run_dir, {"REPRODUCER": {"steps": 20000}})
-    proc = start_run(case, run_dir)
-    try:
-        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120, "the trainer to start")
-        for pid in _processes_matching(" reproduce ", run_dir):
-            os.kill(int(pid), signal.SIGKILL)
-        code, out = finish(proc, timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    code, out, _ = kill_during_run(case, run_dir, TRAINER_STARTED, " reproduce ", timeout=120)
     data = report(run_dir)
     assert data["status"] == "solver" and code == 1, out[-2000:]
     assert not list(_processes_matching(" train ", run_dir))
@@ -257,17 +265,7 @@ def test_a_killed_worker_ends_the_run_cleanly_after_max_inference_failures(run_d
                                              "inferenceTimeout": 1, "maxInferenceFailures": 5,
                                              "sampleInterval": 10, "maxWorkerRestarts": 0},
                                 "REPRODUCER": {"steps": 5000, "stepCost": 0.01}})
-    proc = start_run(case, run_dir)
-    try:
-        wait_for(lambda: list(_processes_matching(" reproduce ", run_dir)), 120,
-                 "the solver to start")
-        time.sleep(2)
-        for pid in _processes_matching(" serve ", run_dir):
-            os.kill(int(pid), signal.SIGKILL)
-        code, out = finish(proc, timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    code, out, _ = kill_during_run(case, run_dir, SOLVER_STARTED, " serve ", settle=2)
     data = report(run_dir)
     assert data["status"] == "inference" and code == 5, out[-3000:]
     assert "maxInferenceFailures" in data["message"]
@@ -293,19 +291,8 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_ok(run_dir):
     case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"',
                                              "inferenceTimeout": 1, "maxInferenceFailures": 30},
                                 "REPRODUCER": {"steps": steps, "stepCost": 0.01}})
-    proc = start_run(case, run_dir)
-    try:
-        wait_for(lambda: list(_processes_matching(" reproduce ", run_dir)), 120,
-                 "the solver to start")
-        time.sleep(1)
-        killed = [int(pid) for pid in _processes_matching(" serve ", run_dir)]
-        assert killed
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
-        code, out = finish(proc, timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    code, out, killed = kill_during_run(case, run_dir, SOLVER_STARTED, " serve ", settle=1)
+    assert killed
     data = report(run_dir)
     assert data["status"] == "ok" and code == 0, out[-3000:]
     restarts = data["worker_restarts"]["worker0"]
