@@ -24,7 +24,7 @@ system_packages=(redis-server redis-tools libhiredis-dev openmpi-bin libopenmpi-
                  iproute2)  # iproute2: the tests' emulated cluster (network namespaces)
 # MPICH's Hydra launcher: the tests run its host lists on the emulated cluster (Open MPI stays
 # the default mpiexec: its alternative has the higher priority); Slurm and munge: the tests'
-# emulated Slurm cluster (tests/slurm_cluster.py starts its own daemons, none of the system's)
+# emulated Slurm cluster (tests/support/slurm_cluster.py starts its own daemons, none of the system's)
 [ "$action" = --test ] && system_packages+=(mpich slurm-wlm munge)
 if command -v apt-get >/dev/null; then
   missing=()

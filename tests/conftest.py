@@ -7,7 +7,6 @@ import importlib
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,32 @@ def pytest_configure(config):
         pytest.exit(BUILD_PROBLEM, returncode=4)
 
 
+# Tiers are directories; each test gets its tier's marker, and `slow` where it builds code, starts
+# MPI jobs or runs a whole workflow, so `pytest -m "not slow"` is the quick loop.
+TIERS = ("unit", "integration", "workflow", "nekrs", "multinode")
+SLOW_TIERS = {"workflow", "nekrs", "multinode"}
+SLOW_MODULES = {
+    "test_bench.py",        # every benchmark once, with its servers and MPI ranks
+    "test_c_api.py",        # compiles a Fortran program
+    "test_cpp.py",          # builds the C++ tests with CMake
+    "test_inprocess.py",    # AOTInductor compilations
+    "test_smartredis.py",   # SmartRedis's own environment, workers on three deployments
+    "test_train.py",        # torch DDP trainers under mpiexec
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        tier = path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if tier in SLOW_TIERS or path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 from nekrs_ml.orchestrator import Orchestrator  # noqa: E402 - after the search above
+from support.paths import short_tmpdir  # noqa: E402
 
 # Subprocesses started from the source tree must import the installed package, not ./nekrs_ml.
 os.environ["PYTHONSAFEPATH"] = "1"
@@ -53,12 +77,10 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
 os.environ.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
 
+# Fixtures shared across tiers.
+pytest_plugins = ["support.smartredis"]
+
 SERVER_KINDS = ("tcp", "unix", "cluster")
-
-
-def short_tmpdir(prefix: str) -> str:
-    """Unix socket paths are limited to ~100 characters: keep run dirs short."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
 class RunningServer:
