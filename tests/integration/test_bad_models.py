@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -17,7 +16,8 @@ from nekrs_ml import _core, keys, registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import ConfigError, ServerError
 from nekrs_ml.serve.deploy import deploy
-from support.workers import Worker, mlp, scripted
+from support.waiting import wait_for
+from support.workers import Worker, mlp, scripted, served_version
 
 
 
@@ -104,7 +104,9 @@ def test_worker_rolls_back_from_a_version_that_fails_on_its_first_batch(tcp_serv
         for bad in (RaisesOnLargeInputs(), NanOnNegativeInputs()):
             blob = scripted(bad, tmp_path / "bad.pt")
             version = registry.publish(client, ns, "mlp", blob, {"n_in": 3, "n_out": 2})
-            time.sleep(0.3)  # several reload intervals: the worker picks it up
+            # the worker loads it (on trial): the calls below meet it and roll it back
+            wait_for(lambda: served_version(client, ns) == version, 10,
+                     f"the worker to load v{version}")
             for _ in range(5):  # every call answered by v1, before and after the rollback
                 reply = inference.run("mlp", inputs, out)
                 assert reply["version"] == 1
@@ -112,10 +114,8 @@ def test_worker_rolls_back_from_a_version_that_fails_on_its_first_batch(tcp_serv
             assert registry.latest_version(client, ns, "mlp") == version  # not retried
         scripted(mlp(3), tmp_path / "v4.pt")
         assert deploy(client, ns, "mlp", tmp_path / "v4.pt") == 4
-        deadline = time.monotonic() + 10
-        while inference.run("mlp", inputs, out)["version"] != 4:
-            assert time.monotonic() < deadline, "the worker never switched to v4"
-            time.sleep(0.02)
+        wait_for(lambda: inference.run("mlp", inputs, out)["version"] == 4, 10,
+                 "the worker to switch to v4", interval=0.02)
     finally:
         log = worker.stop()
     for version in (2, 3):

@@ -23,6 +23,7 @@ from nekrs_ml.errors import (
 )
 from nekrs_ml.inference import InferenceClient
 from nekrs_ml.serve.deploy import deploy
+from support.waiting import wait_for
 from support.workers import WORKER_DEVICE, Worker, mlp, scripted
 
 
@@ -216,10 +217,8 @@ def test_deploy_models_and_rollback_through_the_cli(served, tmp_path):
 
 
 def wait_version(inference, inputs, out, version, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while inference.run("mlp", inputs, out)["version"] != version:
-        assert time.monotonic() < deadline, f"the worker never switched to v{version}"
-        time.sleep(0.02)
+    wait_for(lambda: inference.run("mlp", inputs, out)["version"] == version, timeout,
+             f"the worker to switch to v{version}", interval=0.02)
 
 
 def test_export_programs_are_published_and_served(served, tmp_path):
@@ -355,27 +354,21 @@ def test_the_heartbeat_stops_while_the_serving_thread_is_stuck_and_after_a_faile
             inference.run, "double", np.ones((7, 1), np.float32), np.empty((7, 1), np.float32)))
         caller.start()
         assert stuck.wait(10)
-        deadline = time.monotonic() + HEARTBEAT_TTL + 3
-        while client.exists(heartbeat) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not client.exists(heartbeat), "a stuck serving thread kept the worker alive"
+        wait_for(lambda: not client.exists(heartbeat), HEARTBEAT_TTL + 3,
+                 "the heartbeat to expire while the serving thread is stuck")
         release.set()
         caller.join(30)
-        deadline = time.monotonic() + 5
-        while not client.exists(heartbeat) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client.exists(heartbeat), "the heartbeat did not come back after the pass ended"
+        wait_for(lambda: client.exists(heartbeat), 5, "the heartbeat to come back after the pass")
 
         # a version that cannot be loaded: the worker keeps serving v1, with a short heartbeat
         client.redis.set(keys.model_blob(ns, "double", 2), b"not a model")
         client.redis.set(keys.model_meta(ns, "double", 2),
                          client.redis.get(keys.model_meta(ns, "double", 1)))
         client.redis.set(keys.model_latest(ns, "double"), 2)
-        deadline = time.monotonic() + 10
-        while worker._bad_versions.get("double") != 2 and time.monotonic() < deadline:
+        def refused():
             inference.run("double", np.ones((3, 1), np.float32), out)
-            time.sleep(0.05)
-        assert worker._bad_versions.get("double") == 2
+            return worker._bad_versions.get("double") == 2
+        wait_for(refused, 10, "the worker to refuse v2")
         time.sleep(2 * worker_module.HEARTBEAT_INTERVAL + 0.2)
         ttl = client.redis.pttl(heartbeat)
         assert 0 < ttl <= HEARTBEAT_TTL * 1000 < LOADING_TTL * 1000

@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from nekrs_ml import codec
 from support.smartredis import CompatRun
+from support.waiting import wait_for
 
 KIB = 1024
 LIMITS = {"MAX_VALUE_BYTES": 1024 * KIB, "MAX_JOB_BYTES": 1024 * KIB}
@@ -45,13 +46,6 @@ def workers_info(conn: redis.Redis) -> dict:
 def info(conn: redis.Redis, key: str) -> dict:
     reply = conn.execute_command("AI.INFO", key)
     return {k.decode(): v for k, v in zip(reply[::2], reply[1::2])}
-
-
-def wait_until(condition, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.01)
 
 
 class Call(threading.Thread):
@@ -199,7 +193,7 @@ def test_job_memory_is_counted_and_bounded(limited):
         assert worker.execute_command("NKML.AI.TAKE", 0) is None  # a worker that takes nothing
         before = conn.info("memory")["used_memory"]
         calls = [execute(limited, outputs=(f"o{i}",)) for i in range(2)]
-        wait_until(lambda: workers_info(conn)["queued"] == 2, "two jobs queued")
+        wait_for(lambda: workers_info(conn)["queued"] == 2, 10, "two jobs queued", interval=0.01)
         assert workers_info(conn)["job_bytes"] == 2 * 400_016
         # the copies are the server's memory: maxmemory sees them
         assert conn.info("memory")["used_memory"] - before >= 2 * 400_016
@@ -255,13 +249,13 @@ def test_an_unblocked_worker_leaves_no_stale_waiter(bare, how):
     with connect(bare) as conn:
         store_model_and_input(conn)
         first = Call(bare, "NKML.AI.TAKE", 5000)
-        wait_until(lambda: conn.info("clients")["blocked_clients"] == 1, "the worker waits")
+        wait_for(lambda: conn.info("clients")["blocked_clients"] == 1, 10, "the worker waits", interval=0.01)
         assert conn.execute_command("CLIENT", "UNBLOCK", first.id, how) == 1
         reply, error = first.result(5)
         assert (reply, error) == ((None, None) if how == "TIMEOUT" else (None, error))
         assert how == "TIMEOUT" or "UNBLOCKED" in error
         second = Call(bare, "NKML.AI.TAKE", 5000)
-        wait_until(lambda: conn.info("clients")["blocked_clients"] == 1, "the second worker waits")
+        wait_for(lambda: conn.info("clients")["blocked_clients"] == 1, 10, "the second worker waits", interval=0.01)
         caller = execute(bare, timeout_ms=3000)
         job, error = second.result(10)
         assert error is None and job is not None, error
@@ -277,7 +271,7 @@ def test_an_unblocked_caller_leaves_no_queued_job(bare):
         store_model_and_input(conn)
         assert worker.execute_command("NKML.AI.TAKE", 0) is None
         caller = execute(bare)
-        wait_until(lambda: workers_info(conn)["queued"] == 1, "the job is queued")
+        wait_for(lambda: workers_info(conn)["queued"] == 1, 10, "the job is queued", interval=0.01)
         assert conn.execute_command("CLIENT", "UNBLOCK", caller.id, "ERROR") == 1
         reply, error = caller.result(5)
         assert "UNBLOCKED" in error, error
@@ -292,7 +286,7 @@ def test_an_unblocked_caller_leaves_no_queued_job(bare):
         assert conn.execute_command("CLIENT", "KILL", "ID", caller.id) == 1
         caller.result(5)
         caller.close()
-        wait_until(lambda: workers_info(conn)["running"] == 0, "the job is dropped")
+        wait_for(lambda: workers_info(conn)["running"] == 0, 10, "the job is dropped", interval=0.01)
         with pytest.raises(redis.ResponseError, match="not pending"):
             worker.execute_command("NKML.AI.DONE", job[0], "OK", tensor(4))
         assert not conn.exists("o")

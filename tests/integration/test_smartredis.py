@@ -26,6 +26,7 @@ from nekrs_ml.errors import OrchestratorError
 from nekrs_ml.orchestrator import Orchestrator
 from support.runs import finish, no_servers_left, report, start_run, write_case
 from support.smartredis import CompatRun, PROGRAM
+from support.waiting import wait_for
 
 @pytest.fixture(params=["single", "colocated", "cluster"])
 def compat(request):
@@ -115,10 +116,8 @@ def test_worker_killed_mid_execution_gives_an_error_not_a_hang(smartredis_python
 
         caller = threading.Thread(target=call)
         caller.start()
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)  # the worker is inside the slow forward now
+        # the worker is inside the slow forward once it has taken the job
+        wait_for(lambda: run.jobs(run.addresses[0], "running"), 60, "the worker to take the job")
         run.worker.kill()
         caller.join(60)
         assert not caller.is_alive()
@@ -142,11 +141,11 @@ def test_nekrs_ml_run_serves_smartredis_clients_in_a_training_run(smartredis_pyt
     proc = start_run(case, run_dir)
     try:
         worker_log = Path(run_dir) / "worker0.log"
-        deadline = time.monotonic() + 120
-        while "SmartRedis jobs of" not in (worker_log.read_text() if worker_log.exists() else ""):
+
+        def worker_started():
             assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the run's worker did not start"
-            time.sleep(0.2)
+            return "SmartRedis jobs of" in (worker_log.read_text() if worker_log.exists() else "")
+        wait_for(worker_started, 120, "the run's worker to start", interval=0.2)
         sockets = list((Path(run_dir) / "db").glob("*/redis.sock"))
         assert len(sockets) == 1
         run = types.SimpleNamespace(ssdb=f"unix://{sockets[0]}", kind="single")

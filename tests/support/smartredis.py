@@ -4,7 +4,6 @@ virtual environment of its own (it needs numpy < 2)."""
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import redis
 from nekrs_ml.orchestrator import Orchestrator
 
 from .paths import short_tmpdir
+from .waiting import wait_for
 
 
 PROGRAM = Path(__file__).with_name("smartredis_program.py")
@@ -76,11 +76,10 @@ class CompatRun:
             [sys.executable, "-m", "nekrs_ml.cli", "serve", "--dir", self.dir, "--smartredis",
              "--threads", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while not all(self.workers(address) for address in self.addresses):
+        def connected():
             assert self.worker.poll() is None, self.worker.stdout.read()
-            assert time.monotonic() < deadline, "the worker did not connect within 60 s"
-            time.sleep(0.1)
+            return all(self.workers(address) for address in self.addresses)
+        wait_for(connected, 60, "the worker to connect")
 
     def node(self, address: str) -> redis.Redis:
         if address.startswith("unix:"):
@@ -89,9 +88,13 @@ class CompatRun:
         return redis.Redis(host=host, port=int(port))
 
     def workers(self, address: str) -> int:
+        return self.jobs(address, "workers")
+
+    def jobs(self, address: str, field: str) -> int:
+        """A count of NKML.AI.WORKERS: workers, queued or running (jobs taken, not answered)."""
         with self.node(address) as conn:
             reply = conn.execute_command("NKML.AI.WORKERS")
-        return dict(zip(reply[::2], reply[1::2]))[b"workers"]
+        return dict(zip(reply[::2], reply[1::2]))[field.encode()]
 
     def stop_worker(self, sig=signal.SIGTERM) -> str:
         if self.worker is None:

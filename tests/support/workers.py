@@ -1,5 +1,6 @@
 """Model workers (`nekrs-ml serve` processes) on a test server, and small TorchScript models."""
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,9 @@ class Worker:
             out, _ = self.process.communicate()
         self.output = out
         return out
+
+
+def served_version(client: Client, ns: str, name: str = "mlp", worker: int = 0):
+    """The version of `name` the worker's heartbeat says it serves (None before it says so)."""
+    beat = client.redis.get(keys.worker_heartbeat(ns, worker))
+    return json.loads(beat).get("models", {}).get(name) if beat else None
