@@ -35,7 +35,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .redisai_client import time_calls
+from .harness import latency_us, time_calls
 
 NAMESPACE = "bench"
 MODELS = {"mlp_1_20_1": (1, [20], 1), "mlp_3_64_64_2": (3, [64, 64], 2)}
@@ -95,11 +95,9 @@ def build_model(n_in: int, hidden: List[int], n_out: int, torchscript: bool = Fa
 def latency_record(results) -> Dict:
     """p50 and p99 over every call of every rank, and calls per second of the slowest rank's
     wall time, from each rank's (seconds per call, wall seconds)."""
-    seconds = np.array([s for per_rank, _ in results for s in per_rank])
+    seconds = [s for per_rank, _ in results for s in per_rank]
     wall = max(elapsed for _, elapsed in results)
-    return {"p50_us": float(np.median(seconds) * 1e6),
-            "p99_us": float(np.percentile(seconds, 99) * 1e6),
-            "calls_per_s": float(seconds.size / wall)}
+    return {**latency_us(seconds), "calls_per_s": float(len(seconds) / wall)}
 
 
 class RedisAI:
@@ -393,7 +391,7 @@ def run(args, log) -> List[Dict]:
 def _median_of_rounds(results: List[Dict]) -> Dict:
     """One record of several rounds: the median of each figure, and every round's p50."""
     merged = {key: float(np.median([r[key] for r in results]))
-              for key in ("p50_us", "p99_us", "calls_per_s")}
+              for key in ("p50_us", "p99_us", "mean_us", "calls_per_s")}
     if len(results) > 1:
         merged["rounds_p50_us"] = [r["p50_us"] for r in results]
     return merged
@@ -412,10 +410,8 @@ def _swap_record(client, ranks: Ranks, name: str, device: str, count: int) -> Di
     for _ in range(count):
         registry.publish(client, NAMESPACE, name, blob, meta, weights_blob=weights)
         seconds.append(ranks.swap(name, device))
-    seconds = np.array(seconds)
-    return {"model": name, "path": "swap", "ranks": 1, "device": device,
-            "p50_us": float(np.median(seconds) * 1e6),
-            "p99_us": float(np.percentile(seconds, 99) * 1e6), "calls_per_s": None}
+    return {"model": name, "path": "swap", "ranks": 1, "device": device, **latency_us(seconds),
+            "calls_per_s": None}
 
 
 def target_check(records: List[Dict]) -> List[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from .. import Client, _core
 from ..orchestrator import Orchestrator
 from ..train.data import SnapshotReader
+from .harness import latency_us, time_calls
 
 NAMESPACE = "bench"
 
@@ -32,24 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def latency_record(transport: str, op: str, points: int, nbytes: int, seconds: List[float]) -> Dict:
-    ms = np.array(seconds) * 1e3
     return {"transport": transport, "op": op, "points": points, "bytes": nbytes,
-            "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean())}
+            **latency_us(seconds)}
 
 
-def time_calls(fn, count: int, between=None) -> List[float]:
-    """Seconds of each of ``count`` calls of ``fn`` after 5 warm-up calls; ``between`` (not
-    timed) runs after every call."""
-    seconds = []
-    for i in range(count + 5):
-        start = time.perf_counter()
-        fn()
-        if i >= 5:
-            seconds.append(time.perf_counter() - start)
-        if between is not None:
-            between()
-    return seconds
+def calls(fn, count: int, between=None) -> List[float]:
+    """Seconds of each of ``count`` timed calls of ``fn`` (``between`` not timed)."""
+    return time_calls(fn, count, between=between)[0]
 
 
 def measure(transport: str, args, log) -> List[Dict]:
@@ -66,13 +56,13 @@ def measure(transport: str, args, log) -> List[Dict]:
         log(f"{transport}: bare put of {nbytes} bytes")
         same_bytes = np.zeros(nbytes, dtype=np.uint8)
         records.append(latency_record(transport, "bare_put", args.points, nbytes,
-                                      time_calls(lambda: cpp.put_tensor("bench:bare", same_bytes), args.puts)))
+                                      calls(lambda: cpp.put_tensor("bench:bare", same_bytes), args.puts)))
         cpp.delete("bench:bare")
 
         log(f"{transport}: snapshot puts below the retention limit")
         stream = _core.TrainingStream(cpp, NAMESPACE, 0, 1, args.puts + 10, "drop", 60.0)
         step = iter(range(1, 10**9))
-        records.append(latency_record(transport, "snapshot_put", args.points, nbytes, time_calls(
+        records.append(latency_record(transport, "snapshot_put", args.points, nbytes, calls(
             lambda: stream.put(next(step), 0.0, inputs, targets), args.puts)))
 
         log(f"{transport}: trainer ingest of the stored snapshots")
@@ -97,12 +87,12 @@ def measure(transport: str, args, log) -> List[Dict]:
         reader_of_rank = SnapshotReader(Client(info["addresses"], password=orch.password),
                                         NAMESPACE, 0, 1)
         records.append(latency_record(transport, "snapshot_put_consumed", args.points, nbytes,
-                                      time_calls(lambda: consumed.put(next(step), 0.0, inputs, targets),
+                                      calls(lambda: consumed.put(next(step), 0.0, inputs, targets),
                                                  args.puts, between=reader_of_rank.read_available)))
 
         log(f"{transport}: snapshot puts at the retention limit (each drops the oldest)")
         full = _core.TrainingStream(cpp, NAMESPACE, 1, 1, 20, "drop", 60.0)
-        records.append(latency_record(transport, "snapshot_put_dropping", args.points, nbytes, time_calls(
+        records.append(latency_record(transport, "snapshot_put_dropping", args.points, nbytes, calls(
             lambda: full.put(next(step), 0.0, inputs, targets), args.puts)))
         return records
     finally:
@@ -123,5 +113,5 @@ def print_table(records: List[Dict]) -> None:
             print(f"{r['transport']:5} {r['op']:22} {r['samples_per_s'] / 1e6:8.2f} M samples/s "
                   f"({r['snapshots']} snapshots)")
         else:
-            print(f"{r['transport']:5} {r['op']:22} {r['bytes']:>9} B  p50 {r['p50_ms']:.3f} ms  "
-                  f"p99 {r['p99_ms']:.3f} ms")
+            print(f"{r['transport']:5} {r['op']:22} {r['bytes']:>9} B  p50 {r['p50_us']:.0f} us  "
+                  f"p99 {r['p99_us']:.0f} us")

@@ -19,13 +19,13 @@ import io
 import shutil
 import subprocess
 import tempfile
-import time
 from typing import Callable, Dict, List
 
 import numpy as np
 
 from .. import Client, _core
 from ..orchestrator import Orchestrator
+from .harness import time_calls
 
 DEFAULT_SIZES = (4 * 1024, 100 * 1024, 1024 * 1024, 16 * 1024 * 1024)
 TRANSPORTS = ("tcp", "unix")
@@ -49,12 +49,8 @@ def repetitions(size: int, budget: int) -> int:
 
 
 def timed(fn: Callable[[], None], count: int) -> float:
-    for _ in range(min(5, count)):
-        fn()  # warm-up: connections, allocations, server-side key creation
-    start = time.perf_counter()
-    for _ in range(count):
-        fn()
-    return time.perf_counter() - start
+    """Wall seconds of ``count`` calls after the warm-up."""
+    return time_calls(fn, count)[1]
 
 
 def client_records(name: str, client, transport: str, size: int, count: int) -> List[Dict]:

@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 
+from ..bench.harness import machine
 from .commands import command
 
 BENCHMARKS = {
@@ -44,6 +45,9 @@ def _bench(parser: argparse.ArgumentParser):
         module = modules[args.bench_command]
         log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
         records = module.run(args, log)
+        measured_on = machine()
+        for record in records:  # numbers mean little without the machine they came from
+            record.setdefault("machine", measured_on)
         text = json.dumps(records, indent=1)
         if args.output:
             with open(args.output, "w") as handle:

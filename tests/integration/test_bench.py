@@ -20,7 +20,7 @@ def test_transfer_records():
     combos = {(r["client"], r["transport"], r["op"], r["size_bytes"]) for r in records}
     assert len(combos) == len(records) == 3 * 2 * 2 * 2
     for r in records:
-        base = {"client", "transport", "op", "size_bytes", "bytes_per_s"}
+        base = {"client", "transport", "op", "size_bytes", "bytes_per_s", "machine"}
         if r["client"] == "redis-benchmark":
             assert set(r) == base
         else:
@@ -37,7 +37,8 @@ def test_stream_records():
     timed = ("bare_put", "snapshot_put", "snapshot_put_consumed", "snapshot_put_dropping")
     assert set(ops) == {*timed, "trainer_ingest"}
     assert ops["trainer_ingest"]["snapshots"] == 25 and ops["trainer_ingest"]["samples_per_s"] > 0
-    assert all(ops[op]["p50_ms"] > 0 for op in timed)
+    assert all(ops[op]["p50_us"] > 0 for op in timed)
+    assert all(r["machine"]["cores"] >= 1 and r["machine"]["cpu"] for r in records)
 
 
 
@@ -70,7 +71,8 @@ def test_handoff_adios2_sst_records():
     check_handoff_records(handoff("adios2-sst"), ["adios2-sst"])
 
 
-INFERENCE_KEYS = {"model", "path", "ranks", "device", "p50_us", "p99_us", "calls_per_s"}
+INFERENCE_KEYS = {"model", "path", "ranks", "device", "p50_us", "p99_us", "mean_us",
+                  "calls_per_s", "machine"}
 
 
 def test_inference_records_with_rounds():
