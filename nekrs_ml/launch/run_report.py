@@ -22,6 +22,7 @@ DISK_LOW_BYTES = 64 << 10  # a part that failed with less than this free failed 
 
 
 def read_json(path: Path):
+    """The JSON in a file; None when there is none or it does not parse."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
