@@ -22,6 +22,8 @@ from .supervisor import Part, Supervisor
 
 
 class Run(Startup, Supervision, Reporting):
+    """The case, its settings and what the run has started and seen so far."""
+
     def __init__(self, par: Path, solver: str, run_dir: Path, trainer_grace: float,
                  supervisor: Optional[Supervisor] = None):
         self.par = par
