@@ -1,5 +1,9 @@
 """The orchestrator: the lifecycle of the redis-server processes that hold a run's data.
 
+It is one file because start, cluster forming, health checks, stop and status all work on the
+same run-directory state (state.json, the password, the per-node lock); what a server's
+redis.conf says is nekrs_ml.redis_conf.
+
 Modes:
   single     one server, TCP (loopback by default) or a Unix socket;
   colocated  one server per node on a Unix socket ``<run_dir>/<hostname>/redis.sock``; on several
@@ -31,7 +35,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -48,18 +51,17 @@ from . import environment, rundir
 from .errors import OrchestratorError
 from .processes import (CLUSTER_BUS_OFFSET, die_with_parent, free_port, port_is_free,  # noqa: F401
                         process_start_time, process_state)
+from .redis_conf import (check_bind, check_maxmemory, check_password, check_smartredis_limits,
+                         conf_path, server_config)
+from .waiting import wait_until
 
 CLUSTER_SLOTS = 16384
 STATE_FILE = "state.json"
 PASSWORD_FILE = "password"
 SMARTREDIS_MODULE = "nkml_ai.so"
-SMARTREDIS_EXECUTE_TIMEOUT_MS = 60000  # longest an AI.MODELEXECUTE waits for a worker's answer
 LOCK_FILE = "db.lock"
 MODES = environment.MODES
 SERVER_UMASK = 0o077  # dump/AOF files, sockets and logs of the servers are theirs alone
-# A password is one token of these characters (ours are 64 hex digits).
-PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9_+/=.~-]{16,512}")
-MEMORY_PATTERN = re.compile(r"[0-9]{1,15}(?:[kmg]b?|b)?", re.IGNORECASE)
 
 
 @dataclass
@@ -133,75 +135,11 @@ def pid_alive(pid: int) -> bool:
     return status != "Z"
 
 
-
-
-
-
 def is_our_server(server: "Server") -> bool:
     """True when the server's pid still is the process that was started for it."""
     if not pid_alive(server.pid):
         return False
     return server.start_time is None or process_start_time(server.pid) == server.start_time
-
-
-def conf_path(path, what: str = "path") -> str:
-    """A path for redis.conf, where it is written in double quotes: refused (not escaped) when
-    it holds a quote, a backslash or a control character."""
-    text = str(path)
-    if any(c in "\"'\\" or ord(c) < 32 or ord(c) == 127 for c in text):
-        raise OrchestratorError(
-            f"{what} {text!r} contains a quote, a backslash or a control character, which the "
-            "server configuration cannot hold safely; choose a plainer run directory")
-    return f'"{text}"'
-
-
-def check_password(text: str, path) -> str:
-    """The password file holds one token and nothing else (a second line would be server
-    configuration once written into redis.conf)."""
-    token = text[:-1] if text.endswith("\n") else text
-    if not PASSWORD_PATTERN.fullmatch(token):
-        raise OrchestratorError(
-            f"password file {path} does not hold a single password of 16-512 characters "
-            "[A-Za-z0-9_+/=.~-] on one line; remove it and a new one is generated at start")
-    return token
-
-
-def check_maxmemory(value: str) -> str:
-    if not MEMORY_PATTERN.fullmatch(str(value)):
-        raise OrchestratorError(
-            f"maxmemory {value!r} is not a Redis memory size; use a number with an optional unit "
-            "b, k, kb, m, mb, g, gb (e.g. 512mb, 4gb)")
-    return str(value)
-
-
-SMARTREDIS_LIMITS = ("MAX_VALUE_BYTES", "MAX_JOB_BYTES")  # nkml_ai load arguments (docs/smartredis.md)
-
-
-def check_smartredis_limits(limits: Dict[str, int]) -> Dict[str, int]:
-    checked = {}
-    for name, value in limits.items():
-        if name not in SMARTREDIS_LIMITS:
-            raise OrchestratorError(f"smartredis limit {name!r} is not known; use "
-                                    f"{' or '.join(SMARTREDIS_LIMITS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise OrchestratorError(f"smartredis limit {name} = {value!r}: use a positive number of bytes")
-        checked[name] = value
-    return checked
-
-
-def check_bind(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise OrchestratorError(
-            f"bind address {value!r} is not an IP address; use e.g. 127.0.0.1 or this node's "
-            "address on the cluster network") from None
-
-
-
-
-
-
 
 
 def node_name() -> str:
@@ -464,40 +402,13 @@ class Orchestrator:
                       start_time=process_start_time(process.pid))
 
     def _config_text(self, server_dir: Path, host, port, sock, password: str, log: Path) -> str:
-        password = check_password(password, self.password_file)
-        lines = [line for line in [
-            f"port {int(port) if port is not None else 0}",
-            f"bind {check_bind(host)}" if host else "bind 127.0.0.1",
-            # SmartRedis sends no password: the default user needs none (module doc)
-            f"requirepass {password}" if not self.smartredis else "",
-            f"maxmemory {check_maxmemory(self.maxmemory)}",
-            "maxmemory-policy noeviction",
-            f"dir {conf_path(server_dir)}",
-            f"logfile {conf_path(log)}",
-            "daemonize no",
-            "protected-mode yes",
-            "timeout 0",
-            "tcp-keepalive 60",
-            # Large tensors: a client's pending query may be big; replies to readers too.
-            "proto-max-bulk-len 2gb",
-            "client-query-buffer-limit 2gb",
-        ] if line]
-        if sock:
-            lines += [f"unixsocket {conf_path(sock)}", "unixsocketperm 700"]
-        if self.persistence:
-            lines += ["appendonly yes", 'save "900 1 300 100"']
-        else:
-            lines += ["appendonly no", 'save ""']
-        if self.smartredis:
-            limits = "".join(f" {name} {value}" for name, value in self.smartredis_limits.items())
-            lines += [f"loadmodule {conf_path(self._module, 'module path')} "
-                      f"EXECUTE_TIMEOUT {SMARTREDIS_EXECUTE_TIMEOUT_MS}{limits}"]
-            if self.transport == "tcp" and not ipaddress.ip_address(self.bind).is_loopback:
-                lines += ["protected-mode no"]  # allowed with --smartredis-tcp, warned about
-        if self.mode == "cluster":
-            lines += ["cluster-enabled yes", 'cluster-config-file "nodes.conf"',
-                      "cluster-node-timeout 5000", f"masterauth {password}"]
-        return "\n".join(lines) + "\n"
+        return server_config(
+            server_dir, log, host, port, sock, check_password(password, self.password_file),
+            self.maxmemory, self.persistence, cluster=self.mode == "cluster",
+            smartredis_module=self._module if self.smartredis else None,
+            smartredis_limits=self.smartredis_limits,
+            # allowed with --smartredis-tcp, warned about
+            unprotected=self.transport == "tcp" and not ipaddress.ip_address(self.bind).is_loopback)
 
     def _private_module(self) -> Path:
         """A copy of the nkml_ai module in this node's private directory: redis-server loads
@@ -522,22 +433,19 @@ class Orchestrator:
                            socket_connect_timeout=timeout)
 
     def _wait_ready(self, server: Server, password: str) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if not pid_alive(server.pid):
-                raise OrchestratorError(self._startup_failure(server))
+        def answers() -> bool:
             try:
                 with self._connect(server, password) as conn:
-                    if conn.ping():
-                        return
-            except redis.BusyLoadingError:
-                pass
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise OrchestratorError(
-                    f"{server.address} did not answer within {self.start_timeout:g} s; see {server.log}")
-            time.sleep(0.05)
+                    return bool(conn.ping())
+            except redis.RedisError:  # not listening yet, or still loading its data
+                return False
+
+        def alive() -> None:
+            if not pid_alive(server.pid):
+                raise OrchestratorError(self._startup_failure(server))
+
+        wait_until(answers, self.start_timeout, server.address, interval=0.05, check=alive,
+                   see=f"see {server.log}")
 
     @staticmethod
     def _startup_failure(server: Server) -> str:
@@ -570,18 +478,15 @@ class Orchestrator:
                 conn.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
             for server in servers[1:]:
                 conns[0].execute_command("CLUSTER", "MEET", server.host, server.port)
-            deadline = time.monotonic() + self.start_timeout
-            while True:
+
+            def state_ok() -> bool:
                 infos = [conn.execute_command("CLUSTER", "INFO") for conn in conns]
                 infos = [i.decode() if isinstance(i, bytes) else i for i in infos]
-                if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(servers)}" in i
-                       for i in infos):
-                    return
-                if time.monotonic() > deadline:
-                    raise OrchestratorError(
-                        f"cluster of {len(servers)} nodes did not reach state ok within "
-                        f"{self.start_timeout:g} s; see the logs in {self.node_dir}")
-                time.sleep(0.1)
+                return all("cluster_state:ok" in i and f"cluster_known_nodes:{len(servers)}" in i
+                           for i in infos)
+
+            wait_until(state_ok, self.start_timeout, f"the cluster of {len(servers)} nodes",
+                       see=f"state ok not reached; see the logs in {self.node_dir}")
         finally:
             for conn in conns:
                 conn.close()

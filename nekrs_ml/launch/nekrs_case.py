@@ -1,11 +1,12 @@
-"""Checks of a NekRS case made before `nekrs-ml run --solver nekrs` starts anything: mistakes
-that NekRS itself reports late, or not at all."""
+"""What the launcher reads of a NekRS case: its run length, and the checks made before `nekrs-ml
+run --solver nekrs` starts anything (mistakes that NekRS itself reports late, or not at all)."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -24,6 +25,25 @@ def read_general(par: Path) -> Dict[str, str]:
             key, value = (part.strip() for part in line.split("=", 1))
             values[key.lower()] = value
     return values
+
+
+def nekrs_run_length(par: Path) -> Tuple[Optional[int], Optional[float]]:
+    """(last step, end time) of a NekRS case from its [GENERAL] section: numSteps, or endTime
+    (with a fixed dt also the step). A variable dt (targetCFL=...) leaves only the end time."""
+    values = {key: value.lower() for key, value in read_general(par).items()}
+
+    def number(key):
+        try:
+            return float(values[key])
+        except (KeyError, ValueError):
+            return None
+
+    steps, end_time, dt = number("numsteps"), number("endtime"), number("dt")
+    if values.get("stopat", "numsteps" if steps else "endtime") == "numsteps" and steps:
+        return int(steps), None
+    if end_time is not None and dt:
+        return math.ceil(end_time / dt - 1e-9), end_time
+    return None, end_time
 
 
 def check_end_condition(par: Path) -> None:

@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,9 @@ from .. import environment, keys, rundir
 from ..client import Client
 from ..errors import ConfigError, NekrsMLError
 from ..orchestrator import Orchestrator, node_name
-from ..processes import die_with_parent
+from ..waiting import wait_until
+from .serving import deploy_case_model, start_worker, wait_until_serving
+from .supervisor import Part
 
 POLL_INTERVAL = 0.5  # s between health checks of the server
 PLAN_FILE = "plan.json"
@@ -143,7 +144,7 @@ def run_node_agent(db_dir: Path) -> int:
     namespace = plan["namespace"]
     rundir.private_dir(Path(db_dir) / host)  # also on a host without a server: its ready file
     orchestrator: Optional[Orchestrator] = None
-    workers: List[subprocess.Popen] = []
+    workers: List[Part] = []
     summary_file(db_dir, host).unlink(missing_ok=True)
     try:
         if role["server"]:
@@ -204,60 +205,33 @@ def run_node_agent(db_dir: Path) -> int:
     finally:
         ready_file(db_dir, host).unlink(missing_ok=True)
         for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
         if orchestrator is not None:
             orchestrator.stop()
 
 
 def wait_for_cluster(db_dir: Path, stopping: List[int]) -> None:
-    deadline = time.monotonic() + WAIT_TIMEOUT
-    while not cluster_ready_file(db_dir).exists() and not stopping:
-        if time.monotonic() > deadline:
-            raise NekrsMLError(f"the cluster was not formed within {WAIT_TIMEOUT:g} s "
-                               f"({cluster_ready_file(db_dir)} missing)")
-        time.sleep(0.1)
+    """Returns once the launcher has formed the cluster, or the agent is asked to stop."""
+    wait_until(lambda: cluster_ready_file(db_dir).exists() or bool(stopping), WAIT_TIMEOUT,
+               "the cluster", see=f"{cluster_ready_file(db_dir)} missing")
 
 
 def serve_case(case: Path, db_dir: Path, namespace: str, host: str, role: Dict,
-               workers: List[subprocess.Popen]) -> None:
+               workers: List[Part]) -> None:
     """This host's part of an inferring case: the case's deployModel on this host's co-located
     server (role["deploy"]), then this host's model workers (role["workers"], their indices;
     killed by the kernel with the agent), each serving once its heartbeat is up. Appends to
     `workers` as they start, so that the caller stops those started before a failure."""
-    from ..serve.deploy import deploy
-    from ..serve.settings import DeploySettings
-
     env = {**os.environ, **Orchestrator.info(db_dir)["env"], environment.NAMESPACE: namespace}
     client = Client(**environment.connection_options(env))  # this host's server, or the cluster
     try:
         if role["deploy"]:
-            deployment = DeploySettings.from_par(case, namespace=namespace)
-            if deployment.model_file is not None:
-                version = deploy(client, namespace, deployment.model_name, deployment.model_file,
-                                 origin=f"deployModel:{deployment.model_file_text}")
-                print(f"nekrs-ml node {host}: deployed {deployment.model_file} as "
-                      f"{deployment.model_name!r} v{version}", flush=True)
+            deploy_case_model(client, case, namespace, f"nekrs-ml node {host}")
         run_dir = Path(db_dir).parent
         for index in role["workers"]:
-            with open(run_dir / f"worker{index}-{host}.log", "ab") as log:
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "nekrs_ml.cli", "serve", str(case), "--worker",
-                     str(index)], env=env, cwd=str(run_dir), stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent()))
-        deadline = time.monotonic() + WAIT_TIMEOUT
-        for index, worker in zip(role["workers"], workers):
-            while not client.exists(keys.worker_heartbeat(namespace, index)):
-                if worker.poll() is not None:
-                    raise NekrsMLError(f"model worker {index} exited with code {worker.returncode} "
-                                       f"before serving (see {run_dir}/worker{index}-{host}.log)")
-                if time.monotonic() > deadline:
-                    raise NekrsMLError(f"model worker {index} did not start within "
-                                       f"{WAIT_TIMEOUT:g} s")
-                time.sleep(0.1)
+            workers.append(start_worker(case, index, env, run_dir,
+                                        run_dir / f"worker{index}-{host}.log"))
+        wait_until_serving(client, namespace, dict(zip(role["workers"], workers)),
+                           WAIT_TIMEOUT)
     finally:
         client.close()

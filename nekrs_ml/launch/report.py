@@ -1,4 +1,6 @@
-"""The run report: report.json and PNG plots (loss vs time, predicted vs true wall shear stress)."""
+"""What goes into the run's report: the model's a-priori test on the held-out snapshots, the
+model's outcome, the flow statistics of the solver's summary, and the PNG plots (loss vs time,
+predicted vs true wall shear stress); run_report.py gathers them and writes report.json."""
 
 from __future__ import annotations
 

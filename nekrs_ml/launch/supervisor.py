@@ -1,8 +1,8 @@
 """Process supervision: each part (solver, trainer) runs in its own process group so that it and
 every rank under it can be stopped together, also when the launcher itself fails: the kernel
-sends each part SIGTERM when the launcher dies, and the launcher's watchdog (``guard_with``)
-stops every group still running when the launcher is gone. A second signal while the parts
-are stopping (``hurry``) cuts their grace period short."""
+sends each part SIGTERM when the launcher dies, and the launcher's watchdog (``Supervisor``'s
+guard) stops every group still running when the launcher is gone. A second signal while the
+parts are stopping (``Supervisor.hurry``) cuts their grace period short."""
 
 from __future__ import annotations
 
@@ -16,31 +16,25 @@ from ..processes import die_with_parent
 from ..rundir import open_log
 from .watchdog import Guard
 
-_guard: Optional[Guard] = None
-_hurried = False
 
+class Supervisor:
+    """What the parts of one run share: the watchdog that stops them should the launcher die
+    (None: nothing watches them), and whether their stop is hurried."""
 
-def guard_with(guard: Optional[Guard]) -> None:
-    """Every part started from now on is watched by ``guard`` (None: by nothing); a new run
-    starts unhurried."""
-    global _guard, _hurried
-    _guard, _hurried = guard, False
+    def __init__(self, guard: Optional[Guard] = None):
+        self.guard = guard
+        self.hurried = False
 
-
-def hurry() -> None:
-    """Stops waiting for the parts' clean exit: the next stop kills at once."""
-    global _hurried
-    _hurried = True
-
-
-def hurried() -> bool:
-    return _hurried
+    def hurry(self) -> None:
+        """Stops waiting for the parts' clean exit: the next stop kills at once."""
+        self.hurried = True
 
 
 class Part:
     """One supervised command (usually an mpiexec) with its log file."""
 
-    def __init__(self, name: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str):
+    def __init__(self, name: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str,
+                 supervisor: Optional[Supervisor] = None):
         self.name = name
         self.argv = argv
         self.env = env
@@ -51,14 +45,15 @@ class Part:
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent())
         self.started = time.monotonic()
-        self.guard = _guard
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.guard = self.supervisor.guard
         if self.guard is not None:
             self.guard.watch(self.process.pid)  # its own group: the pid is the pgid
 
     def restarted(self) -> "Part":
         """The same command started again (its log appended to); this one is swept first."""
         self.stop(grace=0.0)
-        return Part(self.name, self.argv, self.env, self.cwd, self.log_path)
+        return Part(self.name, self.argv, self.env, self.cwd, self.log_path, self.supervisor)
 
     @property
     def returncode(self) -> Optional[int]:
@@ -73,7 +68,7 @@ class Part:
         if self.running:
             self._signal(signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while self.running and time.monotonic() < deadline and not hurried():
+            while self.running and time.monotonic() < deadline and not self.supervisor.hurried:
                 time.sleep(0.05)
         # ranks may outlive a dead mpiexec: always sweep the group
         self._signal(signal.SIGKILL)

@@ -1,5 +1,9 @@
 """The online training loop of ``nekrs-ml train``.
 
+It is one file because its steps (waiting for data, epochs, the best state, publishing,
+checkpoints, status) all read and change the one Trainer's state; the data, model, checkpoints,
+outputs and the distributed set-up are modules of their own beside it.
+
 Each epoch every rank consumes the snapshots announced since the last epoch, the normalisation
 statistics are summed over the ranks, every rank takes ``stepsPerEpoch`` optimiser steps on
 mini-batches from its replay buffer (DistributedDataParallel averages the gradients), and the

@@ -8,7 +8,7 @@ from nekrs_ml import launch
 
 def test_a_log_gets_changes_and_rare_repeats(monkeypatch, capsys):
     clock = [1000.0]
-    monkeypatch.setattr(launch.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(launch.progress.time, "monotonic", lambda: clock[0])
     progress = launch.Progress(total_steps=40)
     progress.tty = False
     status = {"state": "waiting"}
