@@ -339,8 +339,8 @@ class Run:
     def deploy_model(self) -> None:
         """deployModel (relative to the .par) becomes the current version before the solver
         starts; workflow = infer needs a model from somewhere."""
-        from .. import registry
-        from ..serve.deploy import deploy
+        from ..models import registry
+        from ..models.deploy import deploy
         from ..serve.settings import DeploySettings
 
         settings = DeploySettings.from_par(self.par, namespace=self.ns, case=self.cfg)
@@ -358,7 +358,7 @@ class Run:
         """inferenceBackend = inprocess: the package of the current version's graph exists
         before the solver starts (compiled once per graph; a train+infer run without a deployed
         model gets its packages from the trainer)."""
-        from .. import aot, registry
+        from ..models import aot, registry
 
         name, device = self.settings.model_name, self.settings.inprocess_device
         if registry.latest_version(self.client, self.ns, name) is None:

@@ -229,7 +229,7 @@ def serve_case(case: Path, db_dir: Path, namespace: str, host: str, role: Dict,
     server (role["deploy"]), then this host's model workers (role["workers"], their indices;
     killed by the kernel with the agent), each serving once its heartbeat is up. Appends to
     `workers` as they start, so that the caller stops those started before a failure."""
-    from ..serve.deploy import deploy
+    from ..models.deploy import deploy
     from ..serve.settings import DeploySettings
 
     env = {**os.environ, **Orchestrator.info(db_dir)["env"], environment.NAMESPACE: namespace}
