@@ -40,7 +40,8 @@ def decode_request(message: bytes) -> Request:
         raise TensorFormatError(f"request of {len(view)} bytes is shorter than its envelope")
     magic, version, _, reply_len, model_len, _, timeout_ms, request_id = _REQUEST.unpack_from(view)
     if magic != REQUEST_MAGIC or version != ENVELOPE_VERSION:
-        raise TensorFormatError(f"not an inference request (magic {bytes(magic)!r}, version {version})")
+        raise TensorFormatError(f"not an inference request (magic {bytes(magic)!r}, "
+                                f"version {version})")
     end = ENVELOPE_BYTES + reply_len + model_len
     if len(view) < end:
         raise TensorFormatError("request truncated inside its reply key or model name")

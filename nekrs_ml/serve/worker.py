@@ -336,7 +336,7 @@ class ModelWorker:
             commands.append(("PEXPIRE", key, ttl))
         if self.sender is not None:
             self.sender.send(commands)
-        else:  # serve() is stopping: the requests received before the stop, on our connection
+        else:  # serve() is stopping: its last requests are answered on this connection
             self.client.pipeline(commands)
 
     # --- models -----------------------------------------------------------------------------
