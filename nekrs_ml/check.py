@@ -159,7 +159,8 @@ class Checker:
 
     # --- one device --------------------------------------------------------------------------
     def device(self, device: str, server) -> None:
-        from . import _core, aot, registry
+        from . import _core
+        from .models import aot, registry
         from .client import Client
         from .train.model import Exporter, build_mlp, deployable, program_bytes
         import torch

@@ -144,7 +144,7 @@ def model_export(ns: str, name: str, version: int) -> str:
 
 
 def model_weights(ns: str, name: str, version: int) -> str:
-    """The weights of a torch.export version for in-process inference (nekrs_ml.aot)."""
+    """The weights of a torch.export version for in-process inference (nekrs_ml.models.aot)."""
     return f"{ns}:{model_tag(name)}:v{int(version)}:weights"
 
 

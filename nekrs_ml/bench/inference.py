@@ -196,7 +196,7 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
         if key not in modules:
             from torch.export.passes import move_to_device_pass
 
-            from .. import aot
+            from ..models import aot
 
             program = aot.load_program(blob, f"model {model!r}")
             modules[key] = move_to_device_pass(program, torch.device(device)).module()
@@ -288,9 +288,10 @@ def _devices(text: str) -> List[str]:
 
 
 def run(args, log) -> List[Dict]:
-    from .. import Client, aot, keys
+    from .. import Client, keys
+    from ..models import aot
     from ..orchestrator import Orchestrator
-    from ..serve.deploy import deploy
+    from ..models.deploy import deploy
 
     rank_counts = [int(k) for k in args.ranks.split(",") if k]
     models = [m for m in args.models.split(",") if m]
@@ -400,7 +401,8 @@ def _median_of_rounds(results: List[Dict]) -> Dict:
 def _swap_record(client, ranks: Ranks, name: str, device: str, count: int) -> Dict:
     """The weight swap of rank 0's in-process backend, ``count`` times: each time a new version
     of the same graph (the current one published again) is published and taken."""
-    from .. import keys, registry
+    from .. import keys
+    from ..models import registry
 
     version = registry.latest_version(client, NAMESPACE, name)
     blob, meta = registry.load(client, NAMESPACE, name, version)

@@ -1,6 +1,7 @@
 """`nekrs-ml models`, `models export`, `deploy`, `rollback` and `compile`: the model registry of
-a run's database (nekrs_ml.registry), model files (nekrs_ml.model_file, nekrs_ml.serve.deploy)
-and the AOTInductor packages of in-process inference (nekrs_ml.aot)."""
+a run's database (nekrs_ml.models.registry), model files (nekrs_ml.models.model_file,
+nekrs_ml.models.deploy) and the AOTInductor packages of in-process inference
+(nekrs_ml.models.aot)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _models(parser: argparse.ArgumentParser):
     add_namespace_option(parser)
 
     def run(args) -> int:
-        from .. import aot, registry
+        from ..models import aot, registry
         from ..client import Client
 
         ns = environment.resolve_namespace(args.namespace)
@@ -57,7 +58,7 @@ def _models(parser: argparse.ArgumentParser):
 
 
 def _export(client, ns: str, name: str, version, path: str) -> int:
-    from ..model_file import export_version, metadata_path
+    from ..models.model_file import export_version, metadata_path
 
     meta = export_version(client, ns, name, version, path)
     print(json.dumps({"name": name, "version": meta["version"], "file": str(Path(path).absolute()),
@@ -82,7 +83,7 @@ def _deploy(parser: argparse.ArgumentParser):
 
     def run(args) -> int:
         from ..client import Client
-        from ..serve.deploy import deploy
+        from ..models.deploy import deploy
 
         with Client.from_env() as client:
             version = deploy(client, environment.resolve_namespace(args.namespace), args.name,
@@ -100,7 +101,7 @@ def _rollback(parser: argparse.ArgumentParser):
     add_namespace_option(parser)
 
     def run(args) -> int:
-        from .. import registry
+        from ..models import registry
         from ..client import Client
 
         with Client.from_env() as client:
@@ -124,7 +125,7 @@ def _compile(parser: argparse.ArgumentParser):
     def run(args) -> int:
         import signal
 
-        from .. import aot
+        from ..models import aot
         from ..client import Client
 
         def stop(signum, frame):  # a stopped compilation says so in the registry

@@ -10,8 +10,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import keys, registry
-from ..serve.worker import load_module
+from .. import keys
+from ..models import registry
+from ..serve.loading import load_module
 
 
 def held_out_snapshots(client, ns: str, ranks: int):

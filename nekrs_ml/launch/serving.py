@@ -23,7 +23,7 @@ def deploy_case_model(client: Client, par: Path, namespace: str, speaker: str,
     """The case's deployModel (relative to its .par), when it names one, becomes the current
     version of its model; `speaker` says so ("nekrs-ml run", "nekrs-ml node HOST"). Returns
     the case's DeploySettings."""
-    from ..serve.deploy import deploy
+    from ..models.deploy import deploy
     from ..serve.settings import DeploySettings
 
     settings = DeploySettings.from_par(par, namespace=namespace, case=case)

@@ -201,7 +201,7 @@ class Startup:
     def deploy_model(self) -> None:
         """deployModel (relative to the .par) becomes the current version before the solver
         starts; workflow = infer needs a model from somewhere."""
-        from .. import registry
+        from ..models import registry
 
         deployed = deploy_case_model(self.client, self.par, self.ns, "nekrs-ml run", case=self.cfg)
         name = deployed.model_name
@@ -215,7 +215,7 @@ class Startup:
         """inferenceBackend = inprocess: the package of the current version's graph exists
         before the solver starts (compiled once per graph; a train+infer run without a deployed
         model gets its packages from the trainer)."""
-        from .. import aot, registry
+        from ..models import aot, registry
 
         name, device = self.settings.model_name, self.settings.inprocess_device
         if registry.latest_version(self.client, self.ns, name) is None:

@@ -1,4 +1,6 @@
-"""Online inference next to the database: model workers (nekrs_ml.serve.worker, `nekrs-ml
-serve`) and model deployment (nekrs_ml.serve.deploy, `nekrs-ml deploy`, `nekrs-ml rollback`);
-their commands are in nekrs_ml.cli. The solver side is nekrs_ml.inference (Python) and
-nekrs_ml::InferenceClient (C++)."""
+"""Online inference next to the database: the model workers (`nekrs-ml serve`). worker holds
+the serving loop; loading turns a registry version into a model that evaluates batches;
+io_threads are the threads that pop requests, push replies and keep the heartbeat; envelope is
+the worker's side of the inference messages; allocator the process's allocator settings. The
+models come from the registry (nekrs_ml.models); the solver side is nekrs_ml::InferenceClient
+(C++; from Python, nekrs_ml.inference)."""

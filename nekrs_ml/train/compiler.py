@@ -1,7 +1,7 @@
 """AOTInductor packages compiled beside the training loop.
 
 When the run evaluates the model in the solver's process (``inferenceBackend = inprocess``),
-each new graph the trainer publishes needs its package (nekrs_ml.aot), which takes tens of
+each new graph the trainer publishes needs its package (nekrs_ml.models.aot), which takes tens of
 seconds to compile. A ``nekrs-ml compile`` process does it while the loop goes on training; new
 versions of a graph that already has its package need nothing (the solver swaps the weights).
 """

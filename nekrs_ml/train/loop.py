@@ -34,7 +34,8 @@ import torch.distributed as dist
 from mpi4py import MPI
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import aot, keys, registry, rundir
+from .. import keys, rundir
+from ..models import aot, registry
 from ..client import Client
 from ..errors import DiskFullError, NekrsMLError
 from . import checkpoints, outputs

@@ -1,5 +1,5 @@
 """What a training run leaves in its run directory besides the history: the final model version
-as a deployable file (nekrs_ml.model_file) and ``trainer.json``, the summary that names it.
+as a deployable file (nekrs_ml.models.model_file) and ``trainer.json``, the summary that names it.
 
 ``trainer.json``: state, reason, model_name, model_version, model_file (absolute path of
 ``<modelName>.pt``, or null when nothing was published or it could not be written),
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import model_file, rundir
+from .. import rundir
+from ..models import model_file
 from ..client import Client
 from ..errors import DiskFullError, NekrsMLError
 

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from .. import environment
 from ..config import load_par
-from ..registry import DEFAULT_KEEP_VERSIONS
+from ..models.registry import DEFAULT_KEEP_VERSIONS
 from .data import MAX_SKIPS_IN_A_ROW
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import _core, keys, registry
+from nekrs_ml import _core, keys
+from nekrs_ml.models import registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import ConfigError, ServerError
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from support.waiting import wait_for
 from support.workers import Worker, mlp, scripted, served_version
 

@@ -16,7 +16,7 @@ import torch
 import nekrs_ml
 from nekrs_ml import keys
 from nekrs_ml.client import Client
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from support.workers import Worker, mlp
 
 cffi = pytest.importorskip("cffi", reason="the C API tests drive libnekrsml through cffi")

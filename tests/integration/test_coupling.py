@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import _core, keys, registry
+from nekrs_ml import _core, keys
+from nekrs_ml.models import registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import NekrsMLError
 from support.workers import Worker, scripted

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import _core, keys, registry
+from nekrs_ml import _core, keys
+from nekrs_ml.models import registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import (
     ConfigError,
@@ -22,7 +23,7 @@ from nekrs_ml.errors import (
     WorkerUnavailableError,
 )
 from nekrs_ml.inference import InferenceClient
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from support.waiting import wait_for
 from support.workers import WORKER_DEVICE, Worker, mlp, scripted
 
@@ -244,7 +245,7 @@ def test_worker_keeps_freed_memory_unless_the_environment_says_otherwise():
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator thresholds are glibc's")
-    code = "from nekrs_ml.serve.worker import keep_freed_memory as k; print(k())"
+    code = "from nekrs_ml.serve.allocator import keep_freed_memory as k; print(k())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, cwd="/tmp", timeout=60)
@@ -278,7 +279,7 @@ def test_a_cpu_worker_batches_small_requests_and_answers_large_ones_pass_by_pass
 def test_exported_programs_run_traced_with_activations_in_place():
     import copy
 
-    from nekrs_ml.serve.worker import activations_in_place, as_torchscript
+    from nekrs_ml.serve.loading import activations_in_place, as_torchscript
 
     class Residual(torch.nn.Module):
         def __init__(self):
@@ -304,7 +305,7 @@ def test_exported_programs_run_traced_with_activations_in_place():
 
 
 def test_exported_control_flow_is_not_traced():
-    from nekrs_ml.serve.worker import as_torchscript
+    from nekrs_ml.serve.loading import as_torchscript
 
     class Branchy(torch.nn.Module):
         def forward(self, x):

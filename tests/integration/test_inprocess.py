@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import _core, aot, keys, registry
+from nekrs_ml import _core, keys
+from nekrs_ml.models import aot, registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import ConfigError, ModelError, PackageMissingError, TensorFormatError
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from nekrs_ml.train.model import Exporter, build_mlp, deployable, program_bytes
 from support.runs import TRAIN_INFER, finish, no_servers_left, report, start_run, write_case
 from support.workers import Worker, scripted

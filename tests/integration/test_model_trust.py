@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import _core, aot, registry
+from nekrs_ml import _core
+from nekrs_ml.models import aot, registry
 from nekrs_ml.client import Client
 from nekrs_ml.errors import ConfigError
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from nekrs_ml.train import checkpoints
 from support.workers import Worker
 

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import nekrs_ml
-from nekrs_ml import aot, environment, keys, registry
+from nekrs_ml import environment, keys
+from nekrs_ml.models import aot, registry
 from nekrs_ml.errors import KeyNotFoundError
 from nekrs_ml.orchestrator import Orchestrator
 
@@ -354,7 +355,7 @@ def test_convergence_is_judged_on_the_developed_flow(tcp_server, run_dir):
 # --- the trained model carried to other runs ------------------------------------------------
 def forward(blob: bytes, meta: dict, inputs: np.ndarray) -> np.ndarray:
     """Predictions of a registry version, evaluated as a model worker evaluates it."""
-    from nekrs_ml.serve.worker import load_module
+    from nekrs_ml.serve.loading import load_module
 
     module = load_module(blob, meta, torch.device("cpu"))
     with torch.inference_mode():
@@ -365,8 +366,8 @@ def check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, server
     """trainer.json names the final version's file; deploying it (here into another namespace,
     as an inference run's fresh database would) serves the same predictions; `models export`
     writes the same files from the live database."""
-    from nekrs_ml import model_file
-    from nekrs_ml.serve.deploy import deploy
+    from nekrs_ml.models import model_file
+    from nekrs_ml.models.deploy import deploy
 
     summary = json.loads(Path(run_dir, "trainer.json").read_text())
     version = status["model_version"]
@@ -411,9 +412,9 @@ def check_run_dir_holds_the_deployable_model(client, ns, run_dir, status, server
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_model_file_errors_name_the_file_and_the_fix(tcp_server, run_dir):
-    from nekrs_ml import model_file
+    from nekrs_ml.models import model_file
     from nekrs_ml.errors import ConfigError
-    from nekrs_ml.serve.deploy import deploy
+    from nekrs_ml.models.deploy import deploy
 
     client = nekrs_ml.Client(**tcp_server.client_args())
     ns = fresh_namespace()

@@ -38,7 +38,7 @@ import torch
 from nekrs_ml import _core, keys
 from nekrs_ml.client import Client
 from nekrs_ml.launch import report
-from nekrs_ml.serve.deploy import deploy
+from nekrs_ml.models.deploy import deploy
 from nekrs_ml.train.data import SnapshotReader
 from support.workers import Worker
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from nekrs_ml import model_file
+from nekrs_ml.models import model_file
 from nekrs_ml.errors import DiskFullError
 from nekrs_ml.orchestrator import Orchestrator
 from nekrs_ml.train import checkpoints

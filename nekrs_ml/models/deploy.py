@@ -3,11 +3,11 @@
 loaded and run once on a probe batch of realistic inputs before anything is stored, so a broken
 file (an exception, a wrong shape, NaN/Inf answers) never becomes the current version.
 
-A torch.export version is published with its weights for in-process inference (nekrs_ml.aot).
+A torch.export version is published with its weights for in-process inference (nekrs_ml.models.aot).
 A TorchScript file with a torch.export form beside it (an older `models export`) is deployed in
 that form; a TorchScript file alone is served by the model workers only.
 
-A file written by the trainer or by `nekrs-ml models export` (nekrs_ml.model_file) brings its
+A file written by the trainer or by `nekrs-ml models export` (nekrs_ml.models.model_file) brings its
 metadata (normalisation, epoch, validation loss, ...) along."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
-from .. import aot, model_file, registry
+from . import aot, model_file, registry
 from ..client import Client
 from ..errors import ConfigError
 

@@ -32,9 +32,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import keys, registry
-from .client import Client
-from .errors import ConfigError, KeyNotFoundError, NekrsMLError
+from .. import keys
+from ..client import Client
+from ..errors import ConfigError, KeyNotFoundError, NekrsMLError
+from . import registry
 
 WEIGHTS_MAGIC = b"NKMLW1\n"
 DEVICE_KINDS = ("cpu", "cuda")

@@ -1,6 +1,7 @@
 """The model registry: versioned model blobs (torch.export programs, or legacy TorchScript) with
 JSON metadata, stored in the run's database so the trainer can publish while the inference side
-loads. A torch.export version also carries its weights for in-process inference (nekrs_ml.aot).
+loads. A torch.export version also carries its weights for in-process inference
+(nekrs_ml.models.aot).
 
 Per model name: a version counter, one blob and one meta key per version, and a ``latest``
 pointer. ``publish`` writes the blob and the meta before it moves ``latest``, so a reader that
@@ -17,9 +18,9 @@ import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from . import keys
-from .client import Client
-from .errors import ConfigError, KeyNotFoundError, NekrsMLError, ServerError
+from .. import keys
+from ..client import Client
+from ..errors import ConfigError, KeyNotFoundError, NekrsMLError, ServerError
 
 DEFAULT_KEEP_VERSIONS = 10  # the default of keepVersions in config_schema.tsv
 
@@ -34,8 +35,8 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     one taken from another process's publish); the other servers get the same number and their
     counters are set to it. ``export_blob``, when given, is the same model as a saved
     ``torch.export`` program (legacy TorchScript versions); ``weights_blob`` the weights of a
-    torch.export version for in-process inference (nekrs_ml.aot.weights_blob). Versions beyond
-    the newest ``keep_versions`` are deleted (``prune``). Returns the version.
+    torch.export version for in-process inference (nekrs_ml.models.aot.weights_blob). Versions
+    beyond the newest ``keep_versions`` are deleted (``prune``). Returns the version.
     """
     check_name(name)
     if int(keep_versions) < 1:

@@ -5,7 +5,7 @@ a torch.export program for versions deployed in that form), ``NAME.json`` beside
 (the registry's: name, version, n_in, n_out, dtype, normalisation, epoch, val_loss, time, origin,
 ...), and ``NAME.pt2`` the torch.export form when the registry holds one. The trainer writes the
 final version into its run directory; ``nekrs-ml models export`` writes any version of a live
-database; ``nekrs-ml deploy`` and ``deployModel`` read them back (nekrs_ml.serve.deploy).
+database; ``nekrs-ml deploy`` and ``deployModel`` read them back (nekrs_ml.models.deploy).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from . import registry, rundir
-from .client import Client
-from .errors import ConfigError, DiskFullError
+from .. import rundir
+from ..client import Client
+from ..errors import ConfigError, DiskFullError
+from . import registry
 
 EXPORT_SUFFIX = ".pt2"
 
