@@ -7,6 +7,8 @@ share ``{m:<name>}``.
 
 from __future__ import annotations
 
+from . import protocol
+
 
 def rank_tag(rank: int) -> str:
     return f"{{r{int(rank)}}}"
@@ -92,7 +94,8 @@ def flow_stats(ns: str) -> str:
     return f"{ns}:solver:stats"
 
 
-FLOW_STATS_RETAINED = 1000  # records the solver keeps when nobody drains the list
+#: records the solver keeps when nobody drains the list (protocol.tsv)
+FLOW_STATS_RETAINED = protocol.KEY["flow_stats_retained"]
 
 
 def holdout_inputs(ns: str, rank: int) -> str:

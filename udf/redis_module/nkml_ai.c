@@ -24,8 +24,11 @@
  * 1 GiB). */
 #include "redis_module_api.h"
 
+#include "nekrs_ml/protocol.h"
+
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +36,9 @@
 #define MODULE_NAME "nkml_ai"
 #define MODULE_VERSION 1
 
-/* --- tensors: nekrs_ml's format ------------------------------------------------------------ */
-#define TENSOR_HEADER 8
-#define TENSOR_MAX_RANK 8
+/* --- tensors: nekrs_ml's format (nekrs_ml/protocol.tsv) ---------------------------------- */
+#define TENSOR_HEADER NKML_TENSOR_FIXED_HEADER_BYTES
+#define TENSOR_MAX_RANK NKML_TENSOR_MAX_RANK
 
 typedef struct {
     const char *name; /* as RedisAI spells it */
@@ -45,11 +48,13 @@ typedef struct {
     int is_signed;
 } DType;
 
-static const DType DTYPES[] = {
-    {"FLOAT", 1, 4, 1, 1},  {"DOUBLE", 2, 8, 1, 1}, {"INT8", 3, 1, 0, 1},
-    {"INT16", 4, 2, 0, 1},  {"INT32", 5, 4, 0, 1},  {"INT64", 6, 8, 0, 1},
-    {"UINT8", 7, 1, 0, 0},  {"UINT16", 8, 2, 0, 0},
-};
+/* A C type's class, from the table's C type column. */
+#define CTYPE_IS_FLOAT(ctype) ((ctype)0.5 != 0)
+#define CTYPE_IS_SIGNED(ctype) ((ctype)-1 < 0)
+#define DTYPE_ENTRY(name, code, size, redisai, ctype) \
+    {#redisai, code, size, CTYPE_IS_FLOAT(ctype), CTYPE_IS_SIGNED(ctype)},
+static const DType DTYPES[] = {NKML_DTYPES(DTYPE_ENTRY)};
+#undef DTYPE_ENTRY
 #define N_DTYPES (sizeof(DTYPES) / sizeof(DTYPES[0]))
 
 static const DType *dtype_by_name(const char *s, size_t len) {
@@ -96,8 +101,8 @@ typedef struct {
 
 /* NULL when `value` is a whole, valid tensor; else why not. */
 static const char *tensor_parse(const char *value, size_t len, TensorView *t) {
-    if (len < TENSOR_HEADER || memcmp(value, "NKML", 4) != 0) return "not a nekrs_ml tensor";
-    if (value[4] != 1) return "tensor format version is not 1";
+    if (len < TENSOR_HEADER || memcmp(value, NKML_TENSOR_MAGIC, 4) != 0) return "not a nekrs_ml tensor";
+    if (value[4] != NKML_TENSOR_FORMAT_VERSION) return "tensor format version is not 1";
     t->dtype = dtype_by_code((unsigned char)value[5]);
     if (!t->dtype) return "unknown tensor dtype code";
     t->rank = (unsigned char)value[6];
@@ -915,20 +920,20 @@ static int cmd_tensorset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
             else RedisModule_StringToLongLong(arg, &lv);
             char *p = data + i * dtype->itemsize;
             switch (dtype->code) {
-            case 1: { float f = (float)dv; memcpy(p, &f, 4); break; }
-            case 2: memcpy(p, &dv, 8); break;
-            case 3: { int8_t x = (int8_t)lv; memcpy(p, &x, 1); break; }
-            case 4: { int16_t x = (int16_t)lv; memcpy(p, &x, 2); break; }
-            case 5: { int32_t x = (int32_t)lv; memcpy(p, &x, 4); break; }
-            case 6: memcpy(p, &lv, 8); break;
-            case 7: { uint8_t x = (uint8_t)lv; memcpy(p, &x, 1); break; }
-            case 8: { uint16_t x = (uint16_t)lv; memcpy(p, &x, 2); break; }
+#define STORE_VALUE(name, code, size, redisai, ctype)                                  \
+            case code: {                                                               \
+                ctype x = CTYPE_IS_FLOAT(ctype) ? (ctype)dv : (ctype)lv;               \
+                memcpy(p, &x, size);                                                   \
+                break;                                                                 \
+            }
+            NKML_DTYPES(STORE_VALUE)
+#undef STORE_VALUE
             }
         }
     }
     char head[TENSOR_HEADER + 8 * TENSOR_MAX_RANK];
-    memcpy(head, "NKML", 4);
-    head[4] = 1;
+    memcpy(head, NKML_TENSOR_MAGIC, 4);
+    head[4] = NKML_TENSOR_FORMAT_VERSION;
     head[5] = (char)dtype->code;
     head[6] = (char)rank;
     head[7] = 0;
@@ -948,14 +953,16 @@ static void reply_values(RedisModuleCtx *ctx, const TensorView *t) {
     for (size_t i = 0; i < count; i++) {
         const char *p = t->data + i * t->dtype->itemsize;
         switch (t->dtype->code) {
-        case 1: { float f; memcpy(&f, p, 4); RedisModule_ReplyWithDouble(ctx, f); break; }
-        case 2: { double d; memcpy(&d, p, 8); RedisModule_ReplyWithDouble(ctx, d); break; }
-        case 3: { int8_t x; memcpy(&x, p, 1); RedisModule_ReplyWithLongLong(ctx, x); break; }
-        case 4: { int16_t x; memcpy(&x, p, 2); RedisModule_ReplyWithLongLong(ctx, x); break; }
-        case 5: { int32_t x; memcpy(&x, p, 4); RedisModule_ReplyWithLongLong(ctx, x); break; }
-        case 6: { int64_t x; memcpy(&x, p, 8); RedisModule_ReplyWithLongLong(ctx, x); break; }
-        case 7: { uint8_t x; memcpy(&x, p, 1); RedisModule_ReplyWithLongLong(ctx, x); break; }
-        case 8: { uint16_t x; memcpy(&x, p, 2); RedisModule_ReplyWithLongLong(ctx, x); break; }
+#define REPLY_VALUE(name, code, size, redisai, ctype)                                      \
+        case code: {                                                                       \
+            ctype x;                                                                       \
+            memcpy(&x, p, size);                                                           \
+            if (CTYPE_IS_FLOAT(ctype)) RedisModule_ReplyWithDouble(ctx, (double)x);        \
+            else RedisModule_ReplyWithLongLong(ctx, (long long)x);                         \
+            break;                                                                         \
+        }
+        NKML_DTYPES(REPLY_VALUE)
+#undef REPLY_VALUE
         }
     }
 }

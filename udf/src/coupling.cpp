@@ -1,6 +1,8 @@
 // The per-step policy of a coupled solver (coupling.hpp).
 #include "nekrs_ml/coupling.hpp"
 
+#include "env.hpp"
+
 #include "nekrs_ml/inprocess.hpp"
 
 #include "nekrs_ml/keys.hpp"
@@ -61,22 +63,6 @@ bool all_finite(const double* values, std::size_t count) {
   return true;
 }
 
-// Reichardt's wall shear stress at the tangential sample velocity, along that velocity.
-void wall_law_stress(const double* inputs, std::size_t n, double h, double nu, double* tau) {
-  for (std::size_t i = 0; i < n; ++i) {
-    const double u1 = inputs[kInputs * i], u2 = inputs[kInputs * i + 1];
-    const double speed = std::hypot(u1, u2);
-    double t1 = 0.0, t2 = 0.0;
-    if (speed > 0.0 && std::isfinite(speed)) {
-      const double magnitude = reichardt_wall_shear_stress(speed, h, nu);
-      t1 = magnitude * u1 / speed;
-      t2 = magnitude * u2 / speed;
-    }
-    tau[kTargets * i] = t1;
-    tau[kTargets * i + 1] = t2;
-  }
-}
-
 } // namespace
 
 const char* failure_name(InferenceFailure cause) {
@@ -106,8 +92,8 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.training = workflow == "train" || workflow == "train+infer";
   options.inferring = workflow == "infer" || workflow == "train+infer";
   options.infer_only = workflow == "infer";
-  const char* ns = std::getenv("NEKRS_ML_NAMESPACE");
-  options.ns = (ns && *ns) ? ns : config.get_string(section, "namespace");
+  const std::string ns = namespace_from_env();
+  options.ns = !ns.empty() ? ns : config.get_string(section, "namespace");
   options.sample_interval = static_cast<int>(config.get_int(section, "sampleInterval"));
   options.sample_start = static_cast<long>(config.get_int(section, "sampleStart"));
   options.sample_start_time = config.get_double(section, "sampleStartTime");

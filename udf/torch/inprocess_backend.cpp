@@ -199,7 +199,7 @@ struct LoadedModel {
 class TorchInprocessBackend {
 public:
   explicit TorchInprocessBackend(const nkml_inprocess_options& options)
-      : ns_(options.ns ? options.ns : "nkml"), fetch_(options.fetch),
+      : ns_(options.ns ? options.ns : NKML_KEY_DEFAULT_NAMESPACE), fetch_(options.fetch),
         fetch_context_(options.fetch_context), log_(options.log), log_context_(options.log_context),
         threads_(options.threads), reload_interval_s_(options.reload_interval_s),
         device_(parse_device(options.device ? options.device : "cpu")) {

@@ -120,7 +120,7 @@ const char* failure_name(InferenceFailure cause);
 struct CouplingOptions {
   enum class OnError { fallback, abort };
 
-  std::string ns = "nkml";
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
   bool training = false, inferring = false;
   bool infer_only = false; // workflow = infer: a model must exist from the start
   int sample_interval = 10;
