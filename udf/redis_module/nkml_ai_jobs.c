@@ -1,6 +1,7 @@
 /* nkml_ai: execution jobs and blocked clients: a caller of AI.MODELEXECUTE / AI.SCRIPTEXECUTE blocks
  * until a nekrs_ml model worker (NKML.AI.TAKE) answers its job (NKML.AI.DONE), its time runs
- * out, or the worker disconnects. */
+ * out, or the worker disconnects. Callers and workers are one file: a job links a caller's
+ * blocked client to the worker that took it, and each side's callbacks end the other's. */
 #include "nkml_ai.h"
 
 /* --- jobs -------------------------------------------------------------------------------------- */
