@@ -1,4 +1,5 @@
-// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py).
+// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py; tests/test_contract_parity.py
+// checks that both write the same keys, through nekrs_ml._core.keys).
 #pragma once
 
 #include "nekrs_ml/protocol.h"
