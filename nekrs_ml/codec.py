@@ -12,24 +12,16 @@ from typing import Tuple
 
 import numpy as np
 
+from . import protocol
 from .errors import TensorFormatError
 
-MAGIC = b"NKML"
-FORMAT_VERSION = 1
-MAX_RANK = 8
-FIXED_HEADER_BYTES = 8
+MAGIC = protocol.TENSOR["magic"].encode("ascii")
+FORMAT_VERSION = protocol.TENSOR["format_version"]
+MAX_RANK = protocol.TENSOR["max_rank"]
+FIXED_HEADER_BYTES = protocol.TENSOR["fixed_header_bytes"]
 
-#: dtype code on the wire -> numpy dtype (little-endian)
-DTYPE_BY_CODE = {
-    1: np.dtype("<f4"),
-    2: np.dtype("<f8"),
-    3: np.dtype("i1"),
-    4: np.dtype("<i2"),
-    5: np.dtype("<i4"),
-    6: np.dtype("<i8"),
-    7: np.dtype("u1"),
-    8: np.dtype("<u2"),
-}
+#: dtype code on the wire -> numpy dtype (little-endian); the codes are those of protocol.tsv
+DTYPE_BY_CODE = {dt.code: np.dtype(dt.name).newbyteorder("<") for dt in protocol.DTYPES}
 CODE_BY_NAME = {dt.name: code for code, dt in DTYPE_BY_CODE.items()}
 # dtype objects compare (and hash) by what they describe: "<f4" and "=f4" are one key here on a
 # little-endian host, ">f4" is not. The lookup skips np.dtype() and .name (several µs per call).

@@ -8,17 +8,19 @@ import socket
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from . import protocol
 from .errors import ConfigError
 
-MODE = "NEKRS_ML_MODE"  # single | colocated | cluster
-ADDRESSES = "NEKRS_ML_ADDRESSES"  # comma-separated host:port or unix:PATH
-PASSWORD_FILE = "NEKRS_ML_PASSWORD_FILE"  # file holding the password
-RUN_DIR = "NEKRS_ML_RUN_DIR"  # the orchestrator's run directory
-NAMESPACE = "NEKRS_ML_NAMESPACE"  # key prefix of this run (docs/protocol.md)
-TIMEOUT = "NEKRS_ML_TIMEOUT"  # per-call timeout of the clients, seconds
+# The names come from protocol.tsv, which the C++ client (udf/src/env.cpp) reads too.
+MODE = protocol.ENV["mode"]  # single | colocated | cluster
+ADDRESSES = protocol.ENV["addresses"]  # comma-separated host:port or unix:PATH
+PASSWORD_FILE = protocol.ENV["password_file"]  # file holding the password
+RUN_DIR = protocol.ENV["run_dir"]  # the orchestrator's run directory
+NAMESPACE = protocol.ENV["namespace"]  # key prefix of this run (docs/protocol.md)
+TIMEOUT = protocol.ENV["timeout"]  # per-call timeout of the clients, seconds
 
 MODES = ("single", "colocated", "cluster")
-DEFAULT_NAMESPACE = "nkml"
+DEFAULT_NAMESPACE = protocol.KEY["default_namespace"]
 
 
 def resolve_namespace(option: Optional[str] = None, par_value: Optional[str] = None,

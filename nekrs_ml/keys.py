@@ -1,4 +1,5 @@
-"""The key schema of docs/protocol.md (mirrored by udf/include/nekrs_ml/keys.hpp).
+"""The key schema of docs/protocol.md (mirrored by udf/include/nekrs_ml/keys.hpp, which
+tests/test_contract_parity.py holds to the same keys; the constants come from protocol.tsv).
 
 Every key starts with the run namespace. The part in braces is the Redis Cluster hash tag: all
 keys of one solver rank share ``{r<rank>}`` and so live on one shard; the keys of one model
@@ -6,6 +7,8 @@ share ``{m:<name>}``.
 """
 
 from __future__ import annotations
+
+from . import protocol
 
 
 def rank_tag(rank: int) -> str:
@@ -92,7 +95,8 @@ def flow_stats(ns: str) -> str:
     return f"{ns}:solver:stats"
 
 
-FLOW_STATS_RETAINED = 1000  # records the solver keeps when nobody drains the list
+#: records the solver keeps when nobody drains the list (protocol.tsv)
+FLOW_STATS_RETAINED = protocol.KEY["flow_stats_retained"]
 
 
 def holdout_inputs(ns: str, rank: int) -> str:

@@ -273,6 +273,7 @@ void bind_workflow(py::module_& m);    // workflow.cpp: config, wall physics, tr
 void bind_inference(py::module_& m);   // inference.cpp: InferenceClient
 void bind_wall_points(py::module_& m); // wall_points.cpp: wall-point bookkeeping of the adapter
 void bind_coupling(py::module_& m);    // coupling.cpp: the coupling driver, the stand-in's wall
+void bind_keys(py::module_& m);        // keys.cpp: the key schema and the protocol constants
 void bind_messages(py::class_<PyClient>& client); // messages.cpp: pipelines and list messages
 
 PYBIND11_MODULE(_core, m) {
@@ -380,4 +381,5 @@ PYBIND11_MODULE(_core, m) {
   bind_inference(m);
   bind_wall_points(m);
   bind_coupling(m);
+  bind_keys(m);
 }

@@ -150,7 +150,7 @@ void bind_inference(py::module_& m) {
                           "The model evaluated in this process from its AOTInductor package "
                           "(libnekrsml_torch), following the registry's current version")
       .def(py::init(&make_inprocess), py::keep_alive<1, 2>(), py::arg("client"),
-           py::arg("namespace") = "nkml", py::arg("device") = "cpu", py::arg("threads") = 1,
+           py::arg("namespace") = NKML_KEY_DEFAULT_NAMESPACE, py::arg("device") = "cpu", py::arg("threads") = 1,
            py::arg("reload_interval") = 0.25, py::arg("library") = "")
       .def("run", &PyInprocess::run, py::arg("model"), py::arg("inputs"), py::arg("out"),
            "Predicts `out` from `inputs` [points, features]; returns {'version', 'seconds', 'shape'}")
@@ -174,7 +174,7 @@ void bind_inference(py::module_& m) {
                           "A solver rank's inference calls: request to its model worker, reply "
                           "into the caller's array (docs/protocol.md)")
       .def(py::init(&make_inference), py::keep_alive<1, 2>(), py::arg("client"),
-           py::arg("namespace") = "nkml", py::arg("rank") = 0, py::arg("workers") = 1,
+           py::arg("namespace") = NKML_KEY_DEFAULT_NAMESPACE, py::arg("rank") = 0, py::arg("workers") = 1,
            py::arg("timeout") = 10.0, py::arg("heartbeat_check") = 1.0)
       .def("run", &PyInference::run, py::arg("model"), py::arg("inputs"), py::arg("out"),
            "Predicts `out` from `inputs` [points, features] with the current version of "

@@ -251,7 +251,7 @@ void bind_workflow(py::module_& m) {
                        "A solver rank's training stream: stores snapshots and announces them, "
                        "keeping at most max_snapshots (docs/protocol.md)")
       .def(py::init(&make_stream), py::keep_alive<1, 2>(), py::arg("client"),
-           py::arg("namespace") = "nkml", py::arg("rank") = 0, py::arg("sample_interval") = 10,
+           py::arg("namespace") = NKML_KEY_DEFAULT_NAMESPACE, py::arg("rank") = 0, py::arg("sample_interval") = 10,
            py::arg("max_snapshots") = 20, py::arg("when_full") = "drop",
            py::arg("wait_timeout") = 60.0, py::arg("poll_interval") = 0.005)
       .def("due", [](const PyStream& self, long step) { return self.stream().due(step); },

@@ -1,5 +1,5 @@
 /* The part of the Redis module API (https://redis.io/docs/latest/develop/reference/modules/)
- * that nkml_ai.c uses, declared from its documentation. A module receives every function by
+ * that nkml_ai uses, declared from its documentation. A module receives every function by
  * name through the getter the server stores as the first field of the load context. */
 #ifndef NKML_REDIS_MODULE_API_H
 #define NKML_REDIS_MODULE_API_H
@@ -95,20 +95,11 @@ typedef void (*RedisModuleEventCallback)(RedisModuleCtx *ctx, RedisModuleEvent e
     X(long long, Milliseconds, (void))                                                           \
     X(uint64_t, MonotonicMicroseconds, (void))
 
-#define NKML_DECLARE(ret, name, params) static ret(*RedisModule_##name) params;
+#define NKML_DECLARE(ret, name, params) extern ret(*RedisModule_##name) params;
 NKML_REDIS_MODULE_FUNCTIONS(NKML_DECLARE)
 #undef NKML_DECLARE
 
-/* Fetches every function above; fails when the server lacks one (Redis < 7.0). */
-static int nkml_module_init(RedisModuleCtx *ctx, const char *name, int version) {
-    int (*get_api)(const char *, void *) = (int (*)(const char *, void *))((void **)ctx)[0];
-#define NKML_FETCH(ret, fn, params)                                                             \
-    if (get_api("RedisModule_" #fn, (void *)&RedisModule_##fn) != REDISMODULE_OK) return REDISMODULE_ERR;
-    NKML_REDIS_MODULE_FUNCTIONS(NKML_FETCH)
-#undef NKML_FETCH
-    if (RedisModule_IsModuleNameBusy(name)) return REDISMODULE_ERR;
-    RedisModule_SetModuleAttribs(ctx, name, version, REDISMODULE_APIVER_1);
-    return REDISMODULE_OK;
-}
+/* Fetches every function above (nkml_ai.c); fails when the server lacks one (Redis < 7.0). */
+int nkml_module_init(RedisModuleCtx *ctx, const char *name, int version);
 
 #endif

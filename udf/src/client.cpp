@@ -1,258 +1,22 @@
-// nekrs_ml::Client: routing (single server or Redis Cluster), redirects, retries, and the
-// public operations. Socket work lives in connection.cpp and tensor_io.cpp.
+// nekrs_ml::Client: the public operations (tensors, messages, pipelines, keys, strings,
+// counters, lists). The routing (one connection per server, Redis Cluster redirects, retries) is
+// Client::Impl in client_routing.cpp; socket work lives in connection.cpp and tensor_io.cpp.
 #include "nekrs_ml/client.hpp"
 
-#include "connection.hpp"
-#include "slots.hpp"
+#include "client_routing.hpp"
 #include "tensor_io.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <deque>
 #include <exception>
-#include <map>
 #include <optional>
-#include <charconv>
 #include <thread>
 
 namespace nekrs_ml {
 
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-constexpr int kMaxRedirects = 5;
-constexpr auto kRetryPause = std::chrono::milliseconds(20);
-
-Clock::duration seconds(double value) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(value));
-}
-
-bool starts_with(const std::string& text, const char* prefix) { return text.rfind(prefix, 0) == 0; }
-
-struct Redirect {
-  enum Kind { none, moved, ask } kind = none;
-  unsigned slot = 0;
-  std::string address;
-};
-
-// "MOVED 3999 127.0.0.1:6381" or "ASK ...". IPv6 hosts come without brackets; an empty host
-// means the host of the node that replied.
-Redirect parse_redirect(const std::string& error, const Address& replied_from) {
-  const auto first_space = error.find(' ');
-  const auto second_space = error.find(' ', first_space + 1);
-  if (first_space == std::string::npos || second_space == std::string::npos) return {};
-  const std::string kind = error.substr(0, first_space);
-  std::string endpoint = error.substr(second_space + 1);
-  endpoint.erase(std::min(endpoint.find(' '), endpoint.size()));
-  long slot = -1;
-  const char* slot_end = error.data() + second_space;
-  if (std::from_chars(error.data() + first_space + 1, slot_end, slot).ptr != slot_end) return {};
-  const auto colon = endpoint.rfind(':');
-  if ((kind != "MOVED" && kind != "ASK") || slot < 0 || slot >= static_cast<long>(kSlotCount) ||
-      colon == std::string::npos) {
-    return {};
-  }
-  std::string host = endpoint.substr(0, colon);
-  if (host.empty()) host = replied_from.host;
-  return {kind == "MOVED" ? Redirect::moved : Redirect::ask, static_cast<unsigned>(slot),
-          format_tcp_address(host, std::atoi(endpoint.c_str() + colon + 1))};
-}
-
-// The cluster is reconfiguring or the server is loading its data: worth trying again shortly.
-bool is_transient(const std::string& error) {
-  return starts_with(error, "TRYAGAIN") || starts_with(error, "CLUSTERDOWN") ||
-         starts_with(error, "LOADING");
-}
-
-std::exception_ptr reply_error(const Op& op, const std::string& address, const std::string& error,
-                               bool cluster) {
-  if (starts_with(error, "NOAUTH")) {
-    return std::make_exception_ptr(
-        AuthenticationError(op.prefix() + "server at " + address +
-                            " requires a password; pass password= or set NEKRS_ML_PASSWORD_FILE"));
-  }
-  std::string hint;
-  if (starts_with(error, "MOVED ") || starts_with(error, "ASK ")) {
-    hint = cluster ? " (still redirected after " + std::to_string(kMaxRedirects) + " redirects)"
-                   : " (the server is a cluster node: connect in cluster mode)";
-  }
-  return std::make_exception_ptr(
-      ServerError(op.prefix() + "server error: " + error + " (server " + address + ")" + hint));
-}
-
-std::optional<std::string> error_of(const redisReply& reply) {
-  if (reply.type != REDIS_REPLY_ERROR) return std::nullopt;
-  return std::string(reply.str, reply.len);
-}
-
-std::string text_of(const redisReply& reply) { return std::string(reply.str, reply.len); }
-
-[[noreturn]] void unexpected_reply(const Op& op, const char* expected) {
-  throw ServerError(op.prefix() + "unexpected reply from the server (expected " + expected + ")");
-}
-
-long long integer_of(const Reply& reply, const Op& op) {
-  if (reply->type != REDIS_REPLY_INTEGER) unexpected_reply(op, "an integer");
-  return reply->integer;
-}
-
-void check_seconds(const char* what, double value) {
-  // The socket timeouts are microseconds in a 64-bit count: far beyond any useful wait.
-  constexpr double kMaxSeconds = 1e6;
-  if (!(value > 0) || !std::isfinite(value) || value > kMaxSeconds) {
-    throw ConfigError(std::string(what) + " must be a positive number of seconds of at most " +
-                      "1e6 (about 11.6 days), got " + std::to_string(value));
-  }
-}
-
-void validate(const ClientOptions& options) {
-  if (options.addresses.empty()) {
-    throw ConfigError("no server address given; pass the addresses printed by `nekrs-ml db start`");
-  }
-  for (const std::string& address : options.addresses) parse_address(address);
-  check_seconds("timeout", options.timeout_s);
-  check_seconds("connect_timeout", options.connect_timeout_s);
-}
-
-} // namespace
-
-struct Client::Impl {
-  explicit Impl(const ClientOptions& client_options);
-
-  Connection& connection(const std::string& address);
-  Connection& node_for(std::string_view key);
-  void load_slots(const Op& op);
-  void follow_moved(const Redirect& redirect, const Op& op);
-  void send_asking(Connection& connection, const Op& op);
-  bool is_retryable(const std::string& error, const Connection& connection) const;
-
-  // Runs attempt(connection) on the node serving op.key, following MOVED/ASK redirects and
-  // retrying transient errors until the timeout. `attempt` returns the text of an error reply,
-  // or nothing on success.
-  template <typename Attempt> void route(const Op& op, Attempt attempt);
-  Reply run(const Op& op, const std::vector<std::string>& argv);
-
-  ClientOptions options;
-  std::map<std::string, std::unique_ptr<Connection>> connections;
-  SlotMap slots;
-};
-
-Client::Impl::Impl(const ClientOptions& client_options) : options(client_options) {
-  validate(options);
-  // Connect now, so that a wrong address or password shows up where the client is made.
-  if (options.cluster) {
-    load_slots(Op{});
-  } else {
-    connection(options.addresses.front()).connect(Op{});
-  }
-}
-
-Connection& Client::Impl::connection(const std::string& address) {
-  auto found = connections.find(address);
-  if (found == connections.end()) {
-    found = connections.emplace(address, std::make_unique<Connection>(address, options)).first;
-  }
-  return *found->second;
-}
-
-Connection& Client::Impl::node_for(std::string_view key) {
-  if (!options.cluster) return connection(options.addresses.front());
-  const std::string& owner = slots.owner(slot_of(key));
-  // A slot nobody claims yet: any node answers with a redirect or CLUSTERDOWN.
-  return connection(owner.empty() ? options.addresses.front() : owner);
-}
-
-void Client::Impl::load_slots(const Op& op) {
-  std::vector<std::string> candidates = options.addresses;
-  for (const auto& entry : connections) {
-    if (std::find(candidates.begin(), candidates.end(), entry.first) == candidates.end()) {
-      candidates.push_back(entry.first);
-    }
-  }
-  std::exception_ptr failure;
-  for (const std::string& address : candidates) {
-    try {
-      Connection& node = connection(address);
-      const Reply reply = node.command({"CLUSTER", "SLOTS"}, op);
-      if (const auto error = error_of(*reply)) {
-        failure = reply_error(op, address, *error, true);
-        continue;
-      }
-      const Address& parsed = node.parsed_address();
-      if (slots.load(*reply, parsed.is_unix ? "127.0.0.1" : parsed.host)) return;
-      failure = std::make_exception_ptr(
-          ServerError(op.prefix() + "malformed CLUSTER SLOTS reply from " + address));
-    } catch (const AuthenticationError&) {
-      throw; // every node has the same password: asking another one will not help
-    } catch (const Error&) {
-      failure = std::current_exception();
-    }
-  }
-  std::rethrow_exception(failure);
-}
-
-void Client::Impl::follow_moved(const Redirect& redirect, const Op& op) {
-  try {
-    load_slots(op);
-  } catch (const Error&) {
-    // The redirect alone says where this slot lives; the next MOVED refreshes the rest.
-  }
-  slots.assign(redirect.slot, redirect.address);
-}
-
-void Client::Impl::send_asking(Connection& node, const Op& op) {
-  const Reply reply = node.command({"ASKING"}, op);
-  if (const auto error = error_of(*reply)) {
-    std::rethrow_exception(reply_error(op, node.address(), *error, true));
-  }
-}
-
-bool Client::Impl::is_retryable(const std::string& error, const Connection& node) const {
-  return is_transient(error) ||
-         (options.cluster && parse_redirect(error, node.parsed_address()).kind != Redirect::none);
-}
-
-template <typename Attempt> void Client::Impl::route(const Op& op, Attempt attempt) {
-  const Clock::time_point deadline = Clock::now() + seconds(options.timeout_s);
-  std::string ask_target; // after ASK: the next attempt goes there, once, preceded by ASKING
-  int redirects = 0;
-  for (;;) {
-    Connection& node = ask_target.empty() ? node_for(op.key) : connection(ask_target);
-    if (!ask_target.empty()) send_asking(node, op);
-    ask_target.clear();
-
-    const std::optional<std::string> error = attempt(node);
-    if (!error) return;
-    const Redirect redirect =
-        options.cluster ? parse_redirect(*error, node.parsed_address()) : Redirect{};
-    if (redirect.kind != Redirect::none && redirects < kMaxRedirects) {
-      ++redirects;
-      if (redirect.kind == Redirect::moved) {
-        follow_moved(redirect, op);
-      } else {
-        ask_target = redirect.address;
-      }
-      continue;
-    }
-    if (is_transient(*error) && Clock::now() < deadline) {
-      std::this_thread::sleep_for(kRetryPause);
-      continue;
-    }
-    std::rethrow_exception(reply_error(op, node.address(), *error, options.cluster));
-  }
-}
-
-Reply Client::Impl::run(const Op& op, const std::vector<std::string>& argv) {
-  Reply reply;
-  route(op, [&](Connection& node) {
-    reply = node.command(argv, op);
-    return error_of(*reply);
-  });
-  return reply;
-}
+using namespace routing;
 
 // --- construction ------------------------------------------------------------------------------
 
@@ -523,7 +287,11 @@ Command Command::of(const std::string& key, const std::vector<std::string_view>&
 namespace {
 
 // The RESP framing of commands, pointing at the arguments' pieces; the framing strings live
-// in a deque so that the iovecs pointing at them stay valid while more are added.
+// in a deque so that the iovecs pointing at them stay valid while more are added. Framed here,
+// not with redisFormatCommandArgv: an argument may be several pieces (a message's prelude, a
+// tensor header, the caller's array) that go out in one sendmsg without being copied into one
+// buffer, which is what keeps large values at the socket's speed (docs/benchmarks.md, `bench
+// transfer`).
 class Framing {
 public:
   void append(const Command& command, std::vector<iovec>& pieces) {

@@ -19,8 +19,11 @@ constexpr std::size_t kDTypeOffset = 5;
 constexpr std::size_t kRankOffset = 6;
 constexpr std::size_t kReservedOffset = 7;
 
-constexpr DType kAllDTypes[] = {DType::float32, DType::float64, DType::int8,  DType::int16,
-                                DType::int32,   DType::int64,   DType::uint8, DType::uint16};
+constexpr DType kAllDTypes[] = {
+#define NEKRS_ML_DTYPE_ITEM(name, code, size, redisai, ctype) DType::name,
+    NKML_DTYPES(NEKRS_ML_DTYPE_ITEM)
+#undef NEKRS_ML_DTYPE_ITEM
+};
 
 std::string key_prefix(const std::string& key) {
   return key.empty() ? std::string() : "key '" + key + "': ";
@@ -84,28 +87,20 @@ bool checked_count(const std::vector<std::uint64_t>& shape, std::size_t itemsize
 
 std::size_t dtype_size(DType dtype) {
   switch (dtype) {
-  case DType::int8:
-  case DType::uint8: return 1;
-  case DType::int16:
-  case DType::uint16: return 2;
-  case DType::float32:
-  case DType::int32: return 4;
-  case DType::float64:
-  case DType::int64: return 8;
+#define NEKRS_ML_DTYPE_SIZE(name, code, size, redisai, ctype) \
+  case DType::name: return size;
+    NKML_DTYPES(NEKRS_ML_DTYPE_SIZE)
+#undef NEKRS_ML_DTYPE_SIZE
   }
   throw TensorFormatError("unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-  case DType::float32: return "float32";
-  case DType::float64: return "float64";
-  case DType::int8: return "int8";
-  case DType::int16: return "int16";
-  case DType::int32: return "int32";
-  case DType::int64: return "int64";
-  case DType::uint8: return "uint8";
-  case DType::uint16: return "uint16";
+#define NEKRS_ML_DTYPE_NAME(name, code, size, redisai, ctype) \
+  case DType::name: return #name;
+    NKML_DTYPES(NEKRS_ML_DTYPE_NAME)
+#undef NEKRS_ML_DTYPE_NAME
   }
   throw TensorFormatError("unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
@@ -118,8 +113,10 @@ DType dtype_from_name(const std::string& name) {
 }
 
 bool dtype_valid(std::uint8_t code) {
-  return code >= static_cast<std::uint8_t>(DType::float32) &&
-         code <= static_cast<std::uint8_t>(DType::uint16);
+  for (DType dtype : kAllDTypes) {
+    if (code == static_cast<std::uint8_t>(dtype)) return true;
+  }
+  return false;
 }
 
 std::size_t TensorHeader::count() const {
@@ -197,7 +194,8 @@ TensorHeader decode_header(const std::uint8_t* data, std::size_t available,
   }
   if (!dtype_valid(data[kDTypeOffset])) {
     throw TensorFormatError(where + "unknown dtype code " + std::to_string(data[kDTypeOffset]) +
-                            " (valid codes 1-8: " + valid_dtype_names() + ")");
+                            " (valid codes 1-" + std::to_string(NKML_DTYPE_COUNT) + ": " +
+                            valid_dtype_names() + ")");
   }
   const std::size_t rank = data[kRankOffset];
   if (rank > static_cast<std::size_t>(kMaxRank)) {

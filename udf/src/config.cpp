@@ -1,5 +1,7 @@
 // The .par options of nekrs_ml (config.hpp): the one .par parser, used by the NekRS plugin and,
 // through nekrs_ml._core, by the Python tools (nekrs_ml/config.py).
+// One file: the schema rows, the checks of one value and the parser of a .par are one contract
+// (config_schema.tsv), and every reader of a case goes through all three.
 #include "nekrs_ml/config.hpp"
 
 #include "nekrs_ml/errors.hpp"

@@ -131,7 +131,9 @@ Reply Connection::read_reply(const Op& op) {
 void Connection::prepare_raw(const Op& op) {
   connect(op);
   // hiredis 0.14 keeps unparsed input in reader->buf[pos, len) and unsent output in the sds
-  // string obuf (commands never start with '\0', so a non-empty one has obuf[0] != 0).
+  // string obuf (commands never start with '\0', so a non-empty one has obuf[0] != 0). Its API
+  // has no call that says whether these are empty, and the raw sends and reads of tensors
+  // (tensor_io.cpp, no copy of the data) need a connection with nothing buffered.
   const redisReader* reader = context_->reader;
   const bool buffered =
       reader->len > reader->pos || context_->obuf[0] != '\0' || ahead_bytes() > 0;

@@ -1,5 +1,9 @@
-// Client::options_from_env: the environment that `nekrs-ml run` / `nekrs-ml db start` set up.
+// Client::options_from_env and the run namespace: the environment that `nekrs-ml run` /
+// `nekrs-ml db start` set up. The variable names are those of nekrs_ml/protocol.tsv.
+#include "env.hpp"
+
 #include "nekrs_ml/client.hpp"
+#include "nekrs_ml/protocol.h"
 
 #include <cerrno>
 #include <cmath>
@@ -37,7 +41,7 @@ std::string read_password(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   std::ostringstream content;
   if (!file || !(content << file.rdbuf())) {
-    throw ConfigError("cannot read NEKRS_ML_PASSWORD_FILE '" + path + "': " + std::strerror(errno));
+    throw ConfigError("cannot read " NKML_ENV_PASSWORD_FILE " '" + path + "': " + std::strerror(errno));
   }
   std::string password = content.str();
   const auto end = password.find_last_not_of(" \t\r\n");
@@ -61,7 +65,7 @@ std::string socket_directory_name(const std::string& address) {
 std::string this_node_address(const std::vector<std::string>& addresses) {
   char name[HOST_NAME_MAX + 1] = {};
   if (gethostname(name, sizeof name - 1) != 0) {
-    throw ConfigError(std::string("NEKRS_ML_MODE=colocated: cannot read the host name: ") +
+    throw ConfigError(std::string(NKML_ENV_MODE "=colocated: cannot read the host name: ") +
                       std::strerror(errno));
   }
   const std::string full_name = name;
@@ -70,7 +74,7 @@ std::string this_node_address(const std::vector<std::string>& addresses) {
     const std::string directory = socket_directory_name(address);
     if (!directory.empty() && (directory == short_name || directory == full_name)) return address;
   }
-  throw ConfigError("NEKRS_ML_MODE=colocated: no address in NEKRS_ML_ADDRESSES (" +
+  throw ConfigError(NKML_ENV_MODE "=colocated: no address in " NKML_ENV_ADDRESSES " (" +
                     join(addresses) + ") belongs to this host '" + full_name +
                     "' (expected unix:<rundir>/" + short_name + "/redis.sock)");
 }
@@ -79,7 +83,7 @@ double parse_timeout(const std::string& text) {
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !(value > 0) || !std::isfinite(value)) {
-    throw ConfigError("NEKRS_ML_TIMEOUT must be a positive number of seconds, got '" + text + "'");
+    throw ConfigError(NKML_ENV_TIMEOUT " must be a positive number of seconds, got '" + text + "'");
   }
   return value;
 }
@@ -88,26 +92,28 @@ double parse_timeout(const std::string& text) {
 
 ClientOptions Client::options_from_env() {
   ClientOptions options;
-  options.addresses = split_addresses(getenv_or_empty("NEKRS_ML_ADDRESSES"));
+  options.addresses = split_addresses(getenv_or_empty(NKML_ENV_ADDRESSES));
   if (options.addresses.empty()) {
-    throw ConfigError("NEKRS_ML_ADDRESSES is not set; start the orchestrator with "
+    throw ConfigError(NKML_ENV_ADDRESSES " is not set; start the orchestrator with "
                       "`nekrs-ml db start` or run under `nekrs-ml run`");
   }
-  const std::string password_file = getenv_or_empty("NEKRS_ML_PASSWORD_FILE");
+  const std::string password_file = getenv_or_empty(NKML_ENV_PASSWORD_FILE);
   if (!password_file.empty()) options.password = read_password(password_file);
 
-  const std::string mode = getenv_or_empty("NEKRS_ML_MODE");
+  const std::string mode = getenv_or_empty(NKML_ENV_MODE);
   if (mode == "cluster") {
     options.cluster = true;
   } else if (mode == "colocated") {
     options.addresses = {this_node_address(options.addresses)};
   } else if (!mode.empty() && mode != "single") {
-    throw ConfigError("NEKRS_ML_MODE is '" + mode + "'; valid choices: single, colocated, cluster");
+    throw ConfigError(NKML_ENV_MODE " is '" + mode + "'; valid choices: single, colocated, cluster");
   }
 
-  const std::string timeout = getenv_or_empty("NEKRS_ML_TIMEOUT");
+  const std::string timeout = getenv_or_empty(NKML_ENV_TIMEOUT);
   if (!timeout.empty()) options.timeout_s = parse_timeout(timeout);
   return options;
 }
+
+std::string namespace_from_env() { return getenv_or_empty(NKML_ENV_NAMESPACE); }
 
 } // namespace nekrs_ml

@@ -2,6 +2,7 @@
 
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/inprocess_abi.h"
+#include "nekrs_ml/protocol.h"
 
 #include <dlfcn.h>
 
@@ -186,7 +187,7 @@ private:
 
 std::string inprocess_library_path(const InprocessOptions& options) {
   if (!options.library.empty()) return options.library;
-  const char* env = std::getenv("NEKRS_ML_TORCH_LIBRARY");
+  const char* env = std::getenv(NKML_ENV_TORCH_LIBRARY);
   if (env && *env) return env;
   return own_directory() + "/" + kLibraryName;
 }

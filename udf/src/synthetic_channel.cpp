@@ -51,14 +51,7 @@ void SyntheticChannelField::sample_inputs(double* inputs) {
 void SyntheticChannelField::wall_targets(double* targets) {
   std::vector<double> inputs(3 * u_.size());
   sample_inputs(inputs.data());
-  const double h = streamwise_.height(), nu = streamwise_.viscosity();
-  for (std::size_t i = 0; i < u_.size(); ++i) {
-    const double u1 = inputs[3 * i], u2 = inputs[3 * i + 1];
-    const double speed = std::hypot(u1, u2);
-    const double tau = reichardt_wall_shear_stress(speed, h, nu);
-    targets[2 * i] = speed > 0 ? tau * u1 / speed : 0.0;
-    targets[2 * i + 1] = speed > 0 ? tau * u2 / speed : 0.0;
-  }
+  wall_law_stress(inputs.data(), u_.size(), streamwise_.height(), streamwise_.viscosity(), targets);
 }
 
 void SyntheticChannelField::apply_wall_stress(const double* tau) {

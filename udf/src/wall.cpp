@@ -124,6 +124,21 @@ double reichardt_wall_shear_stress(double u, double h, double nu) {
   return ut * ut;
 }
 
+void wall_law_stress(const double* samples, std::size_t n, double h, double nu, double* tau) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const double u1 = samples[3 * i], u2 = samples[3 * i + 1];
+    const double speed = std::hypot(u1, u2);
+    double t1 = 0.0, t2 = 0.0;
+    if (speed > 0.0 && std::isfinite(speed)) {
+      const double magnitude = reichardt_wall_shear_stress(speed, h, nu);
+      t1 = magnitude * u1 / speed;
+      t2 = magnitude * u2 / speed;
+    }
+    tau[2 * i] = t1;
+    tau[2 * i + 1] = t2;
+  }
+}
+
 void reichardt_wall_shear_stress(const double* u, std::size_t n, double h, double nu, double* tau) {
   shear_stress(u, n, h, nu, tau);
 }

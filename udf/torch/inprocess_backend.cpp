@@ -3,6 +3,8 @@
 // translation unit of nekrs_ml that includes torch. It links neither libnekrsml nor hiredis:
 // keys are read through the caller's fetch callback, the weights parser is compiled in, and no
 // C++ type or exception leaves it (every entry point converts them into a status code and text).
+// One file on purpose: every part of it uses torch, whose headers dominate the build time, so
+// one translation unit compiles them once.
 #include "nekrs_ml/errors.hpp"
 #include "nekrs_ml/inprocess_abi.h"
 #include "nekrs_ml/keys.hpp"
@@ -199,7 +201,7 @@ struct LoadedModel {
 class TorchInprocessBackend {
 public:
   explicit TorchInprocessBackend(const nkml_inprocess_options& options)
-      : ns_(options.ns ? options.ns : "nkml"), fetch_(options.fetch),
+      : ns_(options.ns ? options.ns : NKML_KEY_DEFAULT_NAMESPACE), fetch_(options.fetch),
         fetch_context_(options.fetch_context), log_(options.log), log_context_(options.log_context),
         threads_(options.threads), reload_interval_s_(options.reload_interval_s),
         device_(parse_device(options.device ? options.device : "cpu")) {

@@ -3,28 +3,30 @@
 // This file is the only place the format lives in C++.
 #pragma once
 
+#include "nekrs_ml/protocol.h"
+
 #include <cstddef>
 #include <cstdint>
+#include <stdint.h>
 #include <string>
 #include <vector>
 
 namespace nekrs_ml {
 
+// The dtype codes, item sizes and header constants come from nekrs_ml/protocol.tsv (through the
+// generated nekrs_ml/protocol.h), the one table that the C API, the Redis module, the Fortran
+// module and the Python package share.
 enum class DType : std::uint8_t {
-  float32 = 1,
-  float64 = 2,
-  int8 = 3,
-  int16 = 4,
-  int32 = 5,
-  int64 = 6,
-  uint8 = 7,
-  uint16 = 8,
+#define NEKRS_ML_DTYPE_ENUMERATOR(name, code, size, redisai, ctype) name = code,
+  NKML_DTYPES(NEKRS_ML_DTYPE_ENUMERATOR)
+#undef NEKRS_ML_DTYPE_ENUMERATOR
 };
 
-constexpr char kTensorMagic[4] = {'N', 'K', 'M', 'L'};
-constexpr std::uint8_t kFormatVersion = 1;
-constexpr int kMaxRank = 8;
-constexpr std::size_t kFixedHeaderBytes = 8;
+constexpr char kTensorMagic[4] = {NKML_TENSOR_MAGIC[0], NKML_TENSOR_MAGIC[1],
+                                  NKML_TENSOR_MAGIC[2], NKML_TENSOR_MAGIC[3]};
+constexpr std::uint8_t kFormatVersion = NKML_TENSOR_FORMAT_VERSION;
+constexpr int kMaxRank = NKML_TENSOR_MAX_RANK;
+constexpr std::size_t kFixedHeaderBytes = NKML_TENSOR_FIXED_HEADER_BYTES;
 constexpr std::size_t kMaxHeaderBytes = kFixedHeaderBytes + 8 * kMaxRank;
 
 std::size_t dtype_size(DType dtype);
@@ -33,15 +35,13 @@ const char* dtype_name(DType dtype);
 DType dtype_from_name(const std::string& name);
 bool dtype_valid(std::uint8_t code);
 
+// The element type of each dtype (the table's C type column; its size must be the item size).
 template <typename T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::float32; }
-template <> constexpr DType dtype_of<double>() { return DType::float64; }
-template <> constexpr DType dtype_of<std::int8_t>() { return DType::int8; }
-template <> constexpr DType dtype_of<std::int16_t>() { return DType::int16; }
-template <> constexpr DType dtype_of<std::int32_t>() { return DType::int32; }
-template <> constexpr DType dtype_of<std::int64_t>() { return DType::int64; }
-template <> constexpr DType dtype_of<std::uint8_t>() { return DType::uint8; }
-template <> constexpr DType dtype_of<std::uint16_t>() { return DType::uint16; }
+#define NEKRS_ML_DTYPE_OF(name, code, size, redisai, ctype)                                       \
+  template <> constexpr DType dtype_of<ctype>() { return DType::name; }                           \
+  static_assert(sizeof(ctype) == size, "item size of " #name " in nekrs_ml/protocol.tsv");
+NKML_DTYPES(NEKRS_ML_DTYPE_OF)
+#undef NEKRS_ML_DTYPE_OF
 
 struct TensorHeader {
   DType dtype = DType::float32;

@@ -1,23 +1,28 @@
 // nekrs_ml::Coupling — the per-step policy of a solver coupled to nekrs_ml. Every solver drives
 // the same object: NekRS through the adapter (udf/nekrs/plugin.hpp), the stand-in solver through
 // nekrs_ml._core. The solver supplies two small interfaces — its collective operations and its
-// wall fields — and calls step() once per time step; everything else lives here:
+// wall fields — and calls step() once per time step. The coupling keeps the cadence and hands
+// the rest to its collaborators (udf/src):
 //
-//  - the cadence: a snapshot every sampleInterval steps (from step sampleInterval on, inside
-//    the sampling window: from step sampleStart and time sampleStartTime on), an
+//  - the cadence (here): a snapshot every sampleInterval steps inside the sampling window, an
 //    inference call every inferenceInterval steps (from step 0 on), the control keys (progress,
-//    the trainer's stop request) every sampleInterval steps;
-//  - the training stream ([u.t1, u.t2, u.n] -> [tau.t1, tau.t2] snapshots);
-//  - the inference backend and its fallback: a failed call, a dead or missing worker, a model
-//    error, or predictions that are not finite (or negative magnitudes) make that step use the
-//    fallback wall law (Reichardt's, at the sample height, along the tangential sample velocity),
-//    with a rate-limited warning; onInferenceError = abort throws instead, and
-//    maxInferenceFailures consecutive failures end the run at the next control step;
-//  - the stop request (agreed by all ranks, then the solver's end_run_at) and the solver-done
-//    signal; the counters and the run summary (JSON, also stored under keys::solver_summary);
-//  - the flow statistics: every statsInterval steps (from statsStart / statsStartTime on) the
-//    wall-parallel velocity moments and the wall shear stress, summed over the ranks and
-//    streamed by rank 0 (flow_stats.hpp).
+//    the trainer's stop request) every sampleInterval steps, and the end of the run;
+//  - the sampling window (sampling_window.hpp): from step sampleStart and time sampleStartTime
+//    on, and with sampleStartTolerance once the wall shear stress is steady;
+//  - the training stream ([u.t1, u.t2, u.n] -> [tau.t1, tau.t2] snapshots, stream.hpp);
+//  - the inference backend and its fallback (coupling_inference.hpp): a failed call, a dead or
+//    missing worker, a model error, or predictions that are not finite (or negative magnitudes)
+//    make that step use the fallback wall law (Reichardt's, at the sample height, along the
+//    tangential sample velocity), with a rate-limited warning; onInferenceError = abort throws
+//    instead, and maxInferenceFailures consecutive failures end the run at the next control step;
+//  - the wall statistics (wall_statistics.hpp): the geometry, the training rows, the
+//    area-weighted wall stress and the momentum balance of the run summary;
+//  - the flow statistics (coupling_statistics.hpp): every statsInterval steps (from statsStart /
+//    statsStartTime on) the wall-parallel velocity moments and the wall shear stress, summed
+//    over the ranks and streamed by rank 0 (flow_stats.hpp);
+//  - the time per step (step_timing.hpp); the stop request (agreed by all ranks, then the
+//    solver's end_run_at), the solver-done signal and the run summary (JSON, also stored under
+//    keys::solver_summary) are here.
 //
 // Nothing non-finite ever reaches WallFields::apply_wall_stress.
 #pragma once
@@ -38,6 +43,12 @@
 #include <vector>
 
 namespace nekrs_ml {
+
+class CouplingInference;
+class FlowStatisticsRecorder;
+class SamplingWindow;
+class StepTiming;
+class WallStatistics;
 
 // Collective operations over the solver's ranks (MPI in a solver: the core has no MPI).
 class Collective {
@@ -120,7 +131,7 @@ const char* failure_name(InferenceFailure cause);
 struct CouplingOptions {
   enum class OnError { fallback, abort };
 
-  std::string ns = "nkml";
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
   bool training = false, inferring = false;
   bool infer_only = false; // workflow = infer: a model must exist from the start
   int sample_interval = 10;
@@ -206,12 +217,10 @@ public:
   Client& client() { return *client_; }
 
   // This rank's counters (before finish()'s sum).
-  long long inference_calls() const { return calls_; }
-  long long fallback_steps() const { return fallbacks_; }
-  long long failures(InferenceFailure cause) const {
-    return failures_[static_cast<std::size_t>(cause)];
-  }
-  std::uint64_t model_version() const { return version_; }
+  long long inference_calls() const;
+  long long fallback_steps() const;
+  long long failures(InferenceFailure cause) const;
+  std::uint64_t model_version() const;
   long long snapshots_written() const { return stream_ ? stream_->snapshots_written() : 0; }
   // Whether (tstep, time) lies in the sampling window (sampleStart, sampleStartTime, and with
   // sampleStartTolerance the steadiness of the wall stress, once it was reached).
@@ -219,37 +228,13 @@ public:
 
 private:
   void start();
-  void run_inference(long tstep);
-  bool check_predictions(const InferenceResult& result, InferenceFailure& cause);
-  void predictions_to_stress(std::size_t columns);
-  void fallback_stress();
-  void apply_stress(long tstep);
-  void record_failure(long tstep, InferenceFailure cause, const std::string& detail);
-  // A call of train+infer that found no model (version or package) yet: remembered and logged.
-  void note_waiting(long tstep, const std::string& reason);
-  // Rank 0's inference counters for the launcher's progress line (JSON).
-  std::string inference_progress_json() const;
   void put_snapshot(long tstep, double time, bool predicted_now);
   void control(long tstep, double time);
   void put_holdout();
-  void select_training_rows();
-  const double* training_rows(const std::vector<double>& values, std::size_t columns,
-                              std::vector<double>& scratch) const;
-  void add_wall_stress(const std::vector<double>& tau, bool interior_edge_split,
-                       std::vector<double>& sums) const;
-  std::string wall_stress_json(const std::vector<double>& totals, std::size_t at) const;
-  void add_flow_state(double time);
   void check_steadiness(long tstep, double time);
-  std::string steadiness_json() const;
-  std::string momentum_json(double area, double tau_x) const;
+  // The resolved wall stress of this step (asked of the solver once per step: collective).
+  const std::vector<double>& resolved_stress();
   std::string summary_json(const std::vector<double>& totals) const;
-  std::string window_json() const;
-  bool statistics_due(long tstep, double time) const;
-  void start_statistics();
-  void record_statistics(long tstep, double time);
-  void add_streamwise_stress(const std::vector<double>& tau, double* sums) const;
-  std::string statistics_json() const;
-  std::string timing_json(const std::vector<double>& totals, std::size_t at) const;
   void warn(const std::string& text) const;
   void log(const std::string& text) const;
 
@@ -258,7 +243,11 @@ private:
   WallFields& fields_;
   std::unique_ptr<Client> client_;
   std::unique_ptr<TrainingStream> stream_;
-  std::unique_ptr<InferenceBackend> inference_;
+  std::unique_ptr<CouplingInference> inference_;
+  std::unique_ptr<SamplingWindow> window_;
+  std::unique_ptr<WallStatistics> wall_;
+  std::unique_ptr<FlowStatisticsRecorder> statistics_;
+  std::unique_ptr<StepTiming> timing_;
 
   bool started_ = false, finished_ = false;
   long last_tstep_ = -1;
@@ -268,63 +257,13 @@ private:
   double nu_ = 0.0;
   std::size_t n_ = 0;
 
-  std::vector<double> inputs_, targets_, stress_;
-  std::vector<double> model_stress_; // the model's stress when applyPredictions = false
-  std::vector<float> model_inputs_, predictions_;
+  std::vector<double> inputs_, targets_;
   std::vector<float> inputs32_, targets32_;
-  // Wall geometry (empty when the solver gives none), the rows that train (all or the points
-  // off element edges) and the time sums of area-weighted wall stress in the global frame:
-  // per group (applied, resolved, resolved interior, resolved edge) sum w tau_x, w tau_y,
-  // w tau_z and w over the steps of the sampling window.
-  WallFields::Geometry geometry_;
-  std::vector<std::size_t> train_rows_;
-  std::vector<double> train_inputs_, train_targets_;
-  std::vector<double> stress_sums_ = std::vector<double>(16, 0.0);
-  long long applied_steps_ = 0, resolved_steps_ = 0;
-  // The momentum balance over the sampling window (control steps): the mean driving gradient,
-  // the bulk velocity at the first and the last of them, and the fluid volume.
-  long long balance_steps_ = 0;
-  double drive_sum_ = 0.0, volume_ = 0.0;
-  double first_ub_time_ = 0.0, first_ub_ = 0.0, last_ub_time_ = 0.0, last_ub_ = 0.0;
-  bool balance_known_ = true;
-  // Automatic start (sampleStartTolerance): the wall-stress means of the last control checks,
-  // and when the window opened.
-  bool steady_ = true;
-  std::vector<double> steadiness_history_;
-  long steady_step_ = -1;
-  double steady_time_ = 0.0, last_change_ = -1.0;
+  std::vector<double> train_inputs_, train_targets_; // the training rows, when not all rows train
   bool have_inputs_ = false;     // inputs_ hold this step's sample
   bool have_targets_ = false;    // targets_ hold this step's resolved stress
-  bool window_open_ = false;     // a snapshot inside the sampling window was taken
-  // Flow statistics: the planes of the profiles, this rank's node weights and velocity, the
-  // records streamed (the same count on every rank) and the first and last step recorded.
-  ProfileBinning profile_;
-  std::vector<double> node_weights_, node_velocity_;
-  long long stats_records_ = 0, stats_errors_ = 0;
-  long stats_first_step_ = -1, stats_last_step_ = -1;
-  // [first, last] step and time of the snapshots streamed (the same steps on every rank)
-  long window_first_step_ = -1, window_last_step_ = -1;
-  double window_first_time_ = 0.0, window_last_time_ = 0.0;
-
-  // time of this rank: the solver's between calls, the coupling's inside them
-  double solver_seconds_ = 0.0, coupling_seconds_ = 0.0;
-  long long timed_steps_ = 0, timed_calls_ = 0;
-  std::chrono::steady_clock::time_point left_;
-  // counters of this rank
-  long long calls_ = 0, waiting_calls_ = 0, fallbacks_ = 0, predicted_steps_ = 0;
-  long long consecutive_failures_ = 0, warnings_ = 0, nonfinite_inputs_ = 0, control_errors_ = 0;
-  std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> failures_{};
-  std::array<long long, static_cast<std::size_t>(InferenceFailure::count_)> warned_{};
-  std::uint64_t version_ = 0;
-  // What the last call that found no model waited for (empty once predictions come), and when
-  // that was last logged (rank 0 logs it at most every kWaitingLogSeconds).
-  std::string waiting_for_;
-  double waiting_logged_ = -1.0;
+  long long warnings_ = 0, control_errors_ = 0;
   std::uint64_t data_digest_ = 1469598103934665603ULL; // FNV-1a of every streamed byte
-  LogHistogram latency_{1e-6, 1e3};   // seconds per inference call
-  LogHistogram error_{1e-9, 1e3};     // |pred - resolved| / |resolved| per point, current version
-  std::vector<std::array<long long, 3>> version_by_step_; // [first, last, version] (this rank)
-  std::vector<std::array<double, 3>> errors_by_step_;     // [step, version, relative L2] (rank 0)
 };
 
 } // namespace nekrs_ml

@@ -32,7 +32,7 @@ public:
 };
 
 struct InferenceOptions {
-  std::string ns = "nkml"; // run namespace
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE; // run namespace
   int rank = 0;            // solver rank: names the reply key
   int workers = 1;         // rank R talks to worker R mod workers
   double timeout_s = 10.0; // longest wait for one reply

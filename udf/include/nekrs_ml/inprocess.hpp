@@ -19,7 +19,7 @@
 namespace nekrs_ml {
 
 struct InprocessOptions {
-  std::string ns = "nkml";
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
   std::string device = "cpu";      // cpu, cuda or cuda:N
   int threads = 1;                 // torch intra-op threads of this process
   double reload_interval_s = 0.25; // how often the current version is checked

@@ -1,5 +1,8 @@
-// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py).
+// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py; tests/test_contract_parity.py
+// checks that both write the same keys, through nekrs_ml._core.keys).
 #pragma once
+
+#include "nekrs_ml/protocol.h"
 
 #include <string>
 
@@ -48,7 +51,8 @@ inline std::string solver_summary(const std::string& ns) { return ns + ":solver:
 inline std::string solver_inference(const std::string& ns) { return ns + ":solver:inference"; }
 // List of flow-statistics records (JSON), pushed by the solver's rank 0, drained by the launcher.
 inline std::string flow_stats(const std::string& ns) { return ns + ":solver:stats"; }
-constexpr long long kFlowStatsRetained = 1000; // records kept when nobody drains the list
+// Records kept when nobody drains the list (nekrs_ml/protocol.tsv).
+constexpr long long kFlowStatsRetained = NKML_KEY_FLOW_STATS_RETAINED;
 inline std::string solver_done(const std::string& ns) { return ns + ":solver:done"; }
 inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
 inline std::string trainer_alive(const std::string& ns) { return ns + ":trainer:alive"; }

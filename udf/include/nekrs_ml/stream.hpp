@@ -26,7 +26,7 @@ class Config;
 struct StreamOptions {
   enum class WhenFull { drop, wait };
 
-  std::string ns = "nkml";
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
   int rank = 0;
   int sample_interval = 10;
   int max_snapshots = 20;

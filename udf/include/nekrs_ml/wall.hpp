@@ -28,6 +28,12 @@ double reichardt_wall_shear_stress(double u, double h, double nu);
 void reichardt_wall_shear_stress(const double* u, std::size_t n, double h, double nu, double* tau);
 void reichardt_wall_shear_stress(const float* u, std::size_t n, double h, double nu, float* tau);
 
+// The wall law as a wall boundary condition: for n samples [u.t1, u.t2, u.n] (wall frame) at
+// height h, the stress [tau.t1, tau.t2] of Reichardt's law at the tangential speed, along the
+// tangential velocity; 0 where that speed is 0 or not finite. The coupling's fallback and the
+// stand-in's resolved stress are this one function.
+void wall_law_stress(const double* samples, std::size_t n, double h, double nu, double* tau);
+
 // Standard normal deviates from std::mt19937_64 through an explicit Box-Muller transform (in
 // pairs), seeded from (seed, stream) by SplitMix64: the same arguments give the same sequence on
 // every platform whose libm rounds log/sin/cos alike (std::normal_distribution's algorithm
