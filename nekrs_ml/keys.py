@@ -1,5 +1,5 @@
 """The key schema of docs/protocol.md (mirrored by udf/include/nekrs_ml/keys.hpp, which
-tests/test_contract_parity.py holds to the same keys; the constants come from protocol.tsv).
+tests/integration/test_contract_parity.py holds to the same keys; the constants come from protocol.tsv).
 
 Every key starts with the run namespace. The part in braces is the Redis Cluster hash tag: all
 keys of one solver rank share ``{r<rank>}`` and so live on one shard; the keys of one model

@@ -1,6 +1,6 @@
 """The model worker's side of the inference messages (docs/protocol.md, "Inference requests"):
 reading a request's envelope and writing a reply's. The solver side of the same envelopes is the
-C++ ``nekrs_ml::InferenceClient`` (udf/src/inference.cpp); tests/test_envelope_parity.py holds
+C++ ``nekrs_ml::InferenceClient`` (udf/src/inference.cpp); tests/integration/test_envelope_parity.py holds
 the two to one layout.
 """
 
