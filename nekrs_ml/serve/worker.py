@@ -36,6 +36,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .. import aot, codec, keys, registry
+from . import backends
 from ..client import Client
 from ..errors import KeyNotFoundError, NekrsMLError, TensorFormatError
 from ..inference import (
@@ -642,6 +643,8 @@ class ModelWorker:
         return ""
 
     def forward(self, model: LoadedModel, arrays: List[np.ndarray]) -> np.ndarray:
+        if isinstance(model.module, backends.Backend):
+            return model.module.evaluate_rows(arrays, model.dtype)
         torch = _torch()
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         # frombuffer views are read-only; torch wants writeable memory, so copy the single case
@@ -698,10 +701,15 @@ class ModelWorker:
             export_blob = None
             if self.prefer_export and meta.get("export"):
                 export_blob = registry.load_export(self.client, self.ns, name, version)
-            module = load_module(blob, meta, self.device, self.prefer_export, export_blob)
             n_in, dtype = int(meta["n_in"]), np.dtype(meta.get("dtype", "float32"))
             how = ""
-            if not isinstance(module, _torch().jit.ScriptModule):
+            if backends.backend_of(meta) != "torch":  # ONNX Runtime, TensorFlow, TF Lite
+                module = backends.load(blob, meta, str(self.device), _torch().get_num_threads())
+                how = f" by {module.backend}" + (f" on {module.placement}"
+                                                 if module.placement != str(self.device) else "")
+            else:
+                module = load_module(blob, meta, self.device, self.prefer_export, export_blob)
+            if not isinstance(module, (_torch().jit.ScriptModule, backends.Backend)):
                 traced, why = as_torchscript(module, n_in, dtype, self.device)
                 module, how = (traced, ", traced") if traced is not None else (module, f", {why}")
         finally:
