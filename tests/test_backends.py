@@ -107,7 +107,7 @@ def frozen_graph(path: Path, model) -> Path:
 
 def tflite_file(path: Path, model) -> Path:
     tf = tensorflow()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete(model)], model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     path.write_bytes(converter.convert())
     return path
 
