@@ -14,7 +14,7 @@ archive of its directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -181,5 +181,11 @@ def refuse_inprocess(meta: dict, setting: str = "inferenceBackend = inprocess") 
             "form of the model")
 
 
-def formats() -> Sequence[str]:
-    return tuple(SUFFIXES) + ("a SavedModel directory",)
+def refuse_inprocess_file(path: Path, what: str) -> None:
+    """A model file of another backend is refused before anything starts."""
+    fmt = file_format(path) if path.exists() else None
+    if fmt is not None:
+        raise ConfigError(f"{what} is an ONNX, TensorFlow or TFLite model ({fmt}): "
+                          "inferenceBackend = inprocess evaluates "
+                          "torch.export (.pt2) models only; set inferenceBackend = worker to "
+                          "serve it from the model workers, or deploy a .pt2 form of the model")

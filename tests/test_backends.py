@@ -331,6 +331,21 @@ def test_a_non_torch_model_is_refused_for_inprocess_inference():
     refuse_inprocess({"name": "m", "version": 1, "format": "export", "backend": "torch"})
 
 
+def test_inprocess_run_refuses_a_non_torch_deploy_model_before_it_starts(tmp_path):
+    from nekrs_ml.serve.settings import DeploySettings
+    from test_run import write_case
+
+    (tmp_path / "wall.onnx").write_bytes(b"any")
+    case = write_case(str(tmp_path), {"NEKRS_ML": {"inferenceBackend": "inprocess",
+                                                   "deployModel": "wall.onnx"}})
+    with pytest.raises(ConfigError, match=r"case.par: deployModel = wall.onnx is an ONNX, "
+                                          r"TensorFlow or TFLite model \(onnx\): "
+                                          "inferenceBackend = inprocess"):
+        DeploySettings.from_par(case)
+    worker_case = write_case(str(tmp_path), {"NEKRS_ML": {"deployModel": "wall.onnx"}})
+    assert DeploySettings.from_par(worker_case).model_file == (tmp_path / "wall.onnx").resolve()
+
+
 def test_probe_rows_are_realistic():
     x = probe_rows(3)
     assert x.shape == (64, 3) and x.dtype == np.float32

@@ -363,6 +363,9 @@ class Run:
         name, device = self.settings.model_name, self.settings.inprocess_device
         if registry.latest_version(self.client, self.ns, name) is None:
             return
+        from ..backend_formats import refuse_inprocess
+
+        refuse_inprocess(registry.load(self.client, self.ns, name)[1])  # ONNX, TF: workers only
         started = time.monotonic()
         graph, compiled = aot.ensure_package(self.client, self.ns, name, device=device)
         if compiled:
