@@ -354,7 +354,7 @@ def test_probe_rows_are_realistic():
 
 def test_record_format_is_documented():
     text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
-    for word in ("tf-savedmodel", "tf-graph", "tflite", '"backend"'):
+    for word in ("tf-savedmodel", "tf-graph", "tflite", "`backend`"):
         assert word in text, word
 
 
