@@ -398,3 +398,51 @@ def test_smartredis_program_runs_each_backend(smartredis_python, tmp_path):
         np.testing.assert_allclose(got, reference, rtol=RTOL, atol=ATOL, err_msg=backend)
     if "TF" in expected:
         assert "INPUTS and OUTPUTS" in out["tf_without_names"]
+
+
+# --- the trainer's ONNX versions -----------------------------------------------------------------
+def test_trainer_publishes_onnx_with_export_format_onnx(tcp_server, run_dir, served):
+    """exportFormat = onnx: the trainer's versions are ONNX models (normalisation inside), its
+    run directory holds NAME.onnx with the metadata, and that file deploys and is served."""
+    pytest.importorskip("onnx", reason="exportFormat = onnx needs onnx")
+    pytest.importorskip("onnxruntime", reason="serving ONNX needs onnxruntime")
+    pytest.importorskip("mpi4py")
+    from test_train import StreamingSolver, fresh_namespace, log_of, trainer_env, training, \
+        write_par
+
+    ns = fresh_namespace()
+    client = Client(**tcp_server.client_args())
+    par = write_par(run_dir, stopSolver="true", maxEpochs=4, publishInterval=2,
+                    exportFormat="onnx")
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=90.0)
+    with training(par, run_dir, trainer_env(tcp_server, ns), solver, ranks=1) as process:
+        code = process.wait(timeout=180)
+    assert code == 0, log_of(run_dir)
+    blob, meta = registry.load(client, ns, "tau_model")
+    assert (meta["format"], meta["backend"], meta["n_in"], meta["n_out"]) == ("onnx", "onnx", 1, 1)
+    assert not meta["export"] and "graph" not in meta
+    summary = json.loads(Path(run_dir, "trainer.json").read_text())
+    assert summary["model_file"] == str(Path(run_dir, "tau_model.onnx"))
+    path = Path(summary["model_file"])
+    assert path.read_bytes() == blob
+    u = np.linspace(0.5, 20.0, 50, dtype=np.float32).reshape(-1, 1)
+    expected = onnx_predict(path, u)
+    assert expected.shape == (50, 1) and np.isfinite(expected).all()
+    deploy(served.client, served.ns, "trained_onnx", path)  # deployModel accepts it
+    deployed = record(served, "trained_onnx")
+    assert deployed["epoch"] == meta["epoch"] and deployed["backend"] == "onnx"
+    np.testing.assert_allclose(served.run("trained_onnx", u), expected, rtol=RTOL, atol=ATOL)
+    client.close()
+
+
+def test_export_format_onnx_is_refused_for_inprocess_inference(tmp_path):
+    from types import SimpleNamespace
+
+    from nekrs_ml.train.settings import Settings
+    from test_train import write_par
+
+    par = write_par(str(tmp_path), exportFormat="onnx", inferenceBackend="inprocess",
+                    workflow="train+infer")
+    with pytest.raises(ConfigError, match="exportFormat = onnx with inferenceBackend = inprocess"):
+        Settings.from_args(SimpleNamespace(par=par, run_dir=str(tmp_path), data_timeout=1.0,
+                                           resume=False))
