@@ -446,3 +446,21 @@ def test_export_format_onnx_is_refused_for_inprocess_inference(tmp_path):
     with pytest.raises(ConfigError, match="exportFormat = onnx with inferenceBackend = inprocess"):
         Settings.from_args(SimpleNamespace(par=par, run_dir=str(tmp_path), data_timeout=1.0,
                                            resume=False))
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+def test_bench_inference_measures_the_onnx_form_beside_the_torch_model():
+    pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime")
+    pytest.importorskip("onnx", reason="the ONNX form is exported with onnx")
+    done = subprocess.run(
+        [sys.executable, "-m", "nekrs_ml.cli", "bench", "inference", "--ranks", "1", "--calls",
+         "5", "--points", "2000", "--models", "mlp_1_20_1,mlp_1_20_1_onnx", "--devices", "cpu",
+         "--paths", "forward,worker,inprocess-cpp", "--swaps", "1", "--worker-threads", "1",
+         "--json"], capture_output=True, text=True, timeout=600, cwd="/tmp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(done.stdout)
+    found = {(r["model"], r["path"]) for r in records}
+    assert {("mlp_1_20_1_onnx", "forward"), ("mlp_1_20_1_onnx", "worker"),
+            ("mlp_1_20_1", "worker")} <= found
+    assert ("mlp_1_20_1_onnx", "inprocess-cpp") not in found  # torch.export only
+    assert all(r["p50_us"] > 0 for r in records)
