@@ -464,3 +464,29 @@ def test_bench_inference_measures_the_onnx_form_beside_the_torch_model():
             ("mlp_1_20_1", "worker")} <= found
     assert ("mlp_1_20_1_onnx", "inprocess-cpp") not in found  # torch.export only
     assert all(r["p50_us"] > 0 for r in records)
+
+
+def test_modelstore_takes_the_four_backends_and_says_which(tmp_path):
+    """The module stores TF, TFLITE and ONNX like TORCH (the workers decide whether they can run
+    them); TF needs INPUTS and OUTPUTS, as in RedisAI 1.2; AI.INFO names the model's backend."""
+    import redis
+
+    from test_smartredis import CompatRun
+
+    run = CompatRun("single", workers=False)
+    try:
+        with run.node(run.addresses[0]) as conn:
+            for backend in ("TORCH", "ONNX", "TFLITE"):
+                assert conn.execute_command("AI.MODELSTORE", f"m_{backend}", backend, "CPU",
+                                            "BLOB", b"model") == b"OK"
+                info = conn.execute_command("AI.INFO", f"m_{backend}")
+                assert dict(zip(info[::2], info[1::2]))[b"backend"] == backend.encode()
+            assert conn.execute_command("AI.MODELSTORE", "m_tf", "TF", "CPU", "INPUTS", 1, "x",
+                                        "OUTPUTS", 1, "y", "BLOB", b"graph") == b"OK"
+            with pytest.raises(redis.ResponseError, match="INPUTS and OUTPUTS not specified"):
+                conn.execute_command("AI.MODELSTORE", "m_tf2", "TF", "CPU", "BLOB", b"graph")
+            with pytest.raises(redis.ResponseError, match="unsupported backend OPENVINO"):
+                conn.execute_command("AI.MODELSTORE", "m_x", "OPENVINO", "CPU", "BLOB", b"x")
+            assert conn.execute_command("AI.CONFIG", "LOADBACKEND", "ONNX", "x.so") == b"OK"
+    finally:
+        run.stop()
