@@ -28,14 +28,8 @@ def file_format(path: Union[str, Path]) -> Optional[str]:
     """The non-Torch format of a model file or directory, or None for anything else (Torch's
     files, which nekrs_ml.serve.deploy reads)."""
     path = Path(path)
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "tf-savedmodel"
-        if path.name.endswith(".onnx") or path.name.endswith(".tflite"):
-            return None
-        raise ConfigError(f"model {path} is a directory without saved_model.pb: not a TensorFlow "
-                          "SavedModel (save one with model.export(DIR) or tf.saved_model.save); "
-                          "deploy a model file (.pt2, .pt, .onnx, .pb, .tflite) or a SavedModel")
+    if path.is_dir():  # any other directory: model_file.read says what to deploy instead
+        return "tf-savedmodel" if (path / "saved_model.pb").is_file() else None
     if path.name == "saved_model.pb":
         raise ConfigError(f"model file {path} is the graph of a SavedModel: deploy its directory "
                           f"{path.parent}")

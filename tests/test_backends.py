@@ -285,7 +285,9 @@ def test_bad_files_of_each_kind_are_refused(tcp_server, tmp_path):
 
         empty = tmp_path / "empty_dir"
         empty.mkdir()
-        refused(empty, "not a TensorFlow SavedModel")
+        refused(empty, "is not a file")  # not a SavedModel either: no saved_model.pb
+        (tmp_path / "saved_model.pb").write_bytes(b"graph")
+        refused(tmp_path / "saved_model.pb", "the graph of a SavedModel: deploy its directory")
         if _have("onnxruntime"):
             (tmp_path / "junk.onnx").write_bytes(b"\x08\x07 not protobuf at all")
             refused(tmp_path / "junk.onnx", r"junk.onnx is not a valid onnx model")
@@ -455,14 +457,13 @@ def test_bench_inference_measures_the_onnx_form_beside_the_torch_model():
     done = subprocess.run(
         [sys.executable, "-m", "nekrs_ml.cli", "bench", "inference", "--ranks", "1", "--calls",
          "5", "--points", "2000", "--models", "mlp_1_20_1,mlp_1_20_1_onnx", "--devices", "cpu",
-         "--paths", "forward,worker,inprocess-cpp", "--swaps", "1", "--worker-threads", "1",
+         "--paths", "forward,worker", "--worker-threads", "1",
          "--json"], capture_output=True, text=True, timeout=600, cwd="/tmp")
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(done.stdout)
     found = {(r["model"], r["path"]) for r in records}
     assert {("mlp_1_20_1_onnx", "forward"), ("mlp_1_20_1_onnx", "worker"),
             ("mlp_1_20_1", "worker")} <= found
-    assert ("mlp_1_20_1_onnx", "inprocess-cpp") not in found  # torch.export only
     assert all(r["p50_us"] > 0 for r in records)
 
 
