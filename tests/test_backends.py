@@ -132,7 +132,7 @@ class Served:
     def __init__(self, server):
         self.server, self.ns = server, f"be{uuid.uuid4().hex[:8]}"
         self.client = Client(**server.client_args())
-        env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": self.ns}
+        self.env = env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": self.ns}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1",
              "--reload-interval", "0.05"], env=env, stdout=subprocess.PIPE,
@@ -257,6 +257,15 @@ def test_frozen_graph_is_deployed_with_its_names_and_served(served, tmp_path):
     # without names: its one placeholder and the one operation nothing takes
     deploy(served.client, served.ns, "wall_pb_guessed", path)
     assert record(served, "wall_pb_guessed")["inputs"] == ["x"]
+    cli = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "deploy", str(path), "--name",
+                          "wall_pb_cli", "--tf-inputs", "x", "--tf-outputs", "y"], env=served.env,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert record(served, "wall_pb_cli")["outputs"] == ["y"]
+    cli = subprocess.run([sys.executable, "-m", "nekrs_ml.cli", "deploy", str(path), "--name",
+                          "wall_pb_cli", "--tf-inputs", "x"], env=served.env,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode != 0 and "--tf-inputs and --tf-outputs go together" in cli.stderr
 
 
 # --- TensorFlow Lite ---------------------------------------------------------------------------

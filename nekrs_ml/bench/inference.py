@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranks", default="1,2,4,8", help="concurrent rank counts")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"models to measure, of {', '.join(MODELS)} (NAME_onnx: the same "
-                             "model as ONNX, served by ONNX Runtime; its forward is ONNX Runtime's)")
+                             "model as ONNX, served by ONNX Runtime, which is also its forward)")
     parser.add_argument("--devices", default="auto",
                         help="worker devices, e.g. cpu,cuda:0 (auto: cpu, plus cuda:0 if present)")
     parser.add_argument("--transport", choices=("tcp", "unix"), default="unix")
