@@ -129,10 +129,11 @@ def tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
 class Served:
     """A `nekrs-ml serve` process in a namespace of its own on the test server."""
 
-    def __init__(self, server):
+    def __init__(self, server, **extra_env):
         self.server, self.ns = server, f"be{uuid.uuid4().hex[:8]}"
         self.client = Client(**server.client_args())
-        self.env = env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": self.ns}
+        self.env = env = {**os.environ, **server.info["env"], "NEKRS_ML_NAMESPACE": self.ns,
+                          **extra_env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nekrs_ml.cli", "serve", "--threads", "1",
              "--reload-interval", "0.05"], env=env, stdout=subprocess.PIPE,
@@ -230,6 +231,26 @@ def test_onnx_hot_reload_rollback_and_a_broken_version(served, tmp_path):
     np.testing.assert_allclose(answer.outputs, onnx_predict(b, x), rtol=RTOL, atol=ATOL)
     assert (answer.version, v4) == (2, 4)
     assert v2 == 2
+
+
+def test_a_worker_without_onnxruntime_answers_with_the_package_to_install(tcp_server, tmp_path):
+    """An ONNX version reaches a worker whose Python has no onnxruntime (here: an import that
+    fails, put first on its path): its callers get an error naming the package."""
+    from nekrs_ml.errors import ModelError
+
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('onnxruntime is not installed')\n")
+    path = onnx_file(tmp_path / "m.onnx", torch_mlp())
+    worker = Served(tcp_server, PYTHONPATH=str(shadow.parent))
+    try:
+        registry.publish(worker.client, worker.ns, "m", path.read_bytes(),
+                         {"n_in": 3, "n_out": 2, "format": "onnx", "backend": "onnx"})
+        with pytest.raises(ModelError, match=r"needs onnxruntime, which is not installed here; "
+                                             r"install it \(pip install 'nekrs_ml\[backends\]'\)"):
+            worker.run("m", rows(10))
+    finally:
+        worker.stop()
 
 
 # --- TensorFlow ----------------------------------------------------------------------------------
