@@ -521,3 +521,31 @@ def test_modelstore_takes_the_four_backends_and_says_which(tmp_path):
             assert conn.execute_command("AI.CONFIG", "LOADBACKEND", "ONNX", "x.so") == b"OK"
     finally:
         run.stop()
+
+
+# --- a whole run -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["onnx", "tflite", "savedmodel"])
+def test_infer_run_serves_a_deployed_model_of_each_backend(run_dir, kind):
+    """`nekrs-ml run` with deployModel = an ONNX, TFLite or SavedModel model: deployed, served
+    to the stand-in solver's 2 ranks for every step, no fallback."""
+    from test_run import finish, no_servers_left, report, start_run, write_case
+
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime")
+        model_file = onnx_file(Path(run_dir) / "tau_model.onnx", torch_mlp(9))
+    elif kind == "tflite":
+        model_file = tflite_file(Path(run_dir) / "tau_model.tflite", keras_mlp(9))
+    else:
+        model_file = Path(run_dir) / "tau_model_savedmodel"
+        keras_mlp(9).export(str(model_file), verbose=False)
+    case = write_case(run_dir, {"NEKRS_ML": {"workflow": "infer", "deployModel": f'"{model_file}"'},
+                                "REPRODUCER": {"steps": 100}})
+    code, out = finish(start_run(case, run_dir), timeout=300)
+    assert code == 0, out[-3000:]
+    assert f"deployed {model_file}" in out
+    backend = {"onnx": "onnx", "tflite": "tflite", "savedmodel": "tf"}[kind]
+    assert f"by {backend}" in (Path(run_dir) / "worker0.log").read_text()
+    inference = report(run_dir)["inference"]
+    assert inference["calls"] == 202 and inference["fallbacks"] == 0
+    assert inference["version_by_step"] == [[0, 100, 1]]
+    assert no_servers_left(run_dir)
