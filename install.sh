@@ -56,7 +56,8 @@ fi
 bin_dir=$("$python" -c 'import sys, sysconfig; print(sysconfig.get_path("scripts"))')
 
 extras=train
-[ "$action" = --test ] && extras=test
+# the tests serve ONNX, TensorFlow and TFLite models too (tests/test_backends.py)
+[ "$action" = --test ] && extras=test,backends
 echo "== pip install .[$extras]"
 "$python" -m pip install -q --upgrade pip
 # torch is pinned: an open range would pull a multi-GB CUDA build.

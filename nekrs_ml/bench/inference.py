@@ -1,7 +1,8 @@
 """Inference call latency through a model worker and in the rank's process, beside a bare torch
 forward and bare round trips.
 
-For each model (mlp_1_20_1: 1->20->1, mlp_3_64_64_2: 3->64->64->2), each device and 1, 2, 4, 8
+For each model (mlp_1_20_1: 1->20->1, mlp_3_64_64_2: 3->64->64->2; NAME_onnx: the same model as
+ONNX, served by ONNX Runtime, with ONNX Runtime as its forward), each device and 1, 2, 4, 8
 concurrent ranks (separate processes, started once), every rank makes ``--calls`` calls of
 ``--points`` wall points each, all ranks starting together:
   worker        - nekrs_ml::InferenceClient::run through a `nekrs-ml serve` worker on the device;
@@ -35,10 +36,13 @@ from typing import Dict, List
 
 import numpy as np
 
+from . import backend_models
 from .harness import latency_us, time_calls
 
 NAMESPACE = "bench"
 MODELS = {"mlp_1_20_1": (1, [20], 1), "mlp_3_64_64_2": (3, [64, 64], 2)}
+DEFAULT_MODELS = tuple(MODELS)
+MODELS.update(backend_models.forms(MODELS))  # NAME_onnx: served by ONNX Runtime
 PATHS = ("forward", "inprocess-cpp", "roundtrip", "worker", "redisai")
 
 
@@ -46,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=25000, help="wall points per call")
     parser.add_argument("--calls", type=int, default=200, help="timed calls per rank")
     parser.add_argument("--ranks", default="1,2,4,8", help="concurrent rank counts")
-    parser.add_argument("--models", default=",".join(MODELS), help="models to measure")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"models to measure, of {', '.join(MODELS)} (NAME_onnx: the same "
+                             "model as ONNX, served by ONNX Runtime, which is also its forward)")
     parser.add_argument("--devices", default="auto",
                         help="worker devices, e.g. cpu,cuda:0 (auto: cpu, plus cuda:0 if present)")
     parser.add_argument("--transport", choices=("tcp", "unix"), default="unix")
@@ -191,6 +197,11 @@ def _measure(rank, client, inference, modules, path, model, n_in, n_out, points,
 
         def call():
             backend.run(model, inputs, out)
+    elif backend_models.is_onnx(model):  # the bare ONNX Runtime run in the rank's process
+        run_onnx = backend_models.onnx_forward(modules, model, device, blob)
+
+        def call():
+            out[...] = run_onnx(inputs)
     else:
         key = f"{model}@{device}"
         if key not in modules:
@@ -323,12 +334,13 @@ def run(args, log) -> List[Dict]:
         client = Client(info["addresses"], password=orch.password)
         blobs = {}
         for name in models:
-            blobs[name] = build_model(*MODELS[name])
-            model_file = os.path.join(run_dir, f"{name}.pt")
+            onnx = backend_models.is_onnx(name)
+            blobs[name] = (backend_models.onnx_blob if onnx else build_model)(*MODELS[name])
+            model_file = os.path.join(run_dir, name + backend_models.suffix(name))
             with open(model_file, "wb") as handle:
                 handle.write(blobs[name])
             deploy(client, NAMESPACE, name, model_file)
-            if redisai is not None:
+            if redisai is not None and not onnx:
                 script_file = os.path.join(run_dir, f"{name}.torchscript.pt")
                 with open(script_file, "wb") as handle:
                     handle.write(build_model(*MODELS[name], torchscript=True))
@@ -336,7 +348,7 @@ def run(args, log) -> List[Dict]:
         ranks = Ranks(max(rank_counts), info["addresses"], orch.password, args.rank_threads)
         for device in _devices(args.devices):
             for name in models:
-                if "inprocess-cpp" in paths:
+                if "inprocess-cpp" in paths and not backend_models.is_onnx(name):
                     log(f"compiling {name} for {device}")
                     aot.ensure_package(client, NAMESPACE, name, device=device)
             log(f"worker on {device}")
@@ -358,6 +370,9 @@ def run(args, log) -> List[Dict]:
                         for path in paths:
                             if path in ("roundtrip", "redisai") and device != "cpu":
                                 continue  # independent of the device / CPU only: measured once
+                            if path in ("inprocess-cpp", "redisai") and \
+                                    backend_models.is_onnx(name):
+                                continue  # torch-export / TorchScript only
                             log(f"  {name} {path} ranks={k} round {turn + 1}/{args.rounds}")
                             if path == "redisai":
                                 result = redisai.measure(k, f"bench_{name}", n_in, n_out,
@@ -370,7 +385,7 @@ def run(args, log) -> List[Dict]:
                         records.append({"model": name, "path": path, "ranks": k,
                                         "device": "host" if path == "roundtrip" else device,
                                         **_median_of_rounds(results)})
-                if "inprocess-cpp" in paths:
+                if "inprocess-cpp" in paths and not backend_models.is_onnx(name):
                     records.append(_swap_record(client, ranks, name, device, args.swaps))
             worker.terminate()
             worker.wait(timeout=30)

@@ -67,9 +67,11 @@ def _export(client, ns: str, name: str, version, path: str) -> int:
     return 0
 
 
-@command("deploy", "publish a model file (TorchScript or torch.export .pt2) as a new version")
+@command("deploy", "publish a model file (torch.export .pt2, TorchScript, ONNX .onnx, TensorFlow "
+         "SavedModel directory or frozen .pb, TensorFlow Lite .tflite) as a new version")
 def _deploy(parser: argparse.ArgumentParser):
-    parser.add_argument("model", help="TorchScript archive (torch.jit.save), torch.export program, "
+    parser.add_argument("model", help="torch.export program, TorchScript archive (torch.jit.save), "
+                        ".onnx, TensorFlow SavedModel directory or frozen graph .pb, .tflite, "
                         "or a model file of a training run / `models export` (its metadata "
                         "NAME.json beside it is published with it)")
     parser.add_argument("--name", required=True, help="model name (the case's modelName)")
@@ -79,15 +81,26 @@ def _deploy(parser: argparse.ArgumentParser):
     parser.add_argument("--outputs", type=int,
                         help="number of outputs the model must return per point (default: from "
                              "the metadata, if any); a model that disagrees is refused")
+    parser.add_argument("--tf-inputs", nargs="+", metavar="NAME",
+                        help="a TensorFlow frozen graph (.pb): its input operation (as RedisAI's "
+                             "INPUTS; default: its one placeholder)")
+    parser.add_argument("--tf-outputs", nargs="+", metavar="NAME",
+                        help="a TensorFlow frozen graph (.pb): its output operation (as RedisAI's "
+                             "OUTPUTS; default: the one operation whose result nothing takes)")
     add_namespace_option(parser)
 
     def run(args) -> int:
         from ..client import Client
         from ..models.deploy import deploy
 
+        names = None
+        if args.tf_inputs or args.tf_outputs:
+            if not (args.tf_inputs and args.tf_outputs):
+                raise ConfigError("--tf-inputs and --tf-outputs go together")
+            names = (args.tf_inputs, args.tf_outputs)
         with Client.from_env() as client:
             version = deploy(client, environment.resolve_namespace(args.namespace), args.name,
-                             args.model, args.inputs, n_out=args.outputs)
+                             args.model, args.inputs, n_out=args.outputs, tf_names=names)
         print(json.dumps({"name": args.name, "version": version}))
         return 0
     return run

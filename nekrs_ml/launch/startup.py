@@ -216,10 +216,12 @@ class Startup:
         before the solver starts (compiled once per graph; a train+infer run without a deployed
         model gets its packages from the trainer)."""
         from ..models import aot, registry
+        from ..models.backend_formats import refuse_inprocess
 
         name, device = self.settings.model_name, self.settings.inprocess_device
         if registry.latest_version(self.client, self.ns, name) is None:
             return
+        refuse_inprocess(registry.load(self.client, self.ns, name)[1])  # ONNX, TF: workers only
         started = time.monotonic()
         graph, compiled = aot.ensure_package(self.client, self.ns, name, device=device)
         if compiled:

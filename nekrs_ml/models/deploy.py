@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
-from . import aot, model_file, registry
+from . import aot, backend_formats, model_file, registry
 from ..client import Client
 from ..errors import ConfigError
 
@@ -129,9 +129,14 @@ _FILE_KEYS = ("name", "version", "time", "export", "file", "export_file", "origi
 
 def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
            n_in: Optional[int] = None, origin: Optional[str] = None,
-           n_out: Optional[int] = None) -> int:
+           n_out: Optional[int] = None, tf_names=None) -> int:
     """Publishes the model file as the next version of ``name``; returns the version. Nothing
-    is stored unless the model passes the probe (``inspect_model``)."""
+    is stored unless the model passes the probe (``inspect_model``). ONNX, TensorFlow and
+    TensorFlow Lite files are published by nekrs_ml.backend_formats (``tf_names``: the
+    (inputs, outputs) operation names of a frozen graph)."""
+    other = backend_formats.file_format(path)
+    if other is not None:
+        return backend_formats.deploy(client, ns, name, path, other, n_in, origin, n_out, tf_names)
     registry.check_name(name)
     found = model_file.read(path)
     saved = found.meta or {}

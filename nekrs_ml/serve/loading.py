@@ -1,7 +1,8 @@
 """From a registry version to a callable that evaluates a batch on the worker's device.
 
-``load_model(record, device)`` is the one place that knows how a stored model is run: a
-TorchScript archive is loaded as it is; an exported program (torch.export) is moved to the device
+``load_model(record, device)`` is the one place that knows how a stored model is run: an ONNX,
+TensorFlow or TF Lite version by its framework (serve/backends.py); a TorchScript archive is
+loaded as it is; an exported program (torch.export) is moved to the device
 by rewriting its graph and then traced to TorchScript with its activations in place (checked
 against the exported module at load), which runs its graph without Python between the operators.
 The worker only calls ``LoadedModel.evaluate``.
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import NekrsMLError
 from ..models import aot
+from . import backends
 
 
 def _torch():
@@ -67,6 +69,8 @@ class LoadedModel:
 
     def evaluate(self, batch: np.ndarray) -> np.ndarray:
         """Predictions [points, outputs] of ``batch`` [points, n_in], as ``dtype``."""
+        if isinstance(self.module, backends.Backend):  # ONNX Runtime, TensorFlow, TF Lite
+            return self.module.evaluate_rows([batch], self.dtype)
         torch = _torch()
         # frombuffer views (decoded requests) are read-only; torch wants writeable memory
         writeable = batch if batch.flags.writeable else np.array(batch, copy=True)
@@ -82,8 +86,14 @@ class LoadedModel:
 
 def load_model(record: ModelRecord, device, prefer_export: bool = False) -> LoadedModel:
     """The model of ``record`` ready to evaluate batches on ``device``."""
-    module = load_module(record.blob, record.meta, device, prefer_export, record.export_blob)
     n_in, dtype = int(record.meta["n_in"]), np.dtype(record.meta.get("dtype", "float32"))
+    if backends.backend_of(record.meta) != "torch":
+        module = backends.load(record.blob, record.meta, str(device), _torch().get_num_threads())
+        note = f" by {module.backend}" + (f" on {module.placement}"
+                                          if module.placement != str(device) else "")
+        return LoadedModel(record.name, int(record.version), record.meta, module, n_in, dtype,
+                           device, note)
+    module = load_module(record.blob, record.meta, device, prefer_export, record.export_blob)
     note = ""
     if not isinstance(module, _torch().jit.ScriptModule):
         traced, why = as_torchscript(module, n_in, dtype, device)

@@ -79,6 +79,10 @@ class DeploySettings:
         case = case if case is not None else load_par(par)
         text = case.get("nekrs_ml", "deployModel")
         model_file = None if text.lower() == "none" else (Path(par).parent / text).resolve()
+        if model_file is not None and case.get("nekrs_ml", "inferenceBackend") == "inprocess":
+            from ..models.backend_formats import refuse_inprocess_file
+
+            refuse_inprocess_file(model_file, f"{Path(par).name}: deployModel = {text}")
         return cls(
             namespace=environment.resolve_namespace(namespace, case.get("nekrs_ml", "namespace")),
             model_name=case.get("nekrs_ml", "modelName"),

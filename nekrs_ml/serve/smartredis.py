@@ -22,6 +22,7 @@ import numpy as np
 import redis
 
 from .. import codec
+from . import backends
 from ..client import Address
 
 TAKE_WAIT_MS = 1000  # one NKML.AI.TAKE blocks this long at most, so stop() is prompt
@@ -40,7 +41,8 @@ class Record:
     device: str
     tag: str
     names: List[str]  # models: input then output names; scripts: entry points
-    payload: bytes    # TorchScript archive or script source
+    payload: bytes    # the model (TorchScript, ONNX, TF frozen graph, TFLite) or script source
+    n_inputs: int = 0
 
 
 def parse_record(value: bytes, key: str) -> Record:
@@ -70,7 +72,7 @@ def parse_record(value: bytes, key: str) -> Record:
     n_inputs, n_outputs = struct.unpack_from("<II", value, offset + 24)
     offset += 32
     names = [take_string() for _ in range(n_inputs + n_outputs)]
-    return Record(kind, store_id, backend, device, tag, names, bytes(value[offset:]))
+    return Record(kind, store_id, backend, device, tag, names, bytes(value[offset:]), n_inputs)
 
 
 def _reason(exc: Exception, limit: int = 400) -> str:
@@ -157,15 +159,19 @@ class SmartRedisBridge:
         kind = kind.decode() if isinstance(kind, bytes) else kind
         try:
             runnable = self._load(conn, address, key, int(store_id), kind)
-            tensors = [self._to_torch(codec.decode(value, f"input {i} of {key!r}"))
-                       for i, value in enumerate(inputs)]
-            torch = _torch()
-            with torch.inference_mode():
-                if kind == "script":
-                    outputs = self._call_script(runnable, function.decode(), tensors)
-                else:
-                    outputs = _as_tensors(runnable(*tensors))
-            encoded = [self._encode(t, i) for i, t in enumerate(outputs)]
+            arrays = [codec.decode(value, f"input {i} of {key!r}") for i, value in enumerate(inputs)]
+            if isinstance(runnable, backends.Backend):  # TF, TFLITE, ONNX
+                encoded = [codec.encode(np.ascontiguousarray(a), f"output {i}")
+                           for i, a in enumerate(runnable.run(arrays))]
+            else:
+                tensors = [self._to_torch(array) for array in arrays]
+                torch = _torch()
+                with torch.inference_mode():
+                    if kind == "script":
+                        outputs = self._call_script(runnable, function.decode(), tensors)
+                    else:
+                        outputs = _as_tensors(runnable(*tensors))
+                encoded = [self._encode(t, i) for i, t in enumerate(outputs)]
         except Exception as exc:  # any failure of the model is the caller's error reply
             self.errors += 1
             conn.execute_command("NKML.AI.DONE", job_id, "ERR",
@@ -187,7 +193,12 @@ class SmartRedisBridge:
             raise KeyError(f"{key!r} was deleted")
         record = parse_record(value, key.decode(errors="replace"))
         torch = _torch()
-        if kind == "model":
+        if kind == "model" and record.backend.upper() != "TORCH":
+            runnable = backends.for_redisai(record.backend, record.payload,
+                                            record.names[:record.n_inputs],
+                                            record.names[record.n_inputs:], str(self.device),
+                                            torch.get_num_threads())
+        elif kind == "model":
             runnable = torch.jit.load(io.BytesIO(record.payload), map_location=self.device)
             runnable.eval()
         else:

@@ -38,7 +38,7 @@ from .. import keys, rundir
 from ..models import aot, registry
 from ..client import Client
 from ..errors import DiskFullError, NekrsMLError
-from . import checkpoints, outputs
+from . import checkpoints, onnx_export, outputs
 from .data import Samples, SnapshotReader, Window, moments, validation_period
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
@@ -464,21 +464,25 @@ class Trainer:
         """(torch.export program, metadata, weights for in-process inference) of a best state."""
         n_in, n_out = self.samples.dims
         norm = best.norm
-        program = self.exporter.program_for(deployable(*self.model_parts(best)))
-        weights = aot.weights_blob(program, n_in, n_out)
-        meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32", "format": "export",
-                "graph": aot.graph_id(program, n_in, n_out),
+        meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
                 "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
                 "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
                 "origin": "trainer", "epoch": best.epoch, "samples_seen": best.samples_seen,
                 "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers)}
+        if self.settings.export_format == onnx_export.FORMAT:  # ONNX Runtime; no in-process form
+            meta.update(format="onnx", backend="onnx")
+            return onnx_export.onnx_bytes(deployable(*self.model_parts(best)), n_in), meta, None
+        program = self.exporter.program_for(deployable(*self.model_parts(best)))
+        weights = aot.weights_blob(program, n_in, n_out)
+        meta.update(format="export", graph=aot.graph_id(program, n_in, n_out))
         return program_bytes(program), meta, weights
 
     def save_trained_model(self, state: str, reason: str) -> None:
         """Rank 0: the final version into the run directory, named in trainer.json, so that a
         later run deploys it after this run's database is gone."""
         fields = outputs.save_model(self.client, self.ns, self.settings.model_name, self.version,
-                                    self.settings.run_dir)
+                                    self.settings.run_dir,
+                                    ".onnx" if self.settings.export_format == "onnx" else ".pt")
         best = self.best
         outputs.write_summary(self.settings.run_dir, dict(
             fields, state=state, reason=reason, best_epoch=best.epoch if best else None,

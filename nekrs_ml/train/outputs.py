@@ -23,20 +23,20 @@ from ..errors import DiskFullError, NekrsMLError
 SUMMARY_FILE = "trainer.json"
 
 
-def model_path(run_dir: Path, model_name: str) -> Path:
-    return Path(run_dir).absolute() / f"{model_name}.pt"
+def model_path(run_dir: Path, model_name: str, suffix: str = ".pt") -> Path:
+    return Path(run_dir).absolute() / f"{model_name}{suffix}"
 
 
 def save_model(client: Client, ns: str, model_name: str, version: Optional[int],
-               run_dir: Path) -> dict:
-    """Exports ``version`` from the registry into the run directory; the summary's model
-    fields."""
+               run_dir: Path, suffix: str = ".pt") -> dict:
+    """Exports ``version`` from the registry into the run directory (NAME.pt, or NAME.onnx for
+    exportFormat = onnx); the summary's model fields."""
     fields = {"model_name": model_name, "model_version": version, "model_file": None,
               "model_metadata": None, "model_export_file": None, "model_file_error": None}
     if version is None:
         fields["model_file_error"] = "no model version was published"
         return fields
-    path = model_path(run_dir, model_name)
+    path = model_path(run_dir, model_name, suffix)
     try:
         meta = model_file.export_version(client, ns, model_name, version, path)
     except DiskFullError:  # the run directory's disk is full: the run failed, and says so

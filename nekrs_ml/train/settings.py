@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from .. import environment
 from ..config import load_par
+from ..errors import ConfigError
 from ..models.registry import DEFAULT_KEEP_VERSIONS
 from .data import MAX_SKIPS_IN_A_ROW
 
@@ -39,6 +40,7 @@ class Settings:
     # device kind whose AOTInductor packages the trainer compiles for the solver's in-process
     # inference (None: the run does not evaluate the model in-process)
     compile_device: Optional[str] = None
+    export_format: str = "torch-export"  # or "onnx" (nekrs_ml.train.onnx_export)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -69,9 +71,24 @@ class Settings:
             keep_versions=ml["keepVersions"],
             compile_device=(ml["inprocessDevice"] if ml["inferenceBackend"] == "inprocess"
                             and ml["workflow"] in ("infer", "train+infer") else None),
+            export_format=_export_format(ml),
         )
 
     @property
     def validation_capacity(self) -> int:
         """The held-out buffer keeps the validation share of what the replay buffer keeps."""
         return max(1, round(self.replay_buffer * self.validation_fraction))
+
+
+def _export_format(ml) -> str:
+    """exportFormat, refused up front where the run could not use it."""
+    fmt = ml["exportFormat"]
+    if fmt == "onnx":
+        if ml["inferenceBackend"] == "inprocess" and ml["workflow"] in ("infer", "train+infer"):
+            raise ConfigError("exportFormat = onnx with inferenceBackend = inprocess: the "
+                              "in-process path evaluates torch.export models only; set "
+                              "inferenceBackend = worker or exportFormat = torch-export")
+        from .onnx_export import check_available
+
+        check_available()
+    return fmt

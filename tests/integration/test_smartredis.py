@@ -266,7 +266,7 @@ def test_bad_outputs_and_bad_input_are_refused(bare):
             (("AI.TENSORSET", "u", "FLOAT", -2), "invalid or negative value"),
             (("AI.TENSORSET", "u", "FLOAT", *([1] * 9)), "at most 8 dimensions"),
             (("AI.TENSORGET", "missing", "META", "BLOB"), "tensor key is empty"),
-            (("AI.MODELSTORE", "m2", "TF", "CPU", "BLOB", b"x"), "unsupported backend TF"),
+            (("AI.MODELSTORE", "m2", "OPENVINO", "CPU", "BLOB", b"x"), "unsupported backend OPENVINO"),
             (("AI.MODELEXECUTE", "t", "INPUTS", 1, "t", "OUTPUTS", 1, "o"), "does not hold a model"),
             (("AI.MODELEXECUTE", "m", "INPUTS", 1, "missing", "OUTPUTS", 1, "o"), "input missing: tensor key is empty"),
             (("AI.DAGEXECUTE", "LOAD", 1, "t", "|>", "AI.TENSORGET", "t", "META"), "AI.DAGEXECUTE is not supported"),

@@ -1,5 +1,6 @@
 /* nkml_ai: the RedisAI commands SmartRedis sends: tensors, models and scripts, execution, AI.INFO and
- * AI.CONFIG. */
+ * AI.CONFIG. One file: each command is a short parser over the records and jobs of the other files,
+ * and together they are the command table RedisAI defines. */
 #include "nkml_ai.h"
 
 /* --- AI.TENSORSET key type dim... [BLOB data | VALUES v...] -------------------------------------- */
@@ -158,13 +159,18 @@ int cmd_tensorget(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     return REDISMODULE_OK;
 }
 
+/* The backends the model workers evaluate (nekrs_ml/serve/backends.py). */
+static int backend_known(RedisModuleString *name) {
+    return arg_is(name, "TORCH") || arg_is(name, "TF") || arg_is(name, "TFLITE") || arg_is(name, "ONNX");
+}
+
 /* --- AI.MODELSTORE key backend device [TAG t] [BATCHSIZE n [MINBATCHSIZE m [MINBATCHTIMEOUT t]]]
  *     [INPUTS n ...] [OUTPUTS n ...] BLOB chunk... -------------------------------------------- */
 int cmd_modelstore(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (argc < 6) return RedisModule_WrongArity(ctx);
-    if (!arg_is(argv[2], "TORCH"))
-        return reply_errorf(ctx, "ERR unsupported backend %s: nekrs_ml model workers run TORCH "
-                                 "(TorchScript) models only", arg_text(argv[2]));
+    if (!backend_known(argv[2]))
+        return reply_errorf(ctx, "ERR unsupported backend %s: nekrs_ml model workers run TORCH, TF, "
+                                 "TFLITE and ONNX models", arg_text(argv[2]));
     RecordArgs a;
     memset(&a, 0, sizeof a);
     a.kind = KIND_MODEL;
@@ -201,6 +207,9 @@ int cmd_modelstore(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
         }
     }
     if (pos + 1 >= argc) return RedisModule_ReplyWithError(ctx, "ERR insufficient arguments, missing model BLOB");
+    /* a TF graph is run by the names of its input and output operations (RedisAI 1.2) */
+    if (arg_is(argv[2], "TF") && (a.n_inputs == 0 || a.n_outputs == 0))
+        return RedisModule_ReplyWithError(ctx, "ERR Insufficient arguments, INPUTS and OUTPUTS not specified for TF");
     a.payload = argv + pos + 1;
     a.n_payload = argc - pos - 1;
     return store_record(ctx, "AI.MODELSTORE", argv[1], &a);
@@ -455,7 +464,8 @@ int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     reply_text(ctx, "type");
     reply_text(ctx, r.kind == KIND_MODEL ? "MODEL" : "SCRIPT");
     reply_text(ctx, "backend");
-    reply_text(ctx, "TORCH");
+    if (r.kind == KIND_MODEL) RedisModule_ReplyWithStringBuffer(ctx, r.backend, r.backend_len);
+    else reply_text(ctx, "TORCH");
     reply_text(ctx, "device");
     RedisModule_ReplyWithStringBuffer(ctx, r.device, r.device_len);
     reply_text(ctx, "tag");
@@ -488,12 +498,12 @@ int cmd_config(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     }
     if (arg_is(argv[1], "BACKENDSPATH") && argc == 3) return RedisModule_ReplyWithSimpleString(ctx, "OK");
     if (arg_is(argv[1], "LOADBACKEND") && argc == 4) {
-        if (arg_is(argv[2], "TORCH")) return RedisModule_ReplyWithSimpleString(ctx, "OK");
-        return reply_errorf(ctx, "ERR backend %s is not available: nekrs_ml model workers run TORCH only",
+        if (backend_known(argv[2])) return RedisModule_ReplyWithSimpleString(ctx, "OK");
+        return reply_errorf(ctx, "ERR backend %s is not available: nekrs_ml model workers run TORCH, TF, TFLITE and ONNX",
                             arg_text(argv[2]));
     }
     return reply_errorf(ctx, "ERR AI.CONFIG %s is not supported (GET MODEL_CHUNK_SIZE, MODEL_CHUNK_SIZE n, "
-                             "BACKENDSPATH, LOADBACKEND TORCH)", arg_text(argv[1]));
+                             "BACKENDSPATH, LOADBACKEND TORCH|TF|TFLITE|ONNX)", arg_text(argv[1]));
 }
 
 int cmd_unsupported(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
