@@ -56,7 +56,7 @@ fi
 bin_dir=$("$python" -c 'import sys, sysconfig; print(sysconfig.get_path("scripts"))')
 
 extras=train
-# the tests serve ONNX, TensorFlow and TFLite models too (tests/test_backends.py)
+# the tests serve ONNX, TensorFlow and TFLite models too (tests/integration/test_backends.py)
 [ "$action" = --test ] && extras=test,backends
 echo "== pip install .[$extras]"
 "$python" -m pip install -q --upgrade pip
