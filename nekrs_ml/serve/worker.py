@@ -170,6 +170,7 @@ class ModelWorker:
             self._loading = loading
             info = {"pid": os.getpid(), "host": socket.gethostname(), "device": str(self.device),
                     "models": {m.name: m.version for m in list(self.models.values())},
+                    "refused": dict(self._bad_versions),  # failed to load, or rolled back
                     "requests": self.stats.requests, "batches": self.stats.batches}
             self.client.redis.set(self.heartbeat, json.dumps(info), px=int(ttl * 1000))
             self._last_heartbeat = now

@@ -18,7 +18,7 @@ from nekrs_ml.client import Client
 from nekrs_ml.errors import ConfigError, ServerError
 from nekrs_ml.models.deploy import deploy
 from support.waiting import wait_for
-from support.workers import Worker, mlp, scripted, served_version
+from support.workers import Worker, heartbeat, mlp, scripted
 
 
 
@@ -105,12 +105,14 @@ def test_worker_rolls_back_from_a_version_that_fails_on_its_first_batch(tcp_serv
         for bad in (RaisesOnLargeInputs(), NanOnNegativeInputs()):
             blob = scripted(bad, tmp_path / "bad.pt")
             version = registry.publish(client, ns, "mlp", blob, {"n_in": 3, "n_out": 2})
-            # the worker loads it (on trial): the calls below meet it and roll it back
-            wait_for(lambda: served_version(client, ns) == version, 10,
-                     f"the worker to load v{version}")
-            for _ in range(5):  # every call answered by v1, before and after the rollback
+            def rolled_back():  # every call answered by v1, before and after the rollback
                 reply = inference.run("mlp", inputs, out)
                 assert reply["version"] == 1
+                np.testing.assert_array_equal(out, expected)
+                return heartbeat(client, ns).get("refused", {}).get("mlp") == version
+            wait_for(rolled_back, 10, f"the worker to try v{version} and roll it back")
+            for _ in range(3):  # and after it
+                assert inference.run("mlp", inputs, out)["version"] == 1
                 np.testing.assert_array_equal(out, expected)
             assert registry.latest_version(client, ns, "mlp") == version  # not retried
         scripted(mlp(3), tmp_path / "v4.pt")

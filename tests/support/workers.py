@@ -65,7 +65,7 @@ class Worker:
         return out
 
 
-def served_version(client: Client, ns: str, name: str = "mlp", worker: int = 0):
-    """The version of `name` the worker's heartbeat says it serves (None before it says so)."""
+def heartbeat(client: Client, ns: str, worker: int = 0) -> dict:
+    """The worker's heartbeat ({} before its first): loaded and refused versions, counters."""
     beat = client.redis.get(keys.worker_heartbeat(ns, worker))
-    return json.loads(beat).get("models", {}).get(name) if beat else None
+    return json.loads(beat) if beat else {}
