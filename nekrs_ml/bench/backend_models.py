@@ -51,7 +51,7 @@ def onnx_forward(modules: dict, model: str, device: str, blob: bytes) -> Callabl
     if key not in modules:
         import torch
 
-        from ..serve.backends import OnnxBackend
+        from ..models.backends import OnnxBackend
 
         modules[key] = OnnxBackend(blob, device, max(1, torch.get_num_threads()))
     backend = modules[key]

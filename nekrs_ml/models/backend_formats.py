@@ -53,7 +53,7 @@ def _last_line(exc: BaseException) -> str:
 def open_backend(path, fmt: str, blob: bytes, names: Optional[Tuple[List[str], List[str]]] = None):
     """The loaded backend of a model file; ConfigError naming the file when its framework
     refuses it."""
-    from ..serve import backends
+    from . import backends
 
     meta = {"format": fmt}
     if fmt == "tf-graph":
@@ -106,7 +106,7 @@ def probe(backend, path, width: int, n_out: Optional[int] = None) -> int:
 def read(path: Union[str, Path], fmt: str):
     """(blob, metadata beside the file or None) of a non-Torch model file or SavedModel."""
     from . import model_file
-    from ..serve import backends
+    from . import backends
 
     if fmt == "tf-savedmodel":
         return backends.pack_savedmodel(path), None
@@ -139,7 +139,7 @@ def deploy(client, ns: str, name: str, path: Union[str, Path], fmt: str,
     """Publishes a non-Torch model file as the next version of ``name``; nothing is stored
     unless it passes the probe."""
     from . import model_file, registry
-    from ..serve import backends
+    from . import backends
 
     registry.check_name(name)
     blob, saved = read(path, fmt)
@@ -164,7 +164,7 @@ def deploy(client, ns: str, name: str, path: Union[str, Path], fmt: str,
 
 def refuse_inprocess(meta: dict, setting: str = "inferenceBackend = inprocess") -> None:
     """The in-process path evaluates torch.export versions only (AOTInductor packages)."""
-    from ..serve import backends
+    from . import backends
 
     backend = backends.backend_of(meta)
     if backend != "torch" or meta.get("format") not in (None, "export"):

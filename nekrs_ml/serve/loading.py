@@ -1,7 +1,7 @@
 """From a registry version to a callable that evaluates a batch on the worker's device.
 
 ``load_model(record, device)`` is the one place that knows how a stored model is run: an ONNX,
-TensorFlow or TF Lite version by its framework (serve/backends.py); a TorchScript archive is
+TensorFlow or TF Lite version by its framework (models/backends.py); a TorchScript archive is
 loaded as it is; an exported program (torch.export) is moved to the device
 by rewriting its graph and then traced to TorchScript with its activations in place (checked
 against the exported module at load), which runs its graph without Python between the operators.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import NekrsMLError
 from ..models import aot
-from . import backends
+from ..models import backends
 
 
 def _torch():

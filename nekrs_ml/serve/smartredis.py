@@ -22,7 +22,7 @@ import numpy as np
 import redis
 
 from .. import codec
-from . import backends
+from ..models import backends
 from ..client import Address
 
 TAKE_WAIT_MS = 1000  # one NKML.AI.TAKE blocks this long at most, so stop() is prompt

@@ -116,7 +116,7 @@ def tflite_file(path: Path, model) -> Path:
 
 def tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
     """The TFLite interpreter's own answer."""
-    from nekrs_ml.serve.backends import _tflite_interpreter
+    from nekrs_ml.models.backends import _tflite_interpreter
 
     interpreter = _tflite_interpreter()(model_path=str(path))
     index = interpreter.get_input_details()[0]["index"]
