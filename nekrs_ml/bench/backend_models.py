@@ -26,8 +26,8 @@ def suffix(name: str) -> str:
 
 
 def mlp(n_in: int, hidden: List[int], n_out: int):
-    """nekrs_ml.bench.inference.build_model's module: the same seed and layers, so the same
-    weights."""
+    """The benchmark's MLP (SiLU, seed 0): every form of a model (torch.export, TorchScript,
+    ONNX) is made from it, so all carry the same weights."""
     import torch
 
     torch.manual_seed(0)

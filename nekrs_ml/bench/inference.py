@@ -81,13 +81,7 @@ def build_model(n_in: int, hidden: List[int], n_out: int, torchscript: bool = Fa
     TorchScript (what RedisAI runs)."""
     import torch
 
-    torch.manual_seed(0)
-    layers, width = [], n_in
-    for size in hidden:
-        layers += [torch.nn.Linear(width, size), torch.nn.SiLU()]
-        width = size
-    layers.append(torch.nn.Linear(width, n_out))
-    module = torch.nn.Sequential(*layers).eval()
+    module = backend_models.mlp(n_in, hidden, n_out)
     buffer = io.BytesIO()
     if torchscript:
         torch.jit.save(torch.jit.script(module), buffer)
