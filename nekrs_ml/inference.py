@@ -4,7 +4,8 @@ come back as a new array when no ``out`` is given, with the version that produce
 
 A call is two round trips: RPUSH of the request (envelope + this rank's inputs) onto the queue
 of the rank's model worker, then BLPOP of the rank's reply list (docs/protocol.md, "Inference
-requests"). The worker's side of the messages is nekrs_ml.serve.envelope.
+requests"). Without ``out``, the width of the predictions is read from the registry the first
+time a model is called (and again when a new version answers with another width). The worker's side of the messages is nekrs_ml.serve.envelope.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -49,6 +50,7 @@ class InferenceClient:
         # checks the options (ConfigError)
         self._native = _core.InferenceClient(self._connection, namespace, self.rank,
                                              int(workers), self.timeout, self.heartbeat_check)
+        self._widths: Dict[str, int] = {}  # outputs per point of each model, when out is None
 
     @property
     def queue_key(self) -> str:
@@ -70,14 +72,14 @@ class InferenceClient:
                                     "[points, features]")
         inputs = np.ascontiguousarray(inputs)
         if out is None:
-            # the predictions keep the inputs' dtype; their width is the current version's
-            buffer = np.empty(inputs.shape[0] * self._output_width(model), inputs.dtype)
+            reply, buffer = self._run_sized(model, inputs)
         else:
             if (not isinstance(out, np.ndarray) or not out.flags.c_contiguous
-                    or out.dtype != inputs.dtype):
+                    or out.dtype != inputs.dtype or out.ndim != 2
+                    or out.shape[0] != inputs.shape[0]):
                 raise self._out_mismatch(model, (inputs.dtype, None), out)
             buffer = out
-        reply = self._native.run(model, inputs, buffer)
+            reply = self._native.run(model, inputs, buffer)
         shape = tuple(int(n) for n in reply["shape"])
         if out is None:
             predictions = buffer[:int(np.prod(shape))].reshape(shape)
@@ -87,13 +89,27 @@ class InferenceClient:
             predictions = out
         return Prediction(predictions, int(reply["version"]), time.perf_counter() - start)
 
+    def _run_sized(self, model: str, inputs: np.ndarray):
+        """(reply, buffer) of a call whose predictions (the inputs' dtype) go into a new buffer
+        as wide as the model's outputs; read again once when another version answered wider."""
+        for attempt in (0, 1):
+            if attempt or model not in self._widths:
+                self._widths[model] = self._output_width(model)
+            buffer = np.empty(inputs.shape[0] * self._widths[model], inputs.dtype)
+            try:
+                return self._native.run(model, inputs, buffer), buffer
+            except TensorFormatError as exc:
+                if attempt or "do not fit" not in str(exc):
+                    raise
+
     def _output_width(self, model: str) -> int:
         """Outputs per point of the registry's current version of ``model``; 1 when it has none
         (the worker then answers why)."""
         version = latest_version(self._connection, self.ns, model)
         meta = (self._connection.get_string(keys.model_meta(self.ns, model, version))
                 if version is not None else None)
-        return max(int(json.loads(meta).get("n_out", 1)), 1) if meta is not None else 1
+        width = json.loads(meta).get("n_out") if meta is not None else None
+        return max(int(width), 1) if isinstance(width, (int, float)) else 1
 
     @staticmethod
     def _out_mismatch(model: str, predictions, out) -> TensorFormatError:

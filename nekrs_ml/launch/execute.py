@@ -133,13 +133,16 @@ def _run(run: Run) -> int:
         exit_codes = run.stop_parts()
         status, message = _outcome(run, status, message, exit_codes)
         try:
+            # written before the servers stop: a stop that fails or a launcher killed while
+            # stopping them still leaves the real report
             data = run.gather_report(status, exit_codes, message)
+            write_report_file(run_path, data)
         finally:
-            run.stop_node_agents()  # after the report's data: it reads this host's server
+            run.stop_node_agents()  # after the report: it reads this host's server
             Orchestrator.stop_dir(run_path / "db")
         if run.placement is not None:  # what each agent read from its server as it stopped
             data["nodes"] = run.node_counters()
-        write_report_file(run_path, data)
+            write_report_file(run_path, data)
     summarise(data, run_path)
     if interrupted:
         return EXIT_INTERRUPTED

@@ -204,6 +204,8 @@ def run_node_agent(db_dir: Path) -> int:
         return 0
     finally:
         ready_file(db_dir, host).unlink(missing_ok=True)
+        for worker in workers:  # all at once: each stop() below then waits for one only
+            worker.terminate()
         for worker in workers:
             worker.stop()
         if orchestrator is not None:

@@ -63,6 +63,12 @@ class Part:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def terminate(self) -> None:
+        """SIGTERM to the whole group, without waiting (stop() waits): several parts stop
+        together when each is sent this first."""
+        if self.running:
+            self._signal(signal.SIGTERM)
+
     def stop(self, grace: float = 10.0) -> Optional[int]:
         """SIGTERM to the whole group, SIGKILL after ``grace`` seconds; returns the exit code."""
         if self.running:

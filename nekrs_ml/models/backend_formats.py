@@ -2,7 +2,7 @@
 them: an ONNX model (``.onnx``), a TensorFlow SavedModel (a directory with ``saved_model.pb``) or
 frozen graph (``.pb``, a GraphDef with its weights as constants), and a TensorFlow Lite model
 (``.tflite``). Each is loaded by its framework and run once on 64 realistic rows before anything
-is stored, as a Torch model is (nekrs_ml.serve.deploy.probe); a file that fails is refused with
+is stored, as a Torch model is (nekrs_ml.models.deploy.probe); a file that fails is refused with
 the reason.
 
 A version's registry record says ``backend`` (torch, onnx, tf, tflite) and ``format`` (export,
@@ -26,7 +26,7 @@ PROBE_ROWS = 64
 
 def file_format(path: Union[str, Path]) -> Optional[str]:
     """The non-Torch format of a model file or directory, or None for anything else (Torch's
-    files, which nekrs_ml.serve.deploy reads)."""
+    files, which nekrs_ml.models.deploy reads)."""
     path = Path(path)
     if path.is_dir():  # any other directory: model_file.read says what to deploy instead
         return "tf-savedmodel" if (path / "saved_model.pb").is_file() else None

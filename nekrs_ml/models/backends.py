@@ -158,15 +158,14 @@ class TFLiteBackend(Backend):
         self._check_count(inputs)
         interpreter = self.interpreter
         with self.lock:
-            resized = False
-            for i, (detail, array) in enumerate(zip(self.inputs, inputs)):
-                if array.shape != self.shapes[i]:  # a batch of another size: resize, once
-                    interpreter.resize_tensor_input(detail["index"], list(array.shape),
-                                                    strict=False)
-                    self.shapes[i] = tuple(array.shape)
-                    resized = True
-            if resized:
+            shapes = [tuple(array.shape) for array in inputs]
+            if shapes != self.shapes[:len(shapes)]:  # a batch of another size: resize, once
+                for detail, shape in zip(self.inputs, shapes):
+                    interpreter.resize_tensor_input(detail["index"], list(shape), strict=False)
+                # remembered only once allocated: a failed resize is tried again next call
+                self.shapes[:len(shapes)] = [None] * len(shapes)
                 interpreter.allocate_tensors()
+                self.shapes[:len(shapes)] = shapes
             for detail, array in zip(self.inputs, inputs):
                 if array.dtype != detail["dtype"]:
                     raise ValueError(f"input {detail['name']!r} takes {np.dtype(detail['dtype'])}, "

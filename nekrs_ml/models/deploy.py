@@ -132,7 +132,7 @@ def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
            n_out: Optional[int] = None, tf_names=None) -> int:
     """Publishes the model file as the next version of ``name``; returns the version. Nothing
     is stored unless the model passes the probe (``inspect_model``). ONNX, TensorFlow and
-    TensorFlow Lite files are published by nekrs_ml.backend_formats (``tf_names``: the
+    TensorFlow Lite files are published by nekrs_ml.models.backend_formats (``tf_names``: the
     (inputs, outputs) operation names of a frozen graph)."""
     other = backend_formats.file_format(path)
     if other is not None:

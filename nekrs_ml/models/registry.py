@@ -49,7 +49,7 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
         others = clients
     record = dict(meta, name=name, version=int(version), time=time.time())
     record.setdefault("format", "torchscript")
-    record.setdefault("backend", "torch")  # onnx, tf, tflite: nekrs_ml.backend_formats
+    record.setdefault("backend", "torch")  # onnx, tf, tflite: nekrs_ml.models.backend_formats
     record["export"] = export_blob is not None
     for client in others:
         client.set_string(keys.model_counter(ns, name), str(version))

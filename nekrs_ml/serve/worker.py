@@ -119,7 +119,7 @@ class ModelWorker:
                                        self.reload_interval)
         try:
             while not self.stopping and (end is None or time.monotonic() < end):
-                self.serve_once()
+                self._serve_once()
         finally:
             self.housekeeper.stop()
             self.housekeeper = None
@@ -143,7 +143,7 @@ class ModelWorker:
     def stop(self) -> None:
         self.stopping = True
 
-    def serve_once(self, wait: float = IDLE_WAIT) -> int:
+    def _serve_once(self, wait: float = IDLE_WAIT) -> int:
         """One batch of serve()'s loop: returns the number of requests answered (0 after an idle
         wait)."""
         self._progress_at = time.monotonic()

@@ -2,8 +2,8 @@
 as a deployable file (nekrs_ml.models.model_file) and ``trainer.json``, the summary that names it.
 
 ``trainer.json``: state, reason, model_name, model_version, model_file (absolute path of
-``<modelName>.pt``, or null when nothing was published or it could not be written),
-model_metadata (its ``.json``), model_export_file (its ``.pt2``, or null), model_file_error
+``<modelName>.pt``, or ``<modelName>.onnx`` with ``exportFormat = onnx``; null when nothing was
+published or it could not be written), model_metadata (its ``.json``), model_export_file (its ``.pt2``, or null), model_file_error
 (null, or why there is no file), best_epoch, best_val_loss, epochs, snapshots, samples_seen,
 time.
 """

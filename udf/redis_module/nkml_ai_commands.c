@@ -159,7 +159,7 @@ int cmd_tensorget(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     return REDISMODULE_OK;
 }
 
-/* The backends the model workers evaluate (nekrs_ml/serve/backends.py). */
+/* The backends the model workers evaluate (nekrs_ml/models/backends.py). */
 static int backend_known(RedisModuleString *name) {
     return arg_is(name, "TORCH") || arg_is(name, "TF") || arg_is(name, "TFLITE") || arg_is(name, "ONNX");
 }

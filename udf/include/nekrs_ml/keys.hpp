@@ -1,4 +1,4 @@
-// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py; tests/test_contract_parity.py
+// The key schema of docs/protocol.md (mirrored by nekrs_ml/keys.py; tests/integration/test_contract_parity.py
 // checks that both write the same keys, through nekrs_ml._core.keys).
 #pragma once
 
@@ -57,7 +57,7 @@ inline std::string solver_done(const std::string& ns) { return ns + ":solver:don
 inline std::string trainer_stop(const std::string& ns) { return ns + ":trainer:stop"; }
 inline std::string trainer_alive(const std::string& ns) { return ns + ":trainer:alive"; }
 inline std::string trainer_status(const std::string& ns) { return ns + ":trainer:status"; }
-// Model registry (the parts the in-process backend reads; nekrs_ml/registry.py writes them).
+// Model registry (the parts the in-process backend reads; nekrs_ml/models/registry.py writes them).
 inline std::string model_tag(const std::string& name) { return "{m:" + name + "}"; }
 inline std::string model_latest(const std::string& ns, const std::string& name) {
   return ns + ":" + model_tag(name) + ":latest";
