@@ -195,6 +195,16 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_ok(run_dir):
     assert no_servers_left(run_dir)
 
 
+def trainer_state(run_dir: str):
+    """The state of the trainer's last status line (trainer_history.jsonl), None before it."""
+    path = Path(run_dir) / "trainer_history.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        return json.loads(lines[-1]).get("state") if lines else None
+    except ValueError:  # a line being written
+        return None
+
+
 def test_a_stopped_trainer_drops_data_loudly(run_dir):
     """SIGSTOP of the trainer mid-run: the drops are warned about as they happen and in the
     last line, and beyond maxDropFraction the run is not ok."""
@@ -203,8 +213,8 @@ def test_a_stopped_trainer_drops_data_loudly(run_dir):
     proc = start_run(case, run_dir)
     stopped = []
     try:
-        wait_for(lambda: (Path(run_dir) / "trainer_history.jsonl").exists(), 120,
-                 "the trainer to start")
+        # stopped while it trains: drops count against maxDropFraction only then
+        wait_for(lambda: trainer_state(run_dir) == "training", 120, "the trainer to train")
         stopped = [int(pid) for pid in processes_matching(" train ", run_dir)]
         assert stopped
         for pid in stopped:
