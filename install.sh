@@ -81,9 +81,9 @@ case "$action" in
   --test)
     echo "== pytest -m 'not multinode'"
     "$bin_dir/pytest" -q --durations=15 -m "not multinode" tests
-    # the multinode tier: a real Slurm on the emulated cluster (as root; skipped, saying why,
+    # the multinode tier: the emulated cluster and a real Slurm on it (as root; skipped, saying why,
     # where network namespaces or slurm-wlm/munge are not available)
-    echo "== pytest -m multinode (Slurm 22.05 on the emulated cluster)"
+    echo "== pytest -m multinode (the emulated cluster, and Slurm 22.05 on it)"
     "$bin_dir/pytest" -q -m multinode tests
     ;;
 esac
