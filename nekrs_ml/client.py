@@ -17,7 +17,8 @@ import redis
 import redis.cluster
 import redis.exceptions as rex
 
-from . import _core, environment
+from . import environment
+from ._core import Client as NativeClient
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -104,10 +105,10 @@ class Client:
                                     timeout=self.timeout, connect_timeout=connect_timeout)
         self._fast = self.native_connection()
 
-    def native_connection(self) -> "_core.Client":
+    def native_connection(self) -> NativeClient:
         """A new connection of the C++ core to the same servers, with the same options. One
         connection serves one call at a time: a thread of its own needs one of its own."""
-        return _core.Client(self.addresses, **self._native_options)
+        return NativeClient(self.addresses, **self._native_options)
 
     @classmethod
     def from_env(cls, **overrides) -> "Client":
