@@ -439,7 +439,7 @@ def test_trainer_publishes_onnx_with_export_format_onnx(tcp_server, run_dir, ser
     pytest.importorskip("onnx", reason="exportFormat = onnx needs onnx")
     pytest.importorskip("onnxruntime", reason="serving ONNX needs onnxruntime")
     pytest.importorskip("mpi4py")
-    from test_train import StreamingSolver, fresh_namespace, log_of, trainer_env, training, \
+    from support.training import StreamingSolver, fresh_namespace, log_of, trainer_env, training, \
         write_par
 
     ns = fresh_namespace()
@@ -471,7 +471,7 @@ def test_export_format_onnx_is_refused_for_inprocess_inference(tmp_path):
     from types import SimpleNamespace
 
     from nekrs_ml.train.settings import Settings
-    from test_train import write_par
+    from support.training import write_par
 
     par = write_par(str(tmp_path), exportFormat="onnx", inferenceBackend="inprocess",
                     workflow="train+infer")

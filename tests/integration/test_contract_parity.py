@@ -117,7 +117,7 @@ def sample(dtype: protocol.DType) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def compat_server():
-    from test_smartredis import CompatRun
+    from support.smartredis import CompatRun
 
     run = CompatRun("single", workers=False)
     try:
