@@ -23,12 +23,13 @@ EXIT_OK, EXIT_SOLVER, EXIT_TRAINER, EXIT_ORCHESTRATOR, EXIT_INFERENCE, EXIT_NO_M
     0, 1, 3, 4, 5, 6)
 EXIT_DISK_FULL = 7
 EXIT_DATA_DROPPED = 8
+EXIT_MEMBER = 9  # an ensemble member failed; the others finished (memberFailure = continue)
 EXIT_INTERRUPTED = 130
 # report.json's status -> the exit code (an unknown status counts as the solver's failure)
 EXIT_CODES = {"ok": EXIT_OK, "solver": EXIT_SOLVER, "trainer": EXIT_TRAINER,
               "orchestrator": EXIT_ORCHESTRATOR, "inference": EXIT_INFERENCE,
               "no_model": EXIT_NO_MODEL, "disk_full": EXIT_DISK_FULL,
-              "data_dropped": EXIT_DATA_DROPPED}
+              "data_dropped": EXIT_DATA_DROPPED, "member": EXIT_MEMBER}
 RUN_LOCK = "run.lock"  # held by the live run of a run directory
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -85,9 +86,20 @@ def _execute_locked(par_path: Path, solver: str, run_path: Path, trainer_grace: 
         stale.unlink(missing_ok=True)
     reserve_report_space(run_path)
     try:
-        return _run(Run(par_path, solver, run_path, trainer_grace, supervisor))
+        return _run(_run_class(par_path)(par_path, solver, run_path, trainer_grace, supervisor))
     finally:
         release_reserve(run_path)
+
+
+def _run_class(par_path: Path):
+    """Run, or EnsembleRun for a .par with an [ENSEMBLE] section (docs/ensembles.md)."""
+    from .ensemble_case import is_ensemble
+
+    if is_ensemble(par_path):
+        from .ensemble import EnsembleRun
+
+        return EnsembleRun
+    return Run
 
 
 def _run(run: Run) -> int:
@@ -160,6 +172,8 @@ def _outcome(run: Run, status: str, message: str,
         if "--run-dir" not in disk:
             message += (". Free space there, or choose a run directory on another file "
                         "system (--run-dir)")
+    elif run.failure_message:
+        message = run.failure_message
     elif status in run.parts:
         part = run.parts[status]
         message = (f"{status} failed with exit code {exit_codes.get(status)}; last lines of "

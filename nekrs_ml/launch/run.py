@@ -48,6 +48,7 @@ class Run(Startup, Supervision, Reporting):
         self.mpi: Optional[MpiLauncher] = None  # the site's MPI launcher, found at the start
         self.drops: Optional[DropWatch] = None  # training: snapshots dropped while it trains
         self.worker_restarts: Dict[str, Dict] = {}  # model workers restarted during the run
+        self.failure_message = ""  # what failed, where the failing part's name does not say it
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)

@@ -11,6 +11,12 @@ from typing import Dict
 def summarise(data: Dict, run_dir: Path) -> None:
     from .report import model_use_text  # numpy and the model's code: only once the run is done
 
+    if data.get("ensemble"):
+        print(ensemble_line(data) + f"; report {run_dir / 'report.json'}", flush=True)
+        if data["status"] != "ok" and data.get("message"):
+            print(f"nekrs-ml run: {data['message']}", file=sys.stderr)
+        return
+
     err = data.get("tau_w_rel_error")
     line = f"nekrs-ml run: {data['status']}"
     inference = data.get("inference")
@@ -65,3 +71,38 @@ def summarise(data: Dict, run_dir: Path) -> None:
     print(line + f"; report {run_dir / 'report.json'}", flush=True)
     if data["status"] != "ok" and data.get("message"):
         print(f"nekrs-ml run: {data['message']}", file=sys.stderr)
+
+
+def _error_text(error) -> str:
+    if not error:
+        return "untested"
+    return f"{error['median']:.2%}/{error['p95']:.2%}"
+
+
+def ensemble_line(data: Dict) -> str:
+    """The last line of an ensemble run: members, models, and every model's median/p95 a-priori
+    error on every member (held-out ones marked)."""
+    ensemble = data["ensemble"]
+    members, models = ensemble["members"], ensemble["models"]
+    finished = sum(1 for block in members.values() if block["status"] == "finished")
+    line = (f"nekrs-ml run: {data['status']}; ensemble of {len(members)} members "
+            f"({finished} finished")
+    failed = [name for name, block in members.items() if block["status"] != "finished"]
+    if failed:
+        line += ", not finished: " + ", ".join(f"{n} {members[n]['status']}" for n in failed)
+    line += f"), {len(models)} model(s)"
+    for model, block in models.items():
+        line += (f"; {model} v{block.get('version') or '-'} ({block.get('features') or '-'}, "
+                 f"{block.get('state') or 'no status'}) median/p95 error")
+        parts = []
+        for name, member in members.items():
+            error = (member.get("tau_w_rel_error") or {}).get(model)
+            parts.append(f"{name}{' (held out)' if member['held_out'] else ''} {_error_text(error)}")
+        line += " " + ", ".join(parts)
+        if block.get("dropped"):
+            line += f", missed {block['dropped']} snapshot(s)"
+    shares = [block["applied_share"] for block in members.values()
+              if block.get("applied_share") is not None]
+    if shares:
+        line += f"; members applied predictions on {min(shares):.0%}-{max(shares):.0%} of calls"
+    return line

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nekrs_ml.config import load_par
+from nekrs_ml.launch.ensemble_case import is_ensemble, load_ensemble
 from nekrs_ml.launch.nekrs_case import check_end_condition, read_general
 from nekrs_ml.launch.settings import LaunchSettings, ReproducerSettings
 from nekrs_ml.orchestrator import Orchestrator
@@ -34,9 +35,15 @@ def test_the_cases_are_found():
 
 
 @pytest.mark.parametrize("par", PARS, ids=[str(p.relative_to(CASES)) for p in PARS])
-def test_every_shipped_par_parses(par):
+def test_every_shipped_par_parses(par, tmp_path):
     case = load_par(par)  # ConfigError names the file, line and key
     LaunchSettings.from_case(case)
+    if is_ensemble(par):  # every member's and model's .par is checked as `nekrs-ml run` writes it
+        ensemble = load_ensemble(par)
+        for member in ensemble.members:
+            ReproducerSettings.from_par(ensemble.member_par(member, tmp_path / f"{member.name}.par"))
+        for model in ensemble.models:
+            ensemble.model_par(model, tmp_path / f"model-{model.name}.par")
     if read_general(par):  # a NekRS case: what `nekrs-ml run --solver nekrs` checks first
         check_end_condition(par)
     else:
