@@ -14,9 +14,11 @@ from typing import Dict, List, Optional
 
 from .. import keys, rundir
 from ..errors import ConfigError, NekrsMLError
+from ..waiting import wait_until
 from .ensemble_case import EnsembleCase, Member, load_ensemble
 from .ensemble_report import EnsembleReporting
 from .flow import FlowStatistics
+from .nekrs_case import nekrs_run_length
 from .nodes import allocation_hosts
 from .progress import short
 from .run import Run
@@ -24,11 +26,10 @@ from .serving import start_worker, wait_until_serving
 from .settings import LaunchSettings, ReproducerSettings
 from .startup import solver_program
 from .supervisor import Part
-from .nekrs_case import nekrs_run_length
 
 SOLVER_PART = "solver."  # parts["solver.<member>"]
 TRAINER_PART = "trainer."  # parts["trainer.<model>"]
-FINISHED_STATES = ("converged", "finished", "max_epochs", "failed", "stopped")
+TRAINER_START_TIMEOUT = 300.0  # s for every trainer to be alive before the members start
 
 
 def member_namespace(ns: str, member: str) -> str:
@@ -117,6 +118,7 @@ class EnsembleRun(EnsembleReporting, Run):
             self.parts[TRAINER_PART + model.name] = Part(
                 TRAINER_PART + model.name, argv, env, str(directory),
                 str(directory / "trainer.log"), self.supervisor)
+        self.wait_for_trainers(model_names)
         if base.model_workers:
             workers = {}
             for index in range(base.model_workers):
@@ -126,6 +128,22 @@ class EnsembleRun(EnsembleReporting, Run):
             wait_until_serving(self.client, self.ns, workers)
         self.started_members_at = time.monotonic()
         self.start_due_members()
+
+    def wait_for_trainers(self, model_names: List[str]) -> None:
+        """Every model's trainer is alive (its heartbeat) before a member streams: what a model
+        misses is then what it could not keep up with, not its start-up (importing torch)."""
+        def trainers_running() -> None:
+            for name in model_names:
+                part = self.parts[TRAINER_PART + name]
+                if not part.running:
+                    raise NekrsMLError(f"the trainer of {name} exited with code {part.returncode} "
+                                       f"before it started; last lines of {part.log_path}:\n"
+                                       f"{part.log_tail()}")
+
+        wait_until(lambda: all(self.client.exists(keys.trainer_alive(self.ns, trainer=name))
+                               for name in model_names),
+                   TRAINER_START_TIMEOUT, "every model's trainer", interval=0.2,
+                   check=trainers_running, see=f"see the trainer logs in {self.run_dir / 'models'}")
 
     def training_states(self) -> List[MemberState]:
         return [state for state in self.members.values() if not state.member.held_out]
