@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maxmemory", default="2gb", help="memory cap of every server")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds the ranks of one case may take, start to end")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="also draw p50 against nodes into this PNG (needs matplotlib)")
 
 
 def node_counts(text: str) -> List[int]:
@@ -153,6 +155,9 @@ def run(args, log) -> List[Dict]:
             for layout in layouts(args):
                 log(f"{layout}: {count} node(s) x {args.ranks_per_node} rank(s)")
                 records += measure(cluster, cluster.nodes[:count], layout, args, log)
+    if args.plot:
+        plot(records, args.plot)
+        log(f"figure: {args.plot}")
     return records
 
 
@@ -160,20 +165,22 @@ def measure(cluster, nodes: Sequence[str], layout: str, args, log) -> List[Dict]
     run_dir = Path(tempfile.mkdtemp(prefix="nkml-scaling-", dir="/tmp"))
     ranks: List[subprocess.Popen] = []
     try:
+        placed = [node for node in nodes for _ in range(args.ranks_per_node)]
+        # The ranks start first: their imports overlap the servers' start; each waits for its
+        # spec on stdin.
+        for node in placed:
+            ranks.append(cluster.popen(
+                node, [sys.executable, "-m", "nekrs_ml.bench.scaling", "--rank"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=child_env()))
         addresses_of = start_servers(cluster, nodes, layout, run_dir, args)
         password = (run_dir / "password").read_text().strip()
-        for index, node in enumerate(nodes):
-            for local in range(args.ranks_per_node):
-                spec = {"rank": index * args.ranks_per_node + local, "node": node,
-                        "addresses": addresses_of[node], "cluster": layout == "cluster",
-                        "password": password, "points": args.points, "features": args.features,
-                        "dtype": args.dtype, "calls": args.calls}
-                ranks.append(cluster.popen(
-                    node, [sys.executable, "-m", "nekrs_ml.bench.scaling", "--rank"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    text=True, env=child_env()))
-                ranks[-1].stdin.write(json.dumps(spec) + "\n")
-                ranks[-1].stdin.flush()
+        for rank, (node, proc) in enumerate(zip(placed, ranks)):
+            spec = {"rank": rank, "node": node, "addresses": addresses_of[node],
+                    "cluster": layout == "cluster", "password": password, "points": args.points,
+                    "features": args.features, "dtype": args.dtype, "calls": args.calls}
+            proc.stdin.write(json.dumps(spec) + "\n")
+            proc.stdin.flush()
         deadline = time.monotonic() + args.timeout
         wait_for_lines(ranks, "ready", deadline)  # every rank connected and warmed up
         for proc in ranks:
@@ -223,10 +230,18 @@ def start_servers(cluster, nodes: Sequence[str], layout: str, run_dir: Path,
 
 
 def stop_servers(cluster, nodes: Sequence[str], run_dir: Path) -> None:
-    for node in nodes:  # each node stops its own servers (state in the shared run directory)
-        if (run_dir / node).is_dir():
-            cluster.run(node, [sys.executable, "-m", "nekrs_ml.cli", "db", "stop", "--dir",
-                               str(run_dir)], timeout=60, env=child_env())
+    """Each node stops its own servers (their state is in the shared run directory), all nodes
+    at once; whatever is left is killed with the namespaces when the cluster stops."""
+    stopping = [cluster.popen(node, [sys.executable, "-m", "nekrs_ml.cli", "db", "stop", "--dir",
+                                     str(run_dir)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=child_env())
+                for node in nodes if (run_dir / node).is_dir()]
+    for proc in stopping:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -310,6 +325,59 @@ def print_table(records: List[Dict]) -> None:
     print(f"seed: {POLARIS_SEED['colocated']['note']}; {POLARIS_SEED['cluster']['note']}")
 
 
+def plot(records: List[Dict], path: str) -> None:
+    """p50 and p99 per call against the node count: one panel per layout, the snapshot's put
+    and get beside the bare SET and GET, the reference system's co-located times as lines."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ScalingError(f"--plot {path}: matplotlib is not installed (pip install "
+                           "matplotlib), or leave --plot out: the JSON holds every number")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [layout for layout in ("colocated", "cluster")
+             if any(r["layout"] == layout for r in records)]
+    figure, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 5.6), squeeze=False)
+    styles = {"snapshot_put": ("C0", "o", "snapshot put (send)"),
+              "snapshot_get": ("C1", "s", "snapshot get (retrieve)"),
+              "bare_put": ("C0", "x", "bare SET, same bytes"),
+              "bare_get": ("C1", "+", "bare GET, same bytes")}
+    for axis, layout in zip(axes[0], shown):
+        for op, (color, marker, label) in styles.items():
+            rows = sorted((r for r in records if r["layout"] == layout and r["op"] == op),
+                          key=lambda r: r["nodes"])
+            if not rows:
+                continue
+            dashed = "--" if op.startswith("bare") else "-"
+            axis.plot([r["nodes"] for r in rows], [r["p50_us"] / 1000 for r in rows],
+                      dashed, color=color, marker=marker, label=f"{label}, p50")
+            axis.plot([r["nodes"] for r in rows], [r["p99_us"] / 1000 for r in rows], ":",
+                      color=color, marker=marker, alpha=0.4, label=f"{label}, p99")
+        if layout == "colocated":
+            for op, color in (("snapshot_put", "C0"), ("snapshot_get", "C1")):
+                axis.axhline(POLARIS_SEED["colocated"][op] / 1000, color=color, alpha=0.3,
+                             linewidth=3, label=f"Polaris (seed), {op.split('_')[1]}")
+        first = next(r for r in records if r["layout"] == layout)
+        title = f"{layout}: {first['ranks_per_node']} rank(s) per node"
+        if layout == "cluster":
+            title += f", {first['shards_per_db_node']} masters on {first['db_nodes']} node(s)"
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("emulated nodes (one machine, shared cores)")
+        axis.set_ylabel("ms per call and rank")
+        axis.set_yscale("log")
+        axis.set_xticks(sorted({r["nodes"] for r in records}))
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    first = records[0]
+    figure.suptitle(f"send/retrieve per rank: {first['points']} points x {first['features']} "
+                    f"feature(s) x 2 tensors, {first['dtype']} ({first['bytes']} bytes)",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 # --- one rank, on its node ------------------------------------------------------------------------
 def rank_main() -> int:
     """A rank: reads its spec (one JSON line), connects, warms up, says "ready", waits for "go",
@@ -373,7 +441,10 @@ def rank_main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--plot"] and len(sys.argv) == 4:  # a figure of records measured before
+        plot(json.loads(Path(sys.argv[2]).read_text()), sys.argv[3])
+        sys.exit(0)
     if sys.argv[1:] != ["--rank"]:
-        sys.exit("usage: python -m nekrs_ml.bench.scaling --rank (started by `nekrs-ml bench "
-                 "scaling`, spec on stdin)")
+        sys.exit("usage: python -m nekrs_ml.bench.scaling --rank (a rank, started by `nekrs-ml "
+                 "bench scaling`, its spec on stdin) | --plot RECORDS.json FIGURE.png")
     sys.exit(rank_main())

@@ -2,8 +2,10 @@
 
 Per transport (own server, started and stopped here): the C++ TrainingStream puts snapshots of
 ``--points`` wall points ([n, 1] inputs + [n, 1] targets) as a solver rank does, (a) below its
-retention limit and (b) at the limit, where each put also drops the oldest snapshot; the
-baseline is one C++ put_tensor of the same number of bytes. Then the trainer's reader consumes
+retention limit, (b) with the trainer's reader consuming between puts, alternating with a bare
+put consumed the same way (the fair baseline of the steady state), and (c) at the limit, where
+each put also drops the oldest snapshot; the baseline of (a) and (c) is one C++ put_tensor of
+the same number of bytes to one key, back to back. Then the trainer's reader consumes
 the stored snapshots and its rate in samples/s is reported. Each snapshot record carries its
 p50 over the bare put's (``vs_bare_p50``) and the reference system's send time
 (``seed_polaris_us``: SmartRedis + Redis on Polaris, co-located, Balin et al. 2023).
@@ -132,7 +134,8 @@ def measure(transport: str, args, log) -> List[Dict]:
             bare_put, consume_bare, args.puts)
         record = latency_record(transport, "snapshot_put_consumed", args.points, nbytes, snapshot_s)
         record["bare_put_consumed"] = latency_us(bare_s)
-        record["vs_bare_put_consumed_p50"] = record["p50_us"] / record["bare_put_consumed"]["p50_us"]
+        bare_p50 = record["bare_put_consumed"]["p50_us"]
+        record["vs_bare_put_consumed_p50"] = record["p50_us"] / bare_p50
         records.append(record)
 
         log(f"{transport}: snapshot puts at the retention limit (each drops the oldest)")

@@ -2,6 +2,7 @@
 calls): its records have the documented shape, each rank ran on its own node, and nothing of the
 run is left behind (no namespace, server or rank process)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,10 +30,13 @@ def redis_servers():
 def test_scaling_records_on_one_and_two_nodes(tmp_path):
     before = namespaces()
     output = tmp_path / "scaling.json"
+    figure = tmp_path / "scaling.png"
+    can_plot = importlib.util.find_spec("matplotlib") is not None
     proc = subprocess.run(
         [sys.executable, "-m", "nekrs_ml.cli", "bench", "scaling", "--nodes", "1,2",
          "--ranks-per-node", "1", "--calls", "8", "--points", "1000", "--features", "2",
-         "--timeout", "50", "--json", "--output", str(output)],
+         "--timeout", "50", "--json", "--output", str(output)]
+        + (["--plot", str(figure)] if can_plot else []),
         capture_output=True, text=True, timeout=90, cwd="/tmp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(proc.stdout)
@@ -52,6 +56,8 @@ def test_scaling_records_on_one_and_two_nodes(tmp_path):
             assert r["vs_bare_p50"] > 0 and "seed_polaris_us" in r
         if r["layout"] == "cluster":
             assert r["db_nodes"] == 1 and r["shards_per_db_node"] == 3
+    if can_plot:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert namespaces() == before
     assert redis_servers() == []
 
