@@ -20,6 +20,7 @@ BENCHMARKS = {
     "stream": "nekrs_ml.bench.stream",
     "inference": "nekrs_ml.bench.inference",
     "handoff": "nekrs_ml.bench.handoff",
+    "scaling": "nekrs_ml.bench.scaling",
 }
 
 
