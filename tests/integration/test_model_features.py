@@ -206,3 +206,48 @@ def test_the_python_inference_client_splits_the_namespaces(served, tcp_server):
         assert plain.queue_key == keys.inference_queue(member, 0)
         with pytest.raises(ConfigError, match="model_namespace"):
             InferenceClient(client, member, model_namespace="a{b}")
+
+
+@pytest.mark.slow  # one AOTInductor compilation (about a minute)
+def test_the_inprocess_backend_switches_to_a_wall_units_version(tcp_server, solver):
+    """In-process: v1 dimensional, v2 the same graph in wall units (a weight swap). The first
+    call v2 answers is not applied; afterwards it applies tau = A u again, scaled by the
+    coupling, not by the backend."""
+    from nekrs_ml.models import aot
+    from nekrs_ml.train.model import Exporter, deployable, program_bytes
+
+    def linear(target_std: float):
+        mlp = torch.nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            mlp.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        return deployable(mlp, np.zeros(3), np.ones(3), np.zeros(2), np.full(2, target_std))
+
+    ns = f"m{uuid.uuid4().hex[:8]}"
+    exporter = Exporter()
+
+    def publish(target_std: float, meta: dict) -> int:
+        program = exporter.program_for(linear(target_std))
+        return registry.publish(solver.client, ns, "m", program_bytes(program),
+                                {"n_in": 3, "n_out": 2, "format": "export", **meta},
+                                weights_blob=aot.weights_blob(program, 3, 2))
+
+    assert publish(A, {}) == 1
+    aot.ensure_package(solver.client, ns, "m")
+    coupling, field = solver(member_ns(ns), model_ns=ns, modelName="m",
+                             inferenceBackend="inprocess", reloadInterval=0.01)
+    coupling.step(0, 0.0, False)
+    np.testing.assert_allclose(field.applied_stress, A * field.inputs()[:, :2], rtol=1e-5)
+    assert publish(A * H / NU, {"features": "wall_units"}) == 2
+    step = 0
+    while coupling.model_version != 2 and step < 200:
+        step += 1
+        field.advance()
+        coupling.step(step, step * 1e-3, False)
+    assert coupling.model_version == 2 and coupling.model_features == "wall_units"
+    for step in range(step + 1, step + 3):
+        field.advance()
+        coupling.step(step, step * 1e-3, False)
+        np.testing.assert_allclose(field.applied_stress, A * field.inputs()[:, :2], rtol=1e-5)
+    inference = json.loads(coupling.finish(step))["inference"]
+    assert inference["features"] == "wall_units" and inference["failures"]["features"] == 1
+    assert inference["versions"] == [1, 2] and inference["backend"] == "inprocess"
