@@ -15,6 +15,13 @@
 //    make that step use the fallback wall law (Reichardt's, at the sample height, along the
 //    tangential sample velocity), with a rate-limited warning; onInferenceError = abort throws
 //    instead, and maxInferenceFailures consecutive failures end the run at the next control step;
+//    the model's feature scheme (its registry meta "features": dimensional or wall_units, read
+//    once per version that answers) decides how the inputs and the predicted stress are scaled
+//    (feature_scaling.hpp); a reply of a version of another scheme than the call's inputs were
+//    scaled for is not applied (the wall law, cause "features"), and the next calls scale for it;
+//  - the model namespace (NEKRS_ML_MODEL_NAMESPACE): the registry and the workers of a model
+//    shared by several solvers; every key of this solver stays in its own namespace;
+//  - the solver's case (keys::solver_case: nu, the sample height), stored at the first step;
 //  - the wall statistics (wall_statistics.hpp): the geometry, the training rows, the
 //    area-weighted wall stress and the momentum balance of the run summary;
 //  - the flow statistics (coupling_statistics.hpp): every statsInterval steps (from statsStart /
