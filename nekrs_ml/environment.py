@@ -17,6 +17,9 @@ ADDRESSES = protocol.ENV["addresses"]  # comma-separated host:port or unix:PATH
 PASSWORD_FILE = protocol.ENV["password_file"]  # file holding the password
 RUN_DIR = protocol.ENV["run_dir"]  # the orchestrator's run directory
 NAMESPACE = protocol.ENV["namespace"]  # key prefix of this run (docs/protocol.md)
+# key prefix of the model registry and the model workers, when several solvers (an ensemble's
+# members, each in its own NAMESPACE) share them; unset: NAMESPACE
+MODEL_NAMESPACE = protocol.ENV["model_namespace"]
 TIMEOUT = protocol.ENV["timeout"]  # per-call timeout of the clients, seconds
 
 MODES = ("single", "colocated", "cluster")
@@ -37,6 +40,18 @@ def resolve_namespace(option: Optional[str] = None, par_value: Optional[str] = N
     return DEFAULT_NAMESPACE
 
 
+def resolve_model_namespace(namespace: str, option: Optional[str] = None,
+                            env: Optional[Mapping[str, str]] = None) -> str:
+    """The key prefix of the model registry and the model workers a solver in ``namespace``
+    uses: the option, else $NEKRS_ML_MODEL_NAMESPACE, else ``namespace`` itself."""
+    env = os.environ if env is None else env
+    sources = (("model_namespace", option), (f"${MODEL_NAMESPACE}", env.get(MODEL_NAMESPACE)))
+    for source, value in sources:
+        if value:
+            return check_namespace(value, source)
+    return namespace
+
+
 def check_namespace(namespace: str, source: str = "namespace") -> str:
     if any(c in namespace for c in "{}:"):
         raise ConfigError(f"{source} = {namespace!r} is not a valid namespace: use a non-empty "
@@ -45,9 +60,11 @@ def check_namespace(namespace: str, source: str = "namespace") -> str:
 
 
 def export(mode: str, addresses: List[str], password_file: str, run_dir: str,
-           namespace: str = "nkml", smartredis: bool = False) -> Dict[str, str]:
+           namespace: str = "nkml", smartredis: bool = False,
+           model_namespace: Optional[str] = None) -> Dict[str, str]:
     """The variables a child process needs, as a dict to merge into its environment; with
-    ``smartredis`` also the two SmartRedis clients read (docs/smartredis.md)."""
+    ``smartredis`` also the two SmartRedis clients read (docs/smartredis.md); with
+    ``model_namespace`` (a solver of an ensemble) where its models are served."""
     env = {
         MODE: mode,
         ADDRESSES: ",".join(addresses),
@@ -55,6 +72,8 @@ def export(mode: str, addresses: List[str], password_file: str, run_dir: str,
         RUN_DIR: str(run_dir),
         NAMESPACE: namespace,
     }
+    if model_namespace:
+        env[MODEL_NAMESPACE] = check_namespace(model_namespace, "model_namespace")
     if smartredis and addresses:
         first = addresses[0]
         env["SSDB"] = "unix://" + first[len("unix:"):] if first.startswith("unix:") else first

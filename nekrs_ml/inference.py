@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _core, codec, keys
 from .client import Client
+from .environment import check_namespace
 from .errors import TensorFormatError
 from .models.registry import check_name, latest_version
 
@@ -31,25 +32,33 @@ class Prediction:
 
 
 class InferenceClient:
-    """``InferenceClient(client, namespace="nkml", rank=0, workers=1, timeout=10.0)``.
+    """``InferenceClient(client, namespace="nkml", rank=0, workers=1, timeout=10.0,
+    model_namespace=None)``.
 
     Solver rank ``rank`` sends its requests to worker ``rank % workers`` and reads replies from
     its own list, so every rank needs its own ``rank``. The calls go through a connection of
-    their own to the servers of ``client``.
+    their own to the servers of ``client``. ``model_namespace``: where the model registry and
+    the workers are (their queues and heartbeats) when several solvers share them, e.g. the
+    members of an ensemble, each in its own ``namespace``; the replies still come to
+    ``namespace``. Default: ``namespace``.
     """
 
     def __init__(self, client: Client, namespace: str = "nkml", rank: int = 0, workers: int = 1,
-                 timeout: float = 10.0, heartbeat_check: float = 1.0):
+                 timeout: float = 10.0, heartbeat_check: float = 1.0,
+                 model_namespace: Optional[str] = None):
         self.client = client
         self.ns = namespace
+        self.model_ns = (check_namespace(model_namespace, "model_namespace")
+                         if model_namespace else namespace)
         self.rank = int(rank)
         self.timeout = float(timeout)
         self.heartbeat_check = float(heartbeat_check)
-        self.heartbeat_key = keys.worker_heartbeat(namespace, self.rank % max(int(workers), 1))
+        self.heartbeat_key = keys.worker_heartbeat(self.model_ns, self.rank % max(int(workers), 1))
         self._connection = client.native_connection()
         # checks the options (ConfigError)
         self._native = _core.InferenceClient(self._connection, namespace, self.rank,
-                                             int(workers), self.timeout, self.heartbeat_check)
+                                             int(workers), self.timeout, self.heartbeat_check,
+                                             self.model_ns)
         self._widths: Dict[str, int] = {}  # outputs per point of each model, when out is None
 
     @property
@@ -105,8 +114,8 @@ class InferenceClient:
     def _output_width(self, model: str) -> int:
         """Outputs per point of the registry's current version of ``model``; 1 when it has none
         (the worker then answers why)."""
-        version = latest_version(self._connection, self.ns, model)
-        meta = (self._connection.get_string(keys.model_meta(self.ns, model, version))
+        version = latest_version(self._connection, self.model_ns, model)
+        meta = (self._connection.get_string(keys.model_meta(self.model_ns, model, version))
                 if version is not None else None)
         width = json.loads(meta).get("n_out") if meta is not None else None
         return max(int(width), 1) if isinstance(width, (int, float)) else 1

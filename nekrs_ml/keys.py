@@ -83,6 +83,13 @@ def solver_summary(ns: str) -> str:
     return f"{ns}:solver:summary"
 
 
+def solver_case(ns: str) -> str:
+    """What the trainer needs to know of the solver's case (JSON: kinematic_viscosity,
+    sample_height, inputs, outputs, ranks), stored by the solver's rank 0 when its coupling
+    starts; the trainer scales the solver's samples with it."""
+    return f"{ns}:solver:case"
+
+
 def solver_inference(ns: str) -> str:
     """Rank 0's inference counters (JSON: version, calls, predicted, fallbacks, waiting_for),
     written with the step; the launcher's progress line shows them."""

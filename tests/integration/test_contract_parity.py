@@ -73,6 +73,7 @@ def test_python_and_cpp_write_the_same_keys():
     cpp_functions = [name for name in dir(_core.keys) if callable(getattr(_core.keys, name))
                      and not name.startswith("_")]
     assert len(cpp_functions) > 20
+    assert {"solver_case", "model_meta"} <= set(cpp_functions)
     for name in cpp_functions:
         python = getattr(keys, name)
         arguments = [SAMPLE_ARGUMENTS[p] for p in inspect.signature(python).parameters]
@@ -83,10 +84,24 @@ def test_python_and_cpp_write_the_same_keys():
 # --- environment variables: environment.py and env.cpp -----------------------------------------
 def test_environment_names_come_from_the_table():
     assert (environment.MODE, environment.ADDRESSES, environment.PASSWORD_FILE,
-            environment.RUN_DIR, environment.NAMESPACE, environment.TIMEOUT) == tuple(
+            environment.RUN_DIR, environment.NAMESPACE, environment.MODEL_NAMESPACE,
+            environment.TIMEOUT) == tuple(
         protocol.ENV[k] for k in ("mode", "addresses", "password_file", "run_dir", "namespace",
-                                  "timeout"))
+                                  "model_namespace", "timeout"))
     assert environment.DEFAULT_NAMESPACE == protocol.KEY["default_namespace"]
+
+
+def test_the_model_namespace_defaults_to_the_namespace():
+    name = environment.MODEL_NAMESPACE
+    assert environment.resolve_model_namespace("run.a", env={}) == "run.a"
+    assert environment.resolve_model_namespace("run.a", env={name: "run"}) == "run"
+    assert environment.resolve_model_namespace("run.a", "shared", env={name: "run"}) == "shared"
+    with pytest.raises(ConfigError, match=name):
+        environment.resolve_model_namespace("run.a", env={name: "run:x"})
+    exported = environment.export("single", ["127.0.0.1:1"], "", "/tmp", "run.a",
+                                  model_namespace="run")
+    assert exported[environment.NAMESPACE] == "run.a" and exported[name] == "run"
+    assert name not in environment.export("single", ["127.0.0.1:1"], "", "/tmp", "run.a")
 
 
 def test_the_cpp_client_reads_the_same_variables(monkeypatch, tmp_path):

@@ -181,6 +181,14 @@ void bind_coupling(py::module_& m) {
       .def_property_readonly("end_step", &Coupling::end_step)
       .def_property_readonly("end_reason", &Coupling::end_reason)
       .def_property_readonly("model_version", &Coupling::model_version)
+      .def_property_readonly(
+          "model_features",
+          [](const Coupling& self) -> py::object {
+            const std::string scheme = self.model_features();
+            return scheme.empty() ? py::object(py::none()) : py::object(py::str(scheme));
+          },
+          "The feature scheme this rank's inference calls scale for ('dimensional', "
+          "'wall_units'; None before a version answered)")
       .def_property_readonly("inference_calls", &Coupling::inference_calls)
       .def_property_readonly("fallback_steps", &Coupling::fallback_steps)
       .def_property_readonly("snapshots_written", &Coupling::snapshots_written);

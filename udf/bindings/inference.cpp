@@ -80,9 +80,11 @@ private:
 };
 
 std::unique_ptr<PyInference> make_inference(PyClient& client, const std::string& ns, int rank,
-                                            int workers, double timeout, double heartbeat_check) {
+                                            int workers, double timeout, double heartbeat_check,
+                                            const std::string& model_ns) {
   InferenceOptions options;
   options.ns = ns;
+  options.model_ns = model_ns;
   options.rank = rank;
   options.workers = workers;
   options.timeout_s = timeout;
@@ -175,7 +177,10 @@ void bind_inference(py::module_& m) {
                           "into the caller's array (docs/protocol.md)")
       .def(py::init(&make_inference), py::keep_alive<1, 2>(), py::arg("client"),
            py::arg("namespace") = NKML_KEY_DEFAULT_NAMESPACE, py::arg("rank") = 0, py::arg("workers") = 1,
-           py::arg("timeout") = 10.0, py::arg("heartbeat_check") = 1.0)
+           py::arg("timeout") = 10.0, py::arg("heartbeat_check") = 1.0,
+           py::arg("model_namespace") = "",
+           "model_namespace: where the model workers serve (their queues and heartbeats), when "
+           "several solvers share them; empty: `namespace`. The replies come to `namespace`.")
       .def("run", &PyInference::run, py::arg("model"), py::arg("inputs"), py::arg("out"),
            "Predicts `out` from `inputs` [points, features] with the current version of "
            "`model`; returns {'version', 'seconds', 'shape'}")
@@ -183,6 +188,10 @@ void bind_inference(py::module_& m) {
            "True when this rank's model worker has a live heartbeat")
       .def_property_readonly("queue_key",
                              [](const PyInference& self) { return self.native().queue_key(); })
+      .def_property_readonly("heartbeat_key",
+                             [](const PyInference& self) { return self.native().heartbeat_key(); })
+      .def_property_readonly(
+          "model_namespace", [](const PyInference& self) { return self.native().model_namespace(); })
       .def("reply_key", [](const PyInference& self, const std::string& model) {
         return self.native().reply_key(model);
       }, py::arg("model"));

@@ -32,6 +32,7 @@ void bind_keys(py::module_& m) {
   k.def("solver_time", &keys::solver_time);
   k.def("solver_snapshots", &keys::solver_snapshots);
   k.def("solver_summary", &keys::solver_summary);
+  k.def("solver_case", &keys::solver_case);
   k.def("solver_inference", &keys::solver_inference);
   k.def("flow_stats", &keys::flow_stats);
   k.def("solver_done", &keys::solver_done);
@@ -40,6 +41,7 @@ void bind_keys(py::module_& m) {
   k.def("trainer_status", &keys::trainer_status);
   k.def("model_tag", &keys::model_tag);
   k.def("model_latest", &keys::model_latest);
+  k.def("model_meta", &keys::model_meta);
   k.def("model_weights", &keys::model_weights);
   k.def("model_package", &keys::model_package);
   k.def("package_state", &keys::package_state);

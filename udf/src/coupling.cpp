@@ -47,6 +47,7 @@ const char* failure_name(InferenceFailure cause) {
   case InferenceFailure::connection: return "connection";
   case InferenceFailure::server_error: return "server_error";
   case InferenceFailure::package_missing: return "package_missing";
+  case InferenceFailure::features: return "features";
   case InferenceFailure::count_: break;
   }
   return "unknown";
@@ -64,6 +65,8 @@ CouplingOptions CouplingOptions::from_config(const Config& config) {
   options.infer_only = workflow == "infer";
   const std::string ns = namespace_from_env();
   options.ns = !ns.empty() ? ns : config.get_string(section, "namespace");
+  const std::string model_ns = model_namespace_from_env();
+  options.model_ns = !model_ns.empty() ? model_ns : options.ns;
   options.sample_interval = static_cast<int>(config.get_int(section, "sampleInterval"));
   options.sample_start = static_cast<long>(config.get_int(section, "sampleStart"));
   options.sample_start_time = config.get_double(section, "sampleStartTime");
@@ -143,7 +146,7 @@ Coupling::Coupling(const Config& config, Collective& comm, WallFields& fields,
   std::unique_ptr<InferenceBackend> backend;
   if (options_.inferring && options_.inprocess) {
     InprocessOptions inprocess;
-    inprocess.ns = options_.ns;
+    inprocess.ns = options_.model_ns; // the backend reads only the model registry
     inprocess.device = options_.inprocess_device;
     inprocess.threads = options_.inprocess_threads;
     inprocess.reload_interval_s = options_.reload_interval_s;
@@ -151,12 +154,14 @@ Coupling::Coupling(const Config& config, Collective& comm, WallFields& fields,
   } else if (options_.inferring) {
     InferenceOptions inference;
     inference.ns = options_.ns;
+    inference.model_ns = options_.model_ns;
     inference.rank = comm_.rank();
     inference.workers = options_.workers;
     inference.timeout_s = options_.inference_timeout_s;
     backend = std::make_unique<InferenceClient>(*client_, inference);
   }
-  inference_ = std::make_unique<CouplingInference>(options_, comm_, fields_, std::move(backend));
+  inference_ = std::make_unique<CouplingInference>(options_, comm_, fields_, *client_,
+                                                   std::move(backend));
   window_ = std::make_unique<SamplingWindow>(options_);
   wall_ = std::make_unique<WallStatistics>();
   statistics_ = std::make_unique<FlowStatisticsRecorder>(options_, comm_, fields_, *client_);
@@ -175,6 +180,10 @@ long long Coupling::inference_calls() const { return inference_->calls(); }
 long long Coupling::fallback_steps() const { return inference_->fallbacks(); }
 long long Coupling::failures(InferenceFailure cause) const { return inference_->failures(cause); }
 std::uint64_t Coupling::model_version() const { return inference_->version(); }
+std::string Coupling::model_features() const {
+  return inference_->feature_scheme_known() ? feature_scheme_name(inference_->feature_scheme())
+                                            : "";
+}
 
 bool Coupling::in_sampling_window(long tstep, double time) const {
   return window_->contains(tstep, time);
@@ -199,9 +208,29 @@ void Coupling::start() {
   wall_->start(fields_.geometry(), n_, options_.train_edge_nodes,
                [this](const std::string& text) { warn(text); });
   if (options_.stats_interval > 0) statistics_->start();
+  if (comm_.rank() == 0) put_case();
   log(std::to_string(static_cast<long long>(total)) + " wall points, sample height " +
       json_number(options_.sample_height) + ", namespace " + options_.ns +
+      (options_.model_ns != options_.ns ? ", models of namespace " + options_.model_ns : "") +
       (options_.training ? ", training" : "") + (options_.inferring ? ", inference" : ""));
+}
+
+// What the trainer needs of this solver's case to scale its samples (docs/protocol.md,
+// keys::solver_case): stored before the first snapshot or inference call.
+void Coupling::put_case() {
+  const std::string text = "{\"kinematic_viscosity\": " + json_number(nu_) +
+                           ", \"sample_height\": " + json_number(options_.sample_height) +
+                           ", \"inputs\": " + std::to_string(kInputs) +
+                           ", \"outputs\": " + std::to_string(kTargets) +
+                           ", \"ranks\": " + std::to_string(comm_.size()) + "}";
+  try {
+    client_->set_string(keys::solver_case(options_.ns), text);
+  } catch (const ServerError& error) {
+    // a full server: the run goes on (its snapshots wait or drop the same way); the trainer
+    // names the missing key
+    warn("the solver's case (" + keys::solver_case(options_.ns) + ") was not stored: " +
+         error.what());
+  }
 }
 
 void Coupling::step(long tstep, double time, bool last_step) {

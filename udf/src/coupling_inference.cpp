@@ -5,6 +5,7 @@
 #include "json_text.hpp"
 
 #include "nekrs_ml/inprocess.hpp"
+#include "nekrs_ml/keys.hpp"
 #include "nekrs_ml/wall.hpp"
 
 #include <algorithm>
@@ -29,12 +30,15 @@ bool all_finite(const double* values, std::size_t count) {
 } // namespace
 
 CouplingInference::CouplingInference(const CouplingOptions& options, Collective& comm,
-                                     WallFields& fields, std::unique_ptr<InferenceBackend> backend)
-    : options_(options), comm_(comm), fields_(fields), backend_(std::move(backend)) {}
+                                     WallFields& fields, Client& client,
+                                     std::unique_ptr<InferenceBackend> backend)
+    : options_(options), comm_(comm), fields_(fields), client_(client),
+      backend_(std::move(backend)) {}
 
 void CouplingInference::start(std::size_t n, double nu) {
   n_ = n;
   nu_ = nu;
+  scaling_ = FeatureScaling(options_.sample_height, nu_);
   stress_.assign(kTargets * n_, 0.0);
   model_inputs_.resize(kInputs * n_);
   predictions_.resize(kTargets * n_);
@@ -67,16 +71,36 @@ void CouplingInference::run(long tstep, const std::vector<double>& inputs) {
     ++calls_;
     return;
   }
-  for (std::size_t i = 0; i < inputs.size(); ++i) model_inputs_[i] = static_cast<float>(inputs[i]);
+  // The inputs are scaled for the scheme of the last version that answered: a reply of a
+  // version with another scheme is not applied (below), and the next call scales for it.
+  const FeatureScheme scaled_for = scheme_;
+  scaling_.inputs(scaled_for, inputs.data(), model_inputs_.data(), inputs.size());
   InferenceFailure cause = InferenceFailure::timeout;
   std::string detail;
   bool ok = false;
+  bool rescaled = false; // the reply came from a version of another scheme: not a failure
   try {
     const InferenceResult result = backend_->run(
         options_.model, TensorHeader{DType::float32, {n_, static_cast<std::uint64_t>(kInputs)}},
         model_inputs_.data(), predictions_.data(), predictions_.size() * sizeof(float));
     latency_.add(result.seconds);
-    if (check_predictions(result, cause)) {
+    const bool usable = check_predictions(result, cause);
+    // The scheme first: predictions of inputs scaled for another scheme may be anything,
+    // even non-finite, and are not the model's fault.
+    const FeatureScheme answered = scheme_of(result.version, detail);
+    if (answered == FeatureScheme::unsupported) {
+      cause = InferenceFailure::features;
+    } else if (answered != scaled_for) {
+      cause = InferenceFailure::features;
+      rescaled = true;
+      scheme_ = answered;
+      scheme_known_ = true;
+      coupling_log(comm_, "step " + std::to_string(tstep) + ": " + options_.model + " version " +
+                              std::to_string(result.version) + " takes " +
+                              feature_scheme_name(answered) + " features; this step uses the "
+                              "wall law, the next calls scale for them");
+    } else if (usable) {
+      scheme_known_ = true;
       if (result.version != version_) {
         if (version_ != 0 || comm_.rank() == 0) {
           coupling_log(comm_, "step " + std::to_string(tstep) + ": predictions of " +
@@ -90,7 +114,8 @@ void CouplingInference::run(long tstep, const std::vector<double>& inputs) {
       } else {
         version_by_step_.back()[1] = tstep;
       }
-      predictions_to_stress(result.header.shape.size() == 2 ? result.header.shape[1] : 0);
+      predictions_to_stress(result.header.shape.size() == 2 ? result.header.shape[1] : 0,
+                            scaling_.stress_factor(answered));
       ok = true;
     } else {
       detail = "the predictions of " + options_.model + " version " +
@@ -129,7 +154,11 @@ void CouplingInference::run(long tstep, const std::vector<double>& inputs) {
     detail = error.what();
   }
   ++calls_;
-  if (ok) {
+  if (rescaled) { // expected once per change of scheme: counted, never an error
+    ++failures_[static_cast<std::size_t>(InferenceFailure::features)];
+    ++fallbacks_;
+    fallback_stress();
+  } else if (ok) {
     waiting_for_.clear();
     consecutive_failures_ = 0;
     ++predicted_steps_;
@@ -165,19 +194,49 @@ bool CouplingInference::check_predictions(const InferenceResult& result, Inferen
   return true;
 }
 
-// Predictions -> stress_: a vector model gives [tau.t1, tau.t2]; a magnitude model |tau|, applied
+FeatureScheme CouplingInference::scheme_of(std::uint64_t version, std::string& problem) {
+  if (version == 0) return FeatureScheme::dimensional; // a backend that names no version
+  const auto known = scheme_by_version_.find(version);
+  if (known != scheme_by_version_.end()) {
+    problem = known->second.second;
+    return known->second.first;
+  }
+  const std::string key = keys::model_meta(options_.model_ns, options_.model, version);
+  std::string meta;
+  if (!client_.get_string(key, meta)) {
+    // Not cached: a reply is never applied without knowing its scaling; the next call asks
+    // again (by then the model usually answers with a newer version, whose meta exists).
+    problem = "the registry meta of " + options_.model + " version " + std::to_string(version) +
+              " ('" + key + "') is missing, so the scaling of its features is unknown (a "
+              "version pruned by keepVersions while it still answers?)";
+    return FeatureScheme::unsupported;
+  }
+  std::string value;
+  const FeatureScheme scheme = feature_scheme_of_meta(meta, value);
+  problem.clear();
+  if (scheme == FeatureScheme::unsupported) {
+    problem = "'" + key + "' names the features '" + value + "', which this solver does not "
+              "know (dimensional or wall_units); publish the model with one of those";
+  }
+  scheme_by_version_[version] = {scheme, problem};
+  return scheme;
+}
+
+// Predictions -> stress_ (times `factor`, the scaling of the model's features back to the
+// kinematic stress): a vector model gives [tau.t1, tau.t2]; a magnitude model |tau|, applied
 // along the tangential velocity at the sample point.
-void CouplingInference::predictions_to_stress(std::size_t columns) {
+void CouplingInference::predictions_to_stress(std::size_t columns, double factor) {
   const std::vector<double>& inputs = *inputs_;
   for (std::size_t i = 0; i < n_; ++i) {
     if (columns == 2) {
-      stress_[2 * i] = predictions_[2 * i];
-      stress_[2 * i + 1] = predictions_[2 * i + 1];
+      stress_[2 * i] = factor * predictions_[2 * i];
+      stress_[2 * i + 1] = factor * predictions_[2 * i + 1];
     } else {
       const double u1 = inputs[3 * i], u2 = inputs[3 * i + 1];
       const double speed = std::hypot(u1, u2);
-      stress_[2 * i] = speed > 0 ? predictions_[i] * u1 / speed : 0.0;
-      stress_[2 * i + 1] = speed > 0 ? predictions_[i] * u2 / speed : 0.0;
+      const double magnitude = factor * predictions_[i];
+      stress_[2 * i] = speed > 0 ? magnitude * u1 / speed : 0.0;
+      stress_[2 * i + 1] = speed > 0 ? magnitude * u2 / speed : 0.0;
     }
   }
 }
@@ -242,6 +301,8 @@ void CouplingInference::append_totals(std::vector<double>& totals) const {
   totals.push_back(static_cast<double>(fallbacks_));
   totals.push_back(static_cast<double>(predicted_steps_));
   totals.push_back(static_cast<double>(nonfinite_inputs_));
+  totals.push_back(scheme_known_ && scheme_ == FeatureScheme::dimensional ? 1.0 : 0.0);
+  totals.push_back(scheme_known_ && scheme_ == FeatureScheme::wall_units ? 1.0 : 0.0);
   for (const long long count : failures_) totals.push_back(static_cast<double>(count));
   totals.insert(totals.end(), latency_.bins().begin(), latency_.bins().end());
   totals.insert(totals.end(), error_.bins().begin(), error_.bins().end());
@@ -250,6 +311,13 @@ void CouplingInference::append_totals(std::vector<double>& totals) const {
 std::string CouplingInference::json(const std::vector<double>& totals, std::size_t at) const {
   const double calls = totals[at], waiting_calls = totals[at + 1], fallbacks = totals[at + 2];
   const double predicted = totals[at + 3];
+  // the scheme the ranks' calls scale for (null: no version answered yet)
+  const double dimensional_ranks = totals[at + 5], wall_units_ranks = totals[at + 6];
+  const std::string features =
+      dimensional_ranks > 0 && wall_units_ranks > 0 ? json_string("mixed")
+      : wall_units_ranks > 0                        ? json_string("wall_units")
+      : dimensional_ranks > 0                       ? json_string("dimensional")
+                                                    : std::string("null");
   at += kCounters;
   std::string failures = "{";
   for (std::size_t cause = 0; cause < kCauses; ++cause, ++at) {
@@ -295,6 +363,7 @@ std::string CouplingInference::json(const std::vector<double>& totals, std::size
   s += ", \"on_error\": " + json_string(options_.on_error == CouplingOptions::OnError::abort
                                             ? "abort" : "fallback");
   s += ", \"applied\": " + std::string(options_.apply ? "true" : "false");
+  s += ", \"features\": " + features;
   s += ", \"latency_ms_p50\": " + json_number(latency.percentile(50) * 1e3);
   s += ", \"latency_ms_p99\": " + json_number(latency.percentile(99) * 1e3);
   s += ", \"predicted_share\": " +

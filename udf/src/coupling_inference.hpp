@@ -4,21 +4,26 @@
 // summary. Nothing non-finite ever reaches WallFields::apply_wall_stress.
 #pragma once
 
+#include "feature_scaling.hpp"
+
 #include "nekrs_ml/coupling.hpp"
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nekrs_ml {
 
 class CouplingInference {
 public:
+  // `client` reads the registry meta of the versions that answer (their feature scheme).
   CouplingInference(const CouplingOptions& options, Collective& comm, WallFields& fields,
-                    std::unique_ptr<InferenceBackend> backend);
+                    Client& client, std::unique_ptr<InferenceBackend> backend);
 
   void set_backend(std::unique_ptr<InferenceBackend> backend) { backend_ = std::move(backend); }
   // At the coupling's first step: n wall points on this rank, the kinematic viscosity nu.
@@ -43,6 +48,9 @@ public:
     return failures_[static_cast<std::size_t>(cause)];
   }
   std::uint64_t version() const { return version_; }
+  // The feature scheme this rank's calls scale for: that of the last version that answered.
+  FeatureScheme feature_scheme() const { return scheme_; }
+  bool feature_scheme_known() const { return scheme_known_; }
   // Whether maxInferenceFailures consecutive calls failed on this rank.
   bool too_many_failures() const { return consecutive_failures_ >= options_.max_failures; }
   // Rank 0's inference counters for the launcher's progress line (JSON).
@@ -51,7 +59,8 @@ public:
   // The run summary: this rank's counters and histograms for the sum over the ranks (the
   // fixed counters first: calls, waiting calls, fallbacks, predicted steps, steps with a
   // non-finite sample), and the "inference" JSON of the summed totals.
-  static constexpr std::size_t kCounters = 5;
+  // Then the ranks whose calls scale for dimensional and for wall-units models.
+  static constexpr std::size_t kCounters = 7;
   static constexpr std::size_t kTotals =
       kCounters + static_cast<std::size_t>(InferenceFailure::count_) + 2 * LogHistogram::kBins;
   void append_totals(std::vector<double>& totals) const;
@@ -60,7 +69,11 @@ public:
 
 private:
   bool check_predictions(const InferenceResult& result, InferenceFailure& cause);
-  void predictions_to_stress(std::size_t columns);
+  // The feature scheme of `version` of the model: from the cache, else from its registry meta
+  // (one GET, once per version). unsupported (with `problem` saying why) for a scheme this
+  // solver does not know, or a meta that is gone (not cached: asked again next call).
+  FeatureScheme scheme_of(std::uint64_t version, std::string& problem);
+  void predictions_to_stress(std::size_t columns, double factor);
   void fallback_stress();
   void apply_stress(long tstep);
   void record_failure(long tstep, InferenceFailure cause, const std::string& detail);
@@ -70,6 +83,7 @@ private:
   const CouplingOptions& options_;
   Collective& comm_;
   WallFields& fields_;
+  Client& client_;
   std::unique_ptr<InferenceBackend> backend_;
   std::size_t n_ = 0;
   double nu_ = 0.0;
@@ -78,6 +92,12 @@ private:
   std::vector<double> stress_;
   std::vector<double> model_stress_; // the model's stress when applyPredictions = false
   std::vector<float> model_inputs_, predictions_;
+  FeatureScaling scaling_;
+  // The scheme the next call's inputs are scaled for (dimensional until a version said
+  // otherwise), whether a version said it yet, and the scheme of every version seen.
+  FeatureScheme scheme_ = FeatureScheme::dimensional;
+  bool scheme_known_ = false;
+  std::map<std::uint64_t, std::pair<FeatureScheme, std::string>> scheme_by_version_;
   // counters of this rank
   long long calls_ = 0, waiting_calls_ = 0, fallbacks_ = 0, predicted_steps_ = 0;
   long long consecutive_failures_ = 0, nonfinite_inputs_ = 0;

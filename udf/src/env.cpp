@@ -116,4 +116,14 @@ ClientOptions Client::options_from_env() {
 
 std::string namespace_from_env() { return getenv_or_empty(NKML_ENV_NAMESPACE); }
 
+std::string model_namespace_from_env() {
+  const std::string ns = getenv_or_empty(NKML_ENV_MODEL_NAMESPACE);
+  if (ns.find_first_of("{}:") != std::string::npos) {
+    throw ConfigError(NKML_ENV_MODEL_NAMESPACE "='" + ns + "' is not a valid namespace: use a "
+                      "name without '{', '}' or ':' (the run namespace of the shared model "
+                      "registry and workers), or leave it unset");
+  }
+  return ns;
+}
+
 } // namespace nekrs_ml

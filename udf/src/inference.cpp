@@ -85,9 +85,15 @@ InferenceClient::InferenceClient(Client& client, InferenceOptions options)
   if (!(options_.timeout_s > 0) || !(options_.heartbeat_check_s > 0)) {
     throw ConfigError("InferenceClient: timeout and heartbeat_check must be positive seconds");
   }
+  if (options_.model_ns.empty()) options_.model_ns = options_.ns;
+  if (options_.model_ns.find_first_of("{}:") != std::string::npos) {
+    throw ConfigError("InferenceClient: model namespace '" + options_.model_ns +
+                      "' is not valid: use a name without '{', '}' or ':' (" +
+                      NKML_ENV_MODEL_NAMESPACE + ")");
+  }
   const int worker = options_.rank % options_.workers;
-  queue_ = keys::inference_queue(options_.ns, worker);
-  heartbeat_ = keys::worker_heartbeat(options_.ns, worker);
+  queue_ = keys::inference_queue(options_.model_ns, worker);
+  heartbeat_ = keys::worker_heartbeat(options_.model_ns, worker);
 }
 
 std::string InferenceClient::reply_key(const std::string& model) const {

@@ -15,6 +15,13 @@
 //    make that step use the fallback wall law (Reichardt's, at the sample height, along the
 //    tangential sample velocity), with a rate-limited warning; onInferenceError = abort throws
 //    instead, and maxInferenceFailures consecutive failures end the run at the next control step;
+//    the model's feature scheme (its registry meta "features": dimensional or wall_units, read
+//    once per version that answers) decides how the inputs and the predicted stress are scaled
+//    (feature_scaling.hpp); a reply of a version of another scheme than the call's inputs were
+//    scaled for is not applied (the wall law, cause "features"), and the next calls scale for it;
+//  - the model namespace (NEKRS_ML_MODEL_NAMESPACE): the registry and the workers of a model
+//    shared by several solvers; every key of this solver stays in its own namespace;
+//  - the solver's case (keys::solver_case: nu, the sample height), stored at the first step;
 //  - the wall statistics (wall_statistics.hpp): the geometry, the training rows, the
 //    area-weighted wall stress and the momentum balance of the run summary;
 //  - the flow statistics (coupling_statistics.hpp): every statsInterval steps (from statsStart /
@@ -124,6 +131,10 @@ enum class InferenceFailure : int {
   connection,
   server_error,
   package_missing, // in-process: the package of the model's graph is not compiled (yet)
+  // The reply came from a version whose feature scheme (dimensional, wall_units) is not the
+  // one the call's inputs were scaled for (the next calls are), or one this solver does not
+  // know, or whose registry meta is missing.
+  features,
   count_ // number of causes
 };
 const char* failure_name(InferenceFailure cause);
@@ -132,6 +143,10 @@ struct CouplingOptions {
   enum class OnError { fallback, abort };
 
   std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
+  // The namespace of the model registry and the model workers (NEKRS_ML_MODEL_NAMESPACE, for
+  // solvers that share them, e.g. an ensemble's members); ns when unset. Every solver key
+  // (stream, control, reply lists, summary) stays in ns.
+  std::string model_ns = NKML_KEY_DEFAULT_NAMESPACE;
   bool training = false, inferring = false;
   bool infer_only = false; // workflow = infer: a model must exist from the start
   int sample_interval = 10;
@@ -221,6 +236,9 @@ public:
   long long fallback_steps() const;
   long long failures(InferenceFailure cause) const;
   std::uint64_t model_version() const;
+  // The feature scheme this rank's inference calls scale for ("dimensional", "wall_units"),
+  // that of the last version that answered; "" before any version answered.
+  std::string model_features() const;
   long long snapshots_written() const { return stream_ ? stream_->snapshots_written() : 0; }
   // Whether (tstep, time) lies in the sampling window (sampleStart, sampleStartTime, and with
   // sampleStartTolerance the steadiness of the wall stress, once it was reached).
@@ -228,6 +246,7 @@ public:
 
 private:
   void start();
+  void put_case();
   void put_snapshot(long tstep, double time, bool predicted_now);
   void control(long tstep, double time);
   void put_holdout();

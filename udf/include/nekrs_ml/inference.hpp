@@ -32,7 +32,11 @@ public:
 };
 
 struct InferenceOptions {
-  std::string ns = NKML_KEY_DEFAULT_NAMESPACE; // run namespace
+  std::string ns = NKML_KEY_DEFAULT_NAMESPACE; // run namespace: this solver's reply keys
+  // Namespace of the model workers (their queues and heartbeats) when several solvers share
+  // them (NEKRS_ML_MODEL_NAMESPACE); empty: ns. The reply key travels inside the request, so
+  // a shared worker answers each solver in the solver's own namespace.
+  std::string model_ns;
   int rank = 0;            // solver rank: names the reply key
   int workers = 1;         // rank R talks to worker R mod workers
   double timeout_s = 10.0; // longest wait for one reply
@@ -83,6 +87,8 @@ public:
   const std::string& queue_key() const { return queue_; }
   const std::string& heartbeat_key() const { return heartbeat_; }
   std::string reply_key(const std::string& model) const;
+  // The namespace of the model workers (model_ns, else ns).
+  const std::string& model_namespace() const { return options_.model_ns; }
 
 private:
   Client& client_;

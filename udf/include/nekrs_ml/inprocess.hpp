@@ -19,6 +19,7 @@
 namespace nekrs_ml {
 
 struct InprocessOptions {
+  // The namespace of the model registry it reads (a solver's NEKRS_ML_MODEL_NAMESPACE when set).
   std::string ns = NKML_KEY_DEFAULT_NAMESPACE;
   std::string device = "cpu";      // cpu, cuda or cuda:N
   int threads = 1;                 // torch intra-op threads of this process

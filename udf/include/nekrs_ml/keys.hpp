@@ -46,6 +46,9 @@ inline std::string solver_step(const std::string& ns) { return ns + ":solver:ste
 inline std::string solver_time(const std::string& ns) { return ns + ":solver:time"; }
 inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
 inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
+// What the trainer needs to know of this solver's case (JSON: kinematic_viscosity,
+// sample_height, inputs, outputs, ranks), stored by rank 0 when the coupling starts.
+inline std::string solver_case(const std::string& ns) { return ns + ":solver:case"; }
 // Rank 0's inference counters (JSON: version, calls, predicted, fallbacks, waiting_for),
 // written with the step for the launcher's progress line.
 inline std::string solver_inference(const std::string& ns) { return ns + ":solver:inference"; }
@@ -61,6 +64,10 @@ inline std::string trainer_status(const std::string& ns) { return ns + ":trainer
 inline std::string model_tag(const std::string& name) { return "{m:" + name + "}"; }
 inline std::string model_latest(const std::string& ns, const std::string& name) {
   return ns + ":" + model_tag(name) + ":latest";
+}
+inline std::string model_meta(const std::string& ns, const std::string& name,
+                              unsigned long long version) {
+  return ns + ":" + model_tag(name) + ":v" + std::to_string(version) + ":meta";
 }
 inline std::string model_weights(const std::string& ns, const std::string& name,
                                  unsigned long long version) {
