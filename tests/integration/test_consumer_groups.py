@@ -1,0 +1,169 @@
+"""Consumer groups and several streams of the trainer's reader (nekrs_ml.train.data) against a
+real redis-server: every consumer sees every snapshot, an entry goes once the whole group read
+it, a stopped consumer holds entries until the retention limit and then counts what it missed,
+and a group of one consumes what it reads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import nekrs_ml
+from nekrs_ml import keys
+from nekrs_ml.train.data import SnapshotReader, Stream
+from support.ensembles import write_snapshot
+from support.training import fresh_namespace
+
+RANKS = 2
+
+
+def write_round(client, ns: str, seq: int, keep=None) -> None:
+    """Snapshot ``seq`` of every rank (inputs hold seq, so a test can tell them apart)."""
+    for rank in range(RANKS):
+        inputs = np.full((4, 3), float(seq), dtype=np.float32)
+        write_snapshot(client, ns, rank, seq, inputs, np.ones((4, 2), dtype=np.float32),
+                       keep=keep)
+
+
+def register_ranks(client, ns: str) -> None:
+    members = keys.solver_members(ns)
+    client.command(["SADD", members, *[str(r) for r in range(RANKS)]], key=members)
+
+
+def register_consumers(client, ns: str, *names: str) -> None:
+    """What the launcher does before the solvers start."""
+    group = keys.stream_consumers(ns)
+    client.command(["SADD", group, *names], key=group)
+
+
+def stored(client, ns: str) -> list:
+    """(rank, seq) of every announced entry still in the database, with both tensors."""
+    present = []
+    for rank in range(RANKS):
+        for entry in client.command(["LRANGE", keys.snapshot_index(ns, rank), "0", "-1"],
+                                    key=keys.snapshot_index(ns, rank)) or []:
+            seq = int(entry.split()[0])
+            assert client.exists(keys.snapshot_inputs(ns, rank, seq))
+            present.append((rank, seq))
+    return sorted(present)
+
+
+def seen(snapshots) -> list:
+    for s in snapshots:  # each tensor is the one of its own announcement
+        assert (s.inputs == s.seq).all()
+    return sorted((s.rank, s.seq) for s in snapshots)
+
+
+def every(seqs) -> list:
+    return sorted((rank, seq) for rank in range(RANKS) for seq in seqs)
+
+
+def test_two_consumers_each_see_every_snapshot(server):
+    client = nekrs_ml.Client(**server.client_args())
+    ns = fresh_namespace()
+    register_ranks(client, ns)
+    register_consumers(client, ns, "small", "large")
+    small = SnapshotReader(client, ns, 0, 1, consumer="small")
+    large = SnapshotReader(client, ns, 0, 1, consumer="large")
+    for seq in range(5):
+        write_round(client, ns, seq)
+    assert seen(small.read_available()) == every(range(5))
+    assert small.read_available() == []  # nothing twice
+    assert stored(client, ns) == every(range(5))  # "large" has not read them yet
+    assert seen(large.read_available()) == every(range(5))
+    assert stored(client, ns) == []  # read by the whole group: removed
+    for seq in range(5, 8):
+        write_round(client, ns, seq)
+    assert seen(large.read_available()) == every(range(5, 8))
+    assert stored(client, ns) == every(range(5, 8))
+    assert seen(small.read_available()) == every(range(5, 8))
+    assert stored(client, ns) == []
+    cursors = client.pipeline([("HGETALL", keys.stream_cursors(ns, 1))])[0]
+    if not isinstance(cursors, dict):  # a flat reply: field, value, field, value...
+        cursors = dict(zip(cursors[0::2], cursors[1::2]))
+    assert cursors == {b"small": b"7", b"large": b"7"}
+    for reader in (small, large):
+        assert reader.streams["solver"].dropped == 0 and not reader.skips.counts
+
+
+def test_a_stopped_consumer_holds_entries_until_the_limit_then_counts_its_drops(server):
+    """Consumer "stopped" reads snapshots 0-1 and stops; "going" reads on. The entries stay
+    for "stopped" until the solver's retention limit (keep = 4) drops the oldest; "going" sees
+    every one, "stopped" later finds the newest four and counts 4..9 minus those as dropped."""
+    client = nekrs_ml.Client(**server.client_args())
+    ns = fresh_namespace()
+    register_ranks(client, ns)
+    register_consumers(client, ns, "going", "stopped")
+    going = SnapshotReader(client, ns, 0, 1, consumer="going")
+    stopped = SnapshotReader(client, ns, 0, 1, consumer="stopped")
+    read_by_going = []
+    for seq in range(2):
+        write_round(client, ns, seq, keep=4)
+        read_by_going += seen(going.read_available())
+    assert seen(stopped.read_available()) == every(range(2))
+    assert stored(client, ns) == []
+    for seq in range(2, 12):
+        write_round(client, ns, seq, keep=4)
+        read_by_going += seen(going.read_available())
+        # held for "stopped" (its cursor is 1), at most keep = 4 a rank
+        assert stored(client, ns) == every(range(max(2, seq - 3), seq + 1))
+    assert sorted(read_by_going) == every(range(12))
+    assert going.streams["solver"].dropped == 0
+    assert seen(stopped.read_available()) == every(range(8, 12))
+    assert stopped.streams["solver"].dropped == RANKS * 6  # seq 2..7 of each rank
+    assert stored(client, ns) == []
+
+
+def test_a_registered_consumer_without_a_cursor_holds_everything(server):
+    """A launcher registers both consumers before the solvers start; until "late" has read
+    anything, nothing is removed."""
+    client = nekrs_ml.Client(**server.client_args())
+    ns = fresh_namespace()
+    register_ranks(client, ns)
+    register_consumers(client, ns, "early", "late")
+    early = SnapshotReader(client, ns, 0, 1, consumer="early")
+    for seq in range(3):
+        write_round(client, ns, seq)
+        early.read_available()
+    assert stored(client, ns) == every(range(3))
+    late = SnapshotReader(client, ns, 0, 1, consumer="late")
+    late.join()  # already a member: no change
+    assert seen(late.read_available()) == every(range(3)) and stored(client, ns) == []
+
+
+def test_a_group_of_one_consumes_what_it_reads(server):
+    """No group registered (the single trainer of today) or a group of just this trainer:
+    every snapshot read is removed at once, index entry and tensors."""
+    client = nekrs_ml.Client(**server.client_args())
+    for join in (False, True):
+        ns = fresh_namespace()
+        register_ranks(client, ns)
+        reader = SnapshotReader(client, ns, 0, 1, consumer="only")
+        if join:
+            reader.join()
+            assert client.command(["SMEMBERS", keys.stream_consumers(ns)],
+                                  key=keys.stream_consumers(ns)) == {b"only"}
+        for seq in range(3):
+            write_round(client, ns, seq)
+            assert seen(reader.read_available()) == every([seq])
+            assert stored(client, ns) == []
+            assert not client.exists(keys.snapshot_targets(ns, 1, seq))
+
+
+def test_several_streams_are_read_together_and_named(server):
+    client = nekrs_ml.Client(**server.client_args())
+    run = fresh_namespace()
+    streams = [Stream("re550", f"{run}.re550"), Stream("re950", f"{run}.re950")]
+    for stream in streams:
+        register_ranks(client, stream.ns)
+    for seq in range(3):
+        write_round(client, streams[0].ns, seq)
+    write_round(client, streams[1].ns, 0)
+    reader = SnapshotReader(client, run, 0, 1, consumer="wall_model", streams=streams)
+    reader.join()
+    got = reader.read_available()
+    by_stream = {name: seen([s for s in got if s.stream == name]) for name in ("re550", "re950")}
+    assert by_stream == {"re550": every(range(3)), "re950": every([0])}
+    for stream in streams:
+        assert stored(client, stream.ns) == []
+        assert client.command(["SMEMBERS", keys.stream_consumers(stream.ns)],
+                              key=keys.stream_consumers(stream.ns)) == {b"wall_model"}
