@@ -43,14 +43,15 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     if int(keep_versions) < 1:
         raise ConfigError(f"keepVersions = {keep_versions}: must be >= 1")
     clients = list(clients) if isinstance(clients, (list, tuple)) else [clients]
+    wanted = features_of(dict(meta, name=name))
+    check_same_features(clients[0], ns, name, wanted)  # before a version number is taken
     if version is None:
         version = clients[0].increment(keys.model_counter(ns, name))
         others = clients[1:]
     else:
         others = clients
     record = dict(meta, name=name, version=int(version), time=time.time())
-    record["features"] = features_of(record)
-    check_same_features(clients[0], ns, name, record["features"])
+    record["features"] = wanted
     record.setdefault("format", "torchscript")
     record.setdefault("backend", "torch")  # onnx, tf, tflite: nekrs_ml.models.backend_formats
     record["export"] = export_blob is not None

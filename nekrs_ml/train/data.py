@@ -111,6 +111,7 @@ class StreamState:
         self.stream = stream
         self.skips = Skips()
         self.dropped = 0
+        self.cursors: Dict[int, int] = {}  # rank -> last SEQ read (the database's may lag)
         self.ranks: List[int] = []
         self.consumers: List[str] = []
         self.read_at = 0.0
@@ -293,7 +294,8 @@ class RankRead:
                 self.parsed.append((entry, parse_announcement(entry)))
             except (ValueError, UnicodeDecodeError):
                 self.malformed.append(entry)
-        self.cursor = cursors.get(consumer, -1)  # SEQ counts from 0
+        # SEQ counts from 0; a consumer alone in its group keeps its cursor in memory
+        self.cursor = max(cursors.get(consumer, -1), state.cursors.get(rank, -1))
         self.dropped = 0
 
     def new(self) -> List[Tuple[int, int, float]]:
@@ -305,6 +307,7 @@ class RankRead:
             previous = seq
         if fresh:
             self.cursor = fresh[-1][0]
+            self.state.cursors[self.rank] = self.cursor
         return fresh
 
     def finish_commands(self, group: List[str]) -> list:
@@ -312,8 +315,10 @@ class RankRead:
         (a member without a cursor holds them all; malformed entries go at once)."""
         index, cursors = keys.snapshot_index(self.ns, self.rank), \
             keys.stream_cursors(self.ns, self.rank)
-        commands = [("HSET", cursors, self.consumer, str(self.cursor))]
         others = [self.cursors.get(name) for name in group if name != self.consumer]
+        # alone in its group a consumer removes all it read: its cursor lives in memory only
+        # and nothing is left behind in the database (a single trainer, as without groups)
+        commands = [("HSET", cursors, self.consumer, str(self.cursor))] if others else []
         floor = min([self.cursor] + [(-1 if c is None else c) for c in others])
         for entry, (seq, _, _) in self.parsed:
             if seq <= floor:

@@ -147,6 +147,7 @@ def test_a_group_of_one_consumes_what_it_reads(server):
             assert seen(reader.read_available()) == every([seq])
             assert stored(client, ns) == []
             assert not client.exists(keys.snapshot_targets(ns, 1, seq))
+        assert not client.exists(keys.stream_cursors(ns, 0))  # nothing left behind
 
 
 def test_several_streams_are_read_together_and_named(server):
