@@ -5,13 +5,23 @@ and a group of one consumes what it reads."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 import nekrs_ml
 from nekrs_ml import keys
 from nekrs_ml.train.data import SnapshotReader, Stream
 from support.ensembles import write_snapshot
-from support.training import fresh_namespace
+from support.training import (StreamingSolver, fresh_namespace, log_of, trainer_env,
+                              write_par)
 
 RANKS = 2
 
@@ -168,3 +178,52 @@ def test_several_streams_are_read_together_and_named(server):
         assert stored(client, stream.ns) == []
         assert client.command(["SMEMBERS", keys.stream_consumers(stream.ns)],
                               key=keys.stream_consumers(stream.ns)) == {b"wall_model"}
+
+
+@pytest.mark.slow  # two trainers under mpiexec
+def test_two_trainers_of_one_stream_each_train_on_every_snapshot(tcp_server, run_dir):
+    """Two `nekrs-ml train --consumer` processes (registered before the solver starts, as the
+    launcher does) on one stream: each consumes every snapshot, each reports in its own status
+    key, and once both have read them the snapshots are gone."""
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    ns = fresh_namespace()
+    register_consumers(client, ns, "first", "second")
+    par = write_par(run_dir, maxEpochs=100000)
+    env = trainer_env(tcp_server, ns)
+    processes = {}
+    for name in ("first", "second"):
+        directory = Path(run_dir, name)
+        directory.mkdir()
+        with open(directory / "trainer.log", "wb") as log:
+            processes[name] = subprocess.Popen(
+                ["mpiexec", "-n", "1", sys.executable, "-m", "nekrs_ml.cli", "train", par,
+                 "--run-dir", str(directory), "--data-timeout", "60", "--consumer", name],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+    solver = StreamingSolver(tcp_server.client_args(), ns, duration=6.0, keep=1000)
+    try:
+        deadline = time.monotonic() + 90
+        while not all(client.exists(keys.trainer_status(ns, n)) for n in processes):
+            assert time.monotonic() < deadline, "the trainers did not report within 90 s"
+            assert all(p.poll() is None for p in processes.values())
+            time.sleep(0.2)
+        solver.start()
+        codes = {name: p.wait(timeout=120) for name, p in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        solver.halted.set()
+        solver.join(timeout=30)
+    logs = {n: log_of(str(Path(run_dir, n))) for n in processes}
+    assert codes == {"first": 0, "second": 0}, logs
+    assert solver.error is None and solver.written > 20
+    for name in processes:
+        status = json.loads(client.get_string(keys.trainer_status(ns, name)))
+        assert status["consumer"] == name and status["state"] == "done", logs[name]
+        assert status["snapshots"] == solver.written, (name, status["snapshots"], solver.written)
+        assert status["dropped"] == 0 and status["members"]["solver"]["dropped"] == 0
+        assert status["members"]["solver"]["snapshots"] == solver.written
+    assert not client.exists(keys.trainer_status(ns))
+    assert stored(client, ns) == [] and not list(client.redis.scan_iter(match=f"{ns}:*:train:*:x"))

@@ -55,6 +55,7 @@ def run_trainer(par: str, run_dir: str, env: dict, streams: dict, consumer: str,
             process.wait(timeout=10)
 
 
+@pytest.mark.slow  # a trainer under mpiexec
 def test_wall_units_model_of_three_members_extrapolates_to_re_tau_2000(tcp_server, run_dir):
     client = nekrs_ml.Client(**tcp_server.client_args())
     run = fresh_namespace()
@@ -83,6 +84,8 @@ def test_wall_units_model_of_three_members_extrapolates_to_re_tau_2000(tcp_serve
     for name, member in status["members"].items():
         assert member["snapshots"] > 0 and member["validation_loss"] is not None, (name, member)
         assert member["apriori"]["samples"] > 0 and member["apriori"]["median"] < 0.05, member
+        assert member["dropped"] >= 0 and member["skipped"] == {}
+    assert status["dropped"] == sum(m["dropped"] for m in status["members"].values())
     history = [json.loads(line) for line in
                Path(run_dir, "trainer_history.jsonl").read_text().splitlines()]
     assert set(history[-1]["members"]) == set(MEMBERS)
@@ -207,3 +210,46 @@ def test_deploy_features_option_is_stored_in_the_meta(tcp_server, run_dir):
     assert refused.returncode != 0 and "use another modelName" in refused.stderr
     with pytest.raises(NekrsMLError, match="case record"):  # a wall-units model needs the case
         features.from_model_outputs(np.ones((1, 2)), features.WALL_UNITS, None)
+
+
+@pytest.mark.slow  # an AOTInductor compilation (about a minute)
+def test_the_wall_units_model_runs_in_the_worker_in_process_and_as_onnx(tcp_server):
+    """The same answers from the exported program, a model worker, the in-process
+    AOTInductor package and ONNX Runtime: the model needs nothing but wall-scaled inputs."""
+    from nekrs_ml import _core
+    from nekrs_ml.models import aot
+    from nekrs_ml.train import onnx_export
+    from nekrs_ml.train.model import Exporter, program_bytes
+    from support.workers import Worker
+
+    model, _ = offline_fit(True, steps=50)
+    inputs, _, case = held_out()
+    x = np.ascontiguousarray(features.to_model_inputs(inputs[:500], features.WALL_UNITS, case),
+                             dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    program = Exporter().program_for(model)
+    ns = fresh_namespace()
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    registry.publish(client, ns, "m", program_bytes(program),
+                     {"n_in": 3, "n_out": 2, "format": "export", "features": "wall_units",
+                      "graph": aot.graph_id(program, 3, 2)},
+                     weights_blob=aot.weights_blob(program, 3, 2))
+    aot.ensure_package(client, ns, "m")
+    native = _core.Client(**tcp_server.client_args())
+    out = np.empty((len(x), 2), np.float32)
+    _core.InprocessBackend(native, ns).run("m", x, out)
+    np.testing.assert_allclose(out, expected, rtol=1e-4)
+    worker = Worker(tcp_server, ns)
+    try:
+        served = np.empty_like(out)
+        _core.InferenceClient(native, ns, 0, 1, 30.0).run("m", x, served)
+        np.testing.assert_allclose(served, expected, rtol=1e-4)
+    finally:
+        worker.stop()
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_export.onnx_bytes(model, 3),
+                                           providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {onnx_export.INPUT: x})[0], expected, rtol=1e-4)
