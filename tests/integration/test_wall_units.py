@@ -5,6 +5,7 @@ Also: the registry keeps a model name's features, and `nekrs-ml deploy --feature
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_wall_units_model_of_three_members_extrapolates_to_re_tau_2000(tcp_serve
     assert result["median"] <= 0.02 and result["p95"] <= 0.05, result
 
 
+@functools.lru_cache(maxsize=None)  # fitted once per scheme for the whole module
 def offline_fit(wall_units: bool, steps: int = 800, seed: int = 0):
     """The trainer's network and feature map fitted to the three members in-process (no
     database): the deployable model and its relative errors at Re_tau = 2000."""
@@ -164,7 +166,7 @@ def test_a_dimensional_model_of_the_same_members_is_visibly_worse():
 def test_the_wall_units_model_exports_and_answers_finite_values_for_any_input():
     from nekrs_ml.train.model import export_program, program_bytes
 
-    model, _ = offline_fit(True, steps=50)
+    model, _ = offline_fit(True)
     program = export_program(model)
     probe = torch.tensor([[0.0, 0.0, 0.0], [-50.0, 50.0, 3.0], [1e4, 10.0, -5.0]])
     with torch.no_grad():
@@ -190,7 +192,7 @@ def test_the_registry_refuses_to_change_a_models_features(server):
 def test_deploy_features_option_is_stored_in_the_meta(tcp_server, run_dir):
     from nekrs_ml.train.model import export_program
 
-    model, _ = offline_fit(True, steps=20)
+    model, _ = offline_fit(True)
     path = Path(run_dir, "wall.pt2")
     torch.export.save(export_program(model), str(path))
     ns = fresh_namespace()
@@ -222,7 +224,7 @@ def test_the_wall_units_model_runs_in_the_worker_in_process_and_as_onnx(tcp_serv
     from nekrs_ml.train.model import Exporter, program_bytes
     from support.workers import Worker
 
-    model, _ = offline_fit(True, steps=50)
+    model, _ = offline_fit(True)
     inputs, _, case = held_out()
     x = np.ascontiguousarray(features.to_model_inputs(inputs[:500], features.WALL_UNITS, case),
                              dtype=np.float32)
@@ -253,3 +255,61 @@ def test_the_wall_units_model_runs_in_the_worker_in_process_and_as_onnx(tcp_serv
     session = onnxruntime.InferenceSession(onnx_export.onnx_bytes(model, 3),
                                            providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {onnx_export.INPUT: x})[0], expected, rtol=1e-4)
+
+
+def test_snapshots_wait_for_their_streams_case_record(server):
+    """A snapshot of a stream without a case record waits in memory (bounded, the oldest
+    dropped and counted) until the record comes; a record that never comes fails, naming it."""
+    from nekrs_ml.train.data import PendingCases, Snapshot, Stream
+
+    client = nekrs_ml.Client(**server.client_args())
+    run = fresh_namespace()
+    streams = [Stream("re550", f"{run}.re550"), Stream("re950", f"{run}.re950")]
+    client.set_string(keys.solver_case(streams[0].ns), json.dumps(member_case(550.0)))
+    pending = PendingCases(streams, timeout=0.5, limit=3)
+
+    def snapshot(stream: str, seq: int) -> Snapshot:
+        return Snapshot(0, seq, seq, 0.0, np.ones((2, 3)), np.ones((2, 2)), stream)
+
+    ready = pending.take(client, [snapshot("re550", 0)] + [snapshot("re950", i) for i in range(5)])
+    assert [(s.stream, s.seq) for s in ready] == [("re550", 0)]
+    assert pending.dropped == {"re950": 2} and len(pending.pending["re950"]) == 3
+    client.set_string(keys.solver_case(streams[1].ns), json.dumps(member_case(950.0)))
+    ready = pending.take(client, [snapshot("re950", 5)])
+    assert [s.seq for s in ready] == [2, 3, 4, 5]
+    assert pending.cases["re950"]["kinematic_viscosity"] == pytest.approx(1 / 950)
+    late = PendingCases([Stream("late", f"{run}.late")], timeout=0.2)
+    late.take(client, [snapshot("late", 0)])
+    time.sleep(0.3)
+    with pytest.raises(NekrsMLError, match=rf"'{run}.late:solver:case'.*features = dimensional"):
+        late.take(client, [])
+    client.set_string(keys.solver_case(f"{run}.bad"), json.dumps({"kinematic_viscosity": 0}))
+    with pytest.raises(NekrsMLError, match=r"kinematic_viscosity = 0"):
+        features.read_case(client, f"{run}.bad")
+
+
+def test_the_report_scales_with_the_case_of_the_solver_namespace(tcp_server):
+    """evaluate_model reads the held-out snapshot and the case record from the member's
+    namespace and the model from the run's; evaluate_samples takes samples and a case."""
+    from nekrs_ml.launch.report import evaluate_model
+    from nekrs_ml.train.model import Exporter, program_bytes
+
+    model, _ = offline_fit(True)
+    client = nekrs_ml.Client(**tcp_server.client_args())
+    run = fresh_namespace()
+    member = f"{run}.re2000"
+    program = Exporter().program_for(model)
+    registry.publish(client, run, "wall_model", program_bytes(program),
+                     {"n_in": 3, "n_out": 2, "format": "export", "features": "wall_units"})
+    inputs, targets, case = held_out()
+    client.put_tensor(keys.holdout_inputs(member, 0), inputs[:2000].astype(np.float32))
+    client.put_tensor(keys.holdout_targets(member, 0), targets[:2000])
+    with pytest.raises(ValueError, match=rf"'{member}:solver:case'"):
+        evaluate_model(client, member, "wall_model", 1, model_ns=run)
+    client.set_string(keys.solver_case(member), json.dumps(case))
+    result = evaluate_model(client, member, "wall_model", 1, model_ns=run)
+    assert result["samples"] == 2000 and result["median"] < 0.02 and result["version"] == 1
+    assert result["predicted"].shape == (2000, 2)
+    samples = evaluate_samples(client, run, "wall_model", inputs[:2000], targets[:2000], case)
+    assert set(samples) == {"median", "p95", "samples", "version"}
+    assert samples["median"] == pytest.approx(result["median"], rel=1e-3)
