@@ -227,3 +227,18 @@ def test_two_trainers_of_one_stream_each_train_on_every_snapshot(tcp_server, run
         assert status["members"]["solver"]["snapshots"] == solver.written
     assert not client.exists(keys.trainer_status(ns))
     assert stored(client, ns) == [] and not list(client.redis.scan_iter(match=f"{ns}:*:train:*:x"))
+
+
+def test_stream_options_are_checked():
+    from nekrs_ml.errors import ConfigError
+    from nekrs_ml.train.settings import parse_streams
+
+    assert parse_streams([], "run") == (Stream("solver", "run"),)
+    assert parse_streams(["re550=run.re550", "re950=run.re950"], "run") == (
+        Stream("re550", "run.re550"), Stream("re950", "run.re950"))
+    for bad, message in (("re550", "expected NAME=NAMESPACE"), ("=run.x", "expected NAME"),
+                         ("a=run:x", "not a valid namespace"), ("a:b=run.x", "without")):
+        with pytest.raises(ConfigError, match=message):
+            parse_streams([bad], "run")
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_streams(["a=run.a", "a=run.b"], "run")
