@@ -242,3 +242,21 @@ def test_stream_options_are_checked():
             parse_streams([bad], "run")
     with pytest.raises(ConfigError, match="given twice"):
         parse_streams(["a=run.a", "a=run.b"], "run")
+
+
+def test_mini_batches_draw_from_the_members_as_member_sampling_says():
+    """balanced: the same rows from each member with data, however many each holds;
+    proportional: as many as each holds."""
+    from nekrs_ml.train.data import Members, Snapshot
+
+    members = Members(["small", "large", "empty"], capacity=10000, validation_capacity=10,
+                      period=None)
+    for stream, rows, value in (("small", 100, 1.0), ("large", 900, 2.0)):
+        members.add(Snapshot(0, 1, 0, 0.0, np.full((rows, 1), value), np.zeros((rows, 1)),
+                             stream))
+    rng = np.random.default_rng(0)
+    inputs, _ = members.sample(rng, 1000, "balanced")
+    assert len(inputs) == 1000 and (inputs == 1.0).sum() == 500
+    shares = [(members.sample(rng, 1000, "proportional")[0] == 1.0).mean() for _ in range(20)]
+    assert 0.07 < np.mean(shares) < 0.13
+    assert members.train_rows == 1000 and members.dims == (1, 1) and members.snapshots == 2
