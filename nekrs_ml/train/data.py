@@ -177,11 +177,6 @@ class SnapshotReader:
             state.consumers = sorted(_text(c) for c in consumers)
             state.read_at = now
 
-    def solver_ranks(self) -> List[int]:
-        """The owned ranks of the first stream (single-stream callers)."""
-        self.refresh()
-        return next(iter(self.streams.values())).ranks
-
     def read_available(self) -> List[Snapshot]:
         """Every snapshot announced so far by the owned ranks of every stream beyond this
         consumer's cursors; returns at once when none is. Three round trips for all of them
