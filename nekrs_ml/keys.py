@@ -34,6 +34,17 @@ def snapshot_dropped(ns: str, rank: int) -> str:
     return f"{ns}:{rank_tag(rank)}:train:dropped"
 
 
+def stream_cursors(ns: str, rank: int) -> str:
+    """Hash consumer -> the last SEQ of this rank that consumer has read (consumer groups)."""
+    return f"{ns}:{rank_tag(rank)}:train:cursors"
+
+
+def stream_consumers(ns: str) -> str:
+    """Set of the consumers (trainers) that read this training stream: an entry is removed
+    only once every one of them has read it."""
+    return f"{ns}:train:consumers"
+
+
 # --- inference (docs/protocol.md, "Inference requests") ------------------------------------
 def worker_tag(worker: int) -> str:
     return f"{{w{int(worker)}}}"
@@ -115,17 +126,26 @@ def holdout_targets(ns: str, rank: int) -> str:
     return f"{ns}:{rank_tag(rank)}:holdout:y"
 
 
-def trainer_stop(ns: str) -> str:
-    return f"{ns}:trainer:stop"
+def solver_case(ns: str) -> str: return f"{ns}:solver:case"
 
 
-def trainer_alive(ns: str) -> str:
+def _trainer(ns: str, trainer) -> str:
+    """The prefix of a trainer's control keys: NS:trainer, or NS:trainer:NAME for a named one
+    (several trainers of one run: ``nekrs-ml train --consumer NAME``)."""
+    return f"{ns}:trainer" if trainer is None else f"{ns}:trainer:{trainer}"
+
+
+def trainer_stop(ns: str, trainer=None) -> str:
+    return f"{_trainer(ns, trainer)}:stop"
+
+
+def trainer_alive(ns: str, trainer=None) -> str:
     """Exists (expiring) while a trainer process lives: its heartbeat."""
-    return f"{ns}:trainer:alive"
+    return f"{_trainer(ns, trainer)}:alive"
 
 
-def trainer_status(ns: str) -> str:
-    return f"{ns}:trainer:status"
+def trainer_status(ns: str, trainer=None) -> str:
+    return f"{_trainer(ns, trainer)}:status"
 
 
 # --- model registry -------------------------------------------------------------------------

@@ -87,6 +87,11 @@ def _deploy(parser: argparse.ArgumentParser):
     parser.add_argument("--tf-outputs", nargs="+", metavar="NAME",
                         help="a TensorFlow frozen graph (.pb): its output operation (as RedisAI's "
                              "OUTPUTS; default: the one operation whose result nothing takes)")
+    parser.add_argument("--features", choices=("dimensional", "wall_units"),
+                        help="what the model maps: velocity samples to wall shear stress in the "
+                        "solver's units (dimensional), or wall-scaled u h / nu to tau h^2 / nu^2 "
+                        "(wall_units; the solver scales before and after); default: the model "
+                        "file's metadata, else dimensional. Stored in the model's meta")
     add_namespace_option(parser)
 
     def run(args) -> int:
@@ -100,7 +105,8 @@ def _deploy(parser: argparse.ArgumentParser):
             names = (args.tf_inputs, args.tf_outputs)
         with Client.from_env() as client:
             version = deploy(client, environment.resolve_namespace(args.namespace), args.name,
-                             args.model, args.inputs, n_out=args.outputs, tf_names=names)
+                             args.model, args.inputs, n_out=args.outputs, tf_names=names,
+                             features=args.features)
         print(json.dumps({"name": args.name, "version": version}))
         return 0
     return run

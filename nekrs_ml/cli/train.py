@@ -20,6 +20,14 @@ def _train(parser: argparse.ArgumentParser):
     parser.add_argument("--max-skips", type=int, default=20, metavar="N",
                         help="fail after N bad snapshots in a row (wrong dtype, shape, NaN...; "
                         "default 20); fewer are skipped with a warning and counted")
+    parser.add_argument("--stream", action="append", metavar="NAME=NAMESPACE",
+                        help="read the training stream of ensemble member NAME, written by its "
+                        "solver under NAMESPACE (repeatable; default: one stream, 'solver', in "
+                        "the trainer's own namespace)")
+    parser.add_argument("--consumer", metavar="NAME",
+                        help="this trainer's name in the streams' consumer groups (every consumer "
+                        "sees every snapshot; default: the modelName) and in its control keys "
+                        "NS:trainer:NAME:status|alive|stop (default: NS:trainer:...)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in checkpointDir")
 

@@ -35,29 +35,68 @@ def held_out_snapshots(client, ns: str, ranks: int):
     return np.concatenate(inputs), np.concatenate(targets)
 
 
-def evaluate_model(client, ns: str, name: str, ranks: int) -> Optional[Dict]:
+def evaluate_model(client, ns: str, name: str, ranks: int,
+                   model_ns: Optional[str] = None) -> Optional[Dict]:
     """A-priori test: relative error of the last published model's wall shear stress against the
-    solver's held-out resolved stress, per point |tau_pred - tau| / |tau| (vector norms)."""
-    import torch
+    solver's held-out resolved stress, per point |tau_pred - tau| / |tau| (vector norms). The
+    held-out snapshots (and, for a wall-units model, the case record that scales them) are read
+    from the solver namespace ``ns``, the model from ``model_ns`` (default: ``ns``)."""
+    from ..models.features import WALL_UNITS, features_of, read_case
 
-    version = registry.latest_version(client, ns, name)
+    model_ns = model_ns or ns
+    version = registry.latest_version(client, model_ns, name)
     if version is None:
         return None
     inputs, true = held_out_snapshots(client, ns, ranks)
     if inputs is None:
-        return {"version": version, "meta": registry.load(client, ns, name, version)[1]}
-    blob, meta = registry.load(client, ns, name, version)
+        return {"version": version, "meta": registry.load(client, model_ns, name, version)[1]}
+    meta = registry.load(client, model_ns, name, version)[1]
+    case = read_case(client, ns) if features_of(meta) == WALL_UNITS else None
+    if features_of(meta) == WALL_UNITS and case is None:
+        raise ValueError(f"{name} v{version} is a wall-units model, but the solver's case "
+                         f"record {keys.solver_case(ns)!r} (kinematic viscosity, sample height) "
+                         "is missing")
+    result = _evaluate(client, model_ns, name, version, inputs, true, case)
+    return dict(result, meta=meta)
+
+
+def evaluate_samples(client, model_ns: str, name: str, inputs, targets,
+                     case: Optional[Dict]) -> Dict:
+    """The a-priori test of the current version of model ``name`` (registry namespace
+    ``model_ns``) on given samples: inputs [n, n_in] and targets [n, n_out] in the solver's
+    units, scaled with ``case`` (the solver's case record) when the model is in wall units.
+    Returns {"median", "p95", "samples", "version"}."""
+    version = registry.latest_version(client, model_ns, name)
+    if version is None:
+        raise ValueError(f"model {name!r} has no published version in namespace {model_ns!r}")
+    result = _evaluate(client, model_ns, name, version, np.asarray(inputs, dtype=np.float32),
+                       np.asarray(targets, dtype=np.float64), case)
+    return {key: result[key] for key in ("median", "p95", "samples", "version")}
+
+
+def _evaluate(client, model_ns: str, name: str, version: int, inputs: np.ndarray,
+              true: np.ndarray, case: Optional[Dict]) -> Dict:
+    """Predicted stress (physical units) and the relative error per point of one version."""
+    import torch
+
+    from ..models.features import features_of, from_model_outputs, to_model_inputs
+
+    blob, meta = registry.load(client, model_ns, name, version)
+    scheme = features_of(meta)
     model = load_module(blob, meta, torch.device("cpu"))
+    scaled = np.asarray(to_model_inputs(inputs, scheme, case), dtype=np.float32)
     with torch.inference_mode():
-        predicted = model(torch.from_numpy(inputs)).numpy().astype(np.float64)
+        answer = model(torch.from_numpy(scaled)).numpy().astype(np.float64)
+    predicted = from_model_outputs(answer, scheme, case)
     if predicted.shape != true.shape:
         raise ValueError(f"{name} v{version} answers {predicted.shape} for held-out targets "
                          f"{true.shape}")
     norm = np.linalg.norm(true, axis=1)
     keep = norm > 0
     rel = np.linalg.norm(predicted - true, axis=1)[keep] / norm[keep]
-    return {"version": version, "meta": meta, "true": true, "predicted": predicted,
-            "median": float(np.median(rel)), "p95": float(np.percentile(rel, 95)),
+    return {"version": version, "true": true, "predicted": predicted,
+            "median": float(np.median(rel)) if rel.size else None,
+            "p95": float(np.percentile(rel, 95)) if rel.size else None,
             "samples": int(rel.size)}
 
 

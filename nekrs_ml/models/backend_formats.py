@@ -135,11 +135,12 @@ _FILE_KEYS = ("name", "version", "time", "export", "file", "export_file", "origi
 
 def deploy(client, ns: str, name: str, path: Union[str, Path], fmt: str,
            n_in: Optional[int] = None, origin: Optional[str] = None,
-           n_out: Optional[int] = None, names=None) -> int:
+           n_out: Optional[int] = None, names=None, features: Optional[str] = None) -> int:
     """Publishes a non-Torch model file as the next version of ``name``; nothing is stored
     unless it passes the probe."""
     from . import model_file, registry
     from . import backends
+    from .features import deploy_features
 
     registry.check_name(name)
     blob, saved = read(path, fmt)
@@ -155,6 +156,7 @@ def deploy(client, ns: str, name: str, path: Union[str, Path], fmt: str,
     meta.update(meta_fields)
     meta.update({"n_in": width, "n_out": n_out, "dtype": "float32",
                  "backend": backends.BACKEND_OF_FORMAT[fmt],
+                 "features": deploy_features(features, saved, path),
                  "origin": origin or f"deploy:{Path(path).name}",
                  "sha256": model_file.sha256(blob)})
     if saved:

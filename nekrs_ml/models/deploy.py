@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import aot, backend_formats, model_file, registry
+from .features import deploy_features
 from ..client import Client
 from ..errors import ConfigError
 
@@ -129,14 +130,16 @@ _FILE_KEYS = ("name", "version", "time", "export", "file", "export_file", "origi
 
 def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
            n_in: Optional[int] = None, origin: Optional[str] = None,
-           n_out: Optional[int] = None, tf_names=None) -> int:
+           n_out: Optional[int] = None, tf_names=None, features: Optional[str] = None) -> int:
     """Publishes the model file as the next version of ``name``; returns the version. Nothing
     is stored unless the model passes the probe (``inspect_model``). ONNX, TensorFlow and
     TensorFlow Lite files are published by nekrs_ml.models.backend_formats (``tf_names``: the
-    (inputs, outputs) operation names of a frozen graph)."""
+    (inputs, outputs) operation names of a frozen graph). ``features`` (nekrs_ml.models.features;
+    default: the metadata's, else dimensional) is stored in the meta."""
     other = backend_formats.file_format(path)
     if other is not None:
-        return backend_formats.deploy(client, ns, name, path, other, n_in, origin, n_out, tf_names)
+        return backend_formats.deploy(client, ns, name, path, other, n_in, origin, n_out, tf_names,
+                                      features)
     registry.check_name(name)
     found = model_file.read(path)
     saved = found.meta or {}
@@ -145,6 +148,7 @@ def deploy(client: Client, ns: str, name: str, path: Union[str, Path],
     check_saved_shape(path, saved, width, n_out)
     meta = {key: value for key, value in saved.items() if key not in _FILE_KEYS}
     meta.update({"n_in": width, "n_out": n_out, "dtype": saved.get("dtype", "float32"),
+                 "features": deploy_features(features, saved, path),
                  "format": fmt, "origin": origin or f"deploy:{Path(path).name}",
                  "sha256": model_file.sha256(blob)})
     if saved:

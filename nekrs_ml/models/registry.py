@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from .. import keys
 from ..client import Client
 from ..errors import ConfigError, KeyNotFoundError, NekrsMLError, ServerError
+from .features import features_of
 
 DEFAULT_KEEP_VERSIONS = 10  # the default of keepVersions in config_schema.tsv
 
@@ -42,12 +43,15 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
     if int(keep_versions) < 1:
         raise ConfigError(f"keepVersions = {keep_versions}: must be >= 1")
     clients = list(clients) if isinstance(clients, (list, tuple)) else [clients]
+    wanted = features_of(dict(meta, name=name))
+    check_same_features(clients[0], ns, name, wanted)  # before a version number is taken
     if version is None:
         version = clients[0].increment(keys.model_counter(ns, name))
         others = clients[1:]
     else:
         others = clients
     record = dict(meta, name=name, version=int(version), time=time.time())
+    record["features"] = wanted
     record.setdefault("format", "torchscript")
     record.setdefault("backend", "torch")  # onnx, tf, tflite: nekrs_ml.models.backend_formats
     record["export"] = export_blob is not None
@@ -58,6 +62,22 @@ def publish(clients: Union[Client, Sequence[Client]], ns: str, name: str, blob: 
             _store(client, ns, name, int(version), blob, record, export_blob, weights_blob)
         prune(client, ns, name, keep_versions)
     return int(version)
+
+
+def check_same_features(client: Client, ns: str, name: str, wanted: str) -> None:
+    """A model name keeps its features (nekrs_ml.models.features): a solver that scales for
+    one scheme must never be handed a version of the other."""
+    current = latest_version(client, ns, name)
+    if current is None:
+        return
+    text = client.get_string(keys.model_meta(ns, name, current))
+    if text is None:
+        return
+    have = features_of(json.loads(text))
+    if have != wanted:
+        raise ConfigError(f"model {name!r}: its current version v{current} has features = "
+                          f"{have}, this one {wanted}; a model name keeps its features: use "
+                          "another modelName")
 
 
 def prune(client: Client, ns: str, name: str, keep_versions: int) -> List[int]:

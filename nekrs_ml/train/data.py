@@ -13,13 +13,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import keys
 from ..client import Client
-from ..errors import KeyNotFoundError, ServerError, TensorFormatError
+from ..errors import KeyNotFoundError, NekrsMLError, ServerError, TensorFormatError
 
 STD_FLOOR = 1e-8  # a constant feature must not divide by zero
 MEMBERS_REFRESH = 1.0  # s: how often a reader looks again for solver ranks that joined
@@ -35,6 +35,15 @@ class Snapshot:
     time: float
     inputs: np.ndarray  # [n, n_in]
     targets: np.ndarray  # [n, n_out]
+    stream: str = "solver"  # the name of the stream (ensemble member) it came from
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One solver run's training stream: its name (the ensemble member) and namespace."""
+
+    name: str
+    ns: str
 
 
 def parse_announcement(entry: bytes) -> Tuple[int, int, float]:
@@ -93,123 +102,226 @@ def is_validation(seq: int, period: Optional[int]) -> bool:
     return period is not None and seq % period == 0
 
 
-class SnapshotReader:
-    """Consumes the snapshots of the solver ranks that this trainer rank owns.
+class StreamState:
+    """What the reader knows of one stream: its owned solver ranks and consumer group (read
+    again at most every MEMBERS_REFRESH s), the bad snapshots skipped and the ones this consumer
+    missed (``dropped``: gaps in SEQ behind its cursor)."""
 
-    The solver ranks registered on the server are split round-robin over the ``share`` trainer
-    ranks that use the same server; this one is number ``position`` among them. Every snapshot
-    read is removed (index entry and tensors), so nothing is read twice and the database stays
-    bounded.
+    def __init__(self, stream: Stream):
+        self.stream = stream
+        self.skips = Skips()
+        self.dropped = 0
+        self.cursors: Dict[int, int] = {}  # rank -> last SEQ read (the database's may lag)
+        self.ranks: List[int] = []
+        self.consumers: List[str] = []
+        self.read_at = 0.0
+
+
+class SnapshotReader:
+    """Consumes the snapshots of the solver ranks that this trainer rank owns, of every stream.
+
+    The solver ranks of each stream are split round-robin over the ``share`` trainer ranks that
+    use the same server; this one is number ``position`` among them. Every consumer (trainer) of
+    a stream keeps its own cursor per solver rank (the last SEQ it read) and reads only what lies
+    beyond it; an entry (index entry and tensors) is removed once every consumer of the stream's
+    group has read it, so several trainers each see every snapshot and the database stays
+    bounded. A group of one consumes what it reads at once.
     """
 
-    def __init__(self, client: Client, ns: str, position: int, share: int):
+    def __init__(self, client: Client, ns, position: int, share: int,
+                 consumer: str = "trainer", streams: Optional[Sequence[Stream]] = None):
         self.client = client
-        self.ns = ns
         self.position = position
         self.share = share
-        self.skips = Skips()
+        self.consumer = consumer
+        self.streams = {s.name: StreamState(s) for s in (streams or [Stream("solver", ns)])}
         self.dims: Optional[Tuple[int, int]] = None  # (n_in, n_out) of the first good snapshot
-        self._ranks: List[int] = []
-        self._ranks_read = 0.0
 
-    def solver_ranks(self) -> List[int]:
-        """The owned ranks, read again at most every MEMBERS_REFRESH seconds once there are
-        some (a rank that joins later is owned within that time)."""
+    @property
+    def ns(self) -> str:
+        """The namespace of the first stream (the only one of a single-stream trainer)."""
+        return next(iter(self.streams.values())).stream.ns
+
+    @property
+    def skips(self) -> Skips:
+        """The skips of all streams together (in a row: the worst stream's)."""
+        total = Skips()
+        for state in self.streams.values():
+            for reason, count in state.skips.counts.items():
+                total.counts[reason] = total.counts.get(reason, 0) + count
+            if state.skips.in_a_row >= total.in_a_row:
+                total.in_a_row, total.last = state.skips.in_a_row, state.skips.last
+        return total
+
+    def join(self) -> None:
+        """Adds this consumer to the group of every stream (a launcher may have done so
+        already, before the solvers started: then nothing is consumed before it read it)."""
+        self.client.pipeline([("SADD", keys.stream_consumers(s.stream.ns), self.consumer)
+                              for s in self.streams.values()])
+
+    def refresh(self) -> None:
+        """The owned ranks and the group of every stream, read again at most every
+        MEMBERS_REFRESH seconds once there are some (a rank that joins later is owned within
+        that time)."""
         now = time.monotonic()
-        if self._ranks and now - self._ranks_read < MEMBERS_REFRESH:
-            return self._ranks
-        key = keys.solver_members(self.ns)
-        members = self.client.command(["SMEMBERS", key], key=key) or []
-        self._ranks = sorted(int(m) for m in members)[self.position::self.share]
-        self._ranks_read = now
-        return self._ranks
+        stale = [s for s in self.streams.values()
+                 if not s.ranks or now - s.read_at >= MEMBERS_REFRESH]
+        if not stale:
+            return
+        replies = self.client.pipeline(
+            [cmd for s in stale for cmd in (("SMEMBERS", keys.solver_members(s.stream.ns)),
+                                            ("SMEMBERS", keys.stream_consumers(s.stream.ns)))])
+        for i, state in enumerate(stale):
+            members, consumers = replies[2 * i] or [], replies[2 * i + 1] or []
+            state.ranks = sorted(int(m) for m in members)[self.position::self.share]
+            state.consumers = sorted(_text(c) for c in consumers)
+            state.read_at = now
 
     def read_available(self) -> List[Snapshot]:
-        """Every snapshot announced so far by the owned ranks; returns at once when none is.
-        Three round trips for all of them together: their index lists, their tensors, and the
-        removal of what was read."""
-        ranks = self.solver_ranks()
-        if not ranks:
+        """Every snapshot announced so far by the owned ranks of every stream beyond this
+        consumer's cursors; returns at once when none is. Three round trips for all of them
+        together: their index lists and cursors, their tensors, and the new cursors with the
+        removal of what the whole group has read."""
+        self.refresh()
+        owned = [(state, rank) for state in self.streams.values() for rank in state.ranks]
+        if not owned:
             return []
-        lists = self.client.pipeline([("LRANGE", keys.snapshot_index(self.ns, rank), 0, -1)
-                                      for rank in ranks])
-        announced = {rank: entries for rank, entries in zip(ranks, lists) if entries}
-        return self._consume_all(announced) if announced else []
+        replies = self.client.pipeline(
+            [cmd for state, rank in owned
+             for cmd in (("LRANGE", keys.snapshot_index(state.stream.ns, rank), 0, -1),
+                         ("HGETALL", keys.stream_cursors(state.stream.ns, rank)))])
+        ranks = [RankRead(state, rank, replies[2 * i] or [], _cursors(replies[2 * i + 1]),
+                          self.consumer)
+                 for i, (state, rank) in enumerate(owned)]
+        ranks = [r for r in ranks if r.entries]
+        return self._consume_all(ranks) if ranks else []
 
-    def _consume_all(self, announced: Dict[int, List[bytes]]) -> List[Snapshot]:
-        """Two round trips for all ``announced`` entries (rank -> index entries): their tensors
-        (pipelined GETs), then the index entries and tensors removed (pipelined). A rank with a
-        malformed entry, or all of them when a tensor was dropped meanwhile or is bad, one entry
-        at a time, so that each is judged (and counted) on its own."""
-        one_by_one: List[Tuple[int, bytes]] = []
-        parsed: List[Tuple[int, bytes, Tuple[int, int, float]]] = []
-        for rank, entries in announced.items():
-            try:
-                parsed += [(rank, entry, parse_announcement(entry)) for entry in entries]
-            except ValueError:
-                one_by_one += [(rank, entry) for entry in entries]
+    def _consume_all(self, ranks: List["RankRead"]) -> List[Snapshot]:
+        """Two round trips for the new entries of all ``ranks``: their tensors (pipelined GETs),
+        then the cursors and the removal of what every consumer has read (pipelined). When a
+        tensor was dropped meanwhile or is bad, the tensors are read one entry at a time, so
+        that each is judged (and counted) on its own."""
+        wanted = [(r, seq, step, when) for r in ranks for seq, step, when in r.new()]
         tensor_keys = []
-        for rank, _, (seq, _, _) in parsed:
-            tensor_keys += [keys.snapshot_inputs(self.ns, rank, seq),
-                            keys.snapshot_targets(self.ns, rank, seq)]
-        arrays: List[np.ndarray] = []
+        for r, seq, _, _ in wanted:
+            tensor_keys += [keys.snapshot_inputs(r.ns, r.rank, seq),
+                            keys.snapshot_targets(r.ns, r.rank, seq)]
+        arrays: List[Optional[np.ndarray]] = []
+        problems: List[Optional[Tuple[str, str]]] = [None] * len(wanted)
         if tensor_keys:
             try:
                 arrays = self.client.get_tensors(tensor_keys)
             except (KeyNotFoundError, TensorFormatError, ServerError):
                 # dropped by the solver's retention limit meanwhile, or a bad record
-                one_by_one += [(rank, entry) for rank, entry, _ in parsed]
-                parsed, tensor_keys = [], []
-        if parsed:
-            self.client.pipeline(
-                [("LREM", keys.snapshot_index(self.ns, rank), 1, entry) for rank, entry, _ in parsed]
-                + [("DEL", key) for key in tensor_keys])
-        snapshots = [s for s in (self._consume(rank, entry) for rank, entry in one_by_one)
-                     if s is not None]
-        for i, (rank, _, (seq, step, when)) in enumerate(parsed):
+                arrays = []
+                for i in range(len(wanted)):
+                    pair, problems[i] = self._get_one(tensor_keys[2 * i], tensor_keys[2 * i + 1])
+                    arrays += pair
+        commands = []
+        for r in ranks:
+            commands += r.finish_commands(self.streams[r.state.stream.name].consumers)
+        if commands:
+            self.client.pipeline(commands)
+        snapshots = []
+        for r in ranks:
+            r.state.dropped += r.dropped
+            for entry in r.malformed:
+                r.state.skips.record(keys.snapshot_index(r.ns, r.rank), "announcement",
+                                     f"malformed entry {entry!r} (expected '<seq> <step> <time>')")
+        for i, (r, seq, step, when) in enumerate(wanted):
             inputs, targets = arrays[2 * i], arrays[2 * i + 1]
-            problem = snapshot_problem(inputs, targets, self.dims)
+            problem = problems[i]
+            if problem is None and inputs is None:
+                continue  # dropped by the solver's retention limit meanwhile: not a bad record
+            if problem is None:
+                problem = snapshot_problem(inputs, targets, self.dims)
             if problem is not None:
-                self.skips.record(tensor_keys[2 * i], *problem)
+                r.state.skips.record(tensor_keys[2 * i], *problem)
                 continue
             self.dims = self.dims or (inputs.shape[1], targets.shape[1])
-            self.skips.accepted()
-            snapshots.append(Snapshot(rank, seq, step, when, inputs, targets))
+            r.state.skips.accepted()
+            snapshots.append(Snapshot(r.rank, seq, step, when, inputs, targets,
+                                      r.state.stream.name))
         return snapshots
 
-    def _consume(self, rank: int, entry: bytes) -> Optional[Snapshot]:
-        index = keys.snapshot_index(self.ns, rank)
+    def _get_one(self, x_key: str, y_key: str):
+        """([inputs, targets] or [None, None], problem or None) of one snapshot."""
         try:
-            seq, step, when = parse_announcement(entry)
-        except (ValueError, UnicodeDecodeError):
-            self.skips.record(index, "announcement",
-                              f"malformed entry {entry!r} (expected '<seq> <step> <time>')")
-            self.client.command(["LREM", index, "1", entry], key=index)
-            return None
-        x_key = keys.snapshot_inputs(self.ns, rank, seq)
-        y_key = keys.snapshot_targets(self.ns, rank, seq)
-        inputs = targets = None
-        problem = None
-        try:
-            inputs = self.client.get_tensor(x_key)
-            targets = self.client.get_tensor(y_key)
+            return [self.client.get_tensor(x_key), self.client.get_tensor(y_key)], None
         except KeyNotFoundError:
-            inputs = None  # dropped by the solver's retention limit meanwhile: not a bad record
+            return [None, None], None
         except (TensorFormatError, ServerError) as exc:
             # the server's WRONGTYPE: the key holds a list, a set... instead of a string
-            problem = ("type" if "WRONGTYPE" in str(exc) else "format", str(exc))
-        self.client.command(["LREM", index, "1", entry], key=index)
-        self.client.command(["DEL", x_key, y_key], key=x_key)
-        if problem is None and inputs is not None:
-            problem = snapshot_problem(inputs, targets, self.dims)
-        if problem is not None:
-            self.skips.record(x_key, *problem)
-            return None
-        if inputs is None:
-            return None
-        self.dims = self.dims or (inputs.shape[1], targets.shape[1])
-        self.skips.accepted()
-        return Snapshot(rank, seq, step, when, inputs, targets)
+            return [None, None], ("type" if "WRONGTYPE" in str(exc) else "format", str(exc))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cursors(reply) -> Dict[str, int]:
+    """An HGETALL reply (a flat list or a dict) as consumer -> cursor; a value that is not an
+    integer counts as no cursor (that consumer then holds every entry)."""
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[0::2], reply[1::2]) \
+        if reply else []
+    cursors = {}
+    for name, value in pairs:
+        try:
+            cursors[_text(name)] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return cursors
+
+
+class RankRead:
+    """One solver rank's index entries as one consumer reads them: which are new (SEQ beyond
+    its cursor), how many it missed, and which the whole group has read."""
+
+    def __init__(self, state: StreamState, rank: int, entries: List[bytes],
+                 cursors: Dict[str, int], consumer: str):
+        self.state, self.rank, self.entries = state, rank, entries
+        self.ns = state.stream.ns
+        self.cursors, self.consumer = cursors, consumer
+        self.parsed: List[Tuple[bytes, Tuple[int, int, float]]] = []
+        self.malformed: List[bytes] = []
+        for entry in entries:
+            try:
+                self.parsed.append((entry, parse_announcement(entry)))
+            except (ValueError, UnicodeDecodeError):
+                self.malformed.append(entry)
+        # SEQ counts from 0; a consumer alone in its group keeps its cursor in memory
+        self.cursor = max(cursors.get(consumer, -1), state.cursors.get(rank, -1))
+        self.dropped = 0
+
+    def new(self) -> List[Tuple[int, int, float]]:
+        """The entries beyond the cursor, by SEQ; counts the gaps before and between them."""
+        fresh = sorted(p for _, p in self.parsed if p[0] > self.cursor)
+        previous = self.cursor
+        for seq, _, _ in fresh:
+            self.dropped += max(0, seq - previous - 1)
+            previous = seq
+        if fresh:
+            self.cursor = fresh[-1][0]
+            self.state.cursors[self.rank] = self.cursor
+        return fresh
+
+    def finish_commands(self, group: List[str]) -> list:
+        """The new cursor and the removal of the entries every consumer of ``group`` has read
+        (a member without a cursor holds them all; malformed entries go at once)."""
+        index, cursors = keys.snapshot_index(self.ns, self.rank), \
+            keys.stream_cursors(self.ns, self.rank)
+        others = [self.cursors.get(name) for name in group if name != self.consumer]
+        # alone in its group a consumer removes all it read: its cursor lives in memory only
+        # and nothing is left behind in the database (a single trainer, as without groups)
+        commands = [("HSET", cursors, self.consumer, str(self.cursor))] if others else []
+        floor = min([self.cursor] + [(-1 if c is None else c) for c in others])
+        for entry, (seq, _, _) in self.parsed:
+            if seq <= floor:
+                commands += [("LREM", index, 1, entry),
+                             ("DEL", keys.snapshot_inputs(self.ns, self.rank, seq),
+                              keys.snapshot_targets(self.ns, self.rank, seq))]
+        commands += [("LREM", index, 1, entry) for entry in self.malformed]
+        return commands
 
 
 class ReplayBuffer:
@@ -360,3 +472,124 @@ class Samples:
         self.validation = ReplayBuffer(self.validation_capacity, n_in, n_out)
         self.input_stats = RunningStats(n_in)
         self.target_stats = RunningStats(n_out)
+
+
+class Members:
+    """The samples of every stream (ensemble member) apart: a replay buffer and held-out rows
+    each, so that a mini-batch can draw from the members evenly (``memberSampling``) and the
+    validation loss weighs each member alike. The normalisation statistics are those of all
+    training rows together."""
+
+    def __init__(self, names: Sequence[str], capacity: int, validation_capacity: int,
+                 period: Optional[int]):
+        self.by_name: Dict[str, Samples] = {name: Samples(capacity, validation_capacity, period)
+                                            for name in names}
+
+    def add(self, snapshot: Snapshot) -> None:
+        self.by_name[snapshot.stream].add(snapshot)
+
+    def _allocated(self) -> List[Samples]:
+        return [s for s in self.by_name.values() if s.train is not None]
+
+    @property
+    def dims(self) -> Tuple[int, int]:
+        """(n_in, n_out) of what is stored, (0, 0) before the first snapshot."""
+        allocated = self._allocated()
+        return allocated[0].dims if allocated else (0, 0)
+
+    @property
+    def train_rows(self) -> int:
+        return sum(s.train_rows for s in self.by_name.values())
+
+    @property
+    def snapshots(self) -> int:
+        return sum(s.snapshots for s in self.by_name.values())
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.by_name.values())
+
+    @property
+    def validation_snapshots(self) -> int:
+        return sum(s.validation_snapshots for s in self.by_name.values())
+
+    @property
+    def window(self) -> Window:
+        merged = Window()
+        for samples in self.by_name.values():
+            merged = merged.merge(samples.window)
+        return merged
+
+    def stats_vectors(self, n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The RunningStats vectors of the inputs and the targets of all streams summed."""
+        inputs, targets = RunningStats(n_in).vector(), RunningStats(n_out).vector()
+        for samples in self._allocated():
+            inputs = inputs + samples.input_stats.vector()
+            targets = targets + samples.target_stats.vector()
+        return inputs, targets
+
+    def sample(self, rng: np.random.Generator, count: int,
+               sampling: str = "balanced") -> Tuple[np.ndarray, np.ndarray]:
+        """``count`` training rows: ``balanced`` draws the same number from every stream that
+        has data (a member with few rows is not drowned by one with many), ``proportional``
+        draws uniformly from all rows together."""
+        filled = [s.train for s in self.by_name.values() if s.train_rows]
+        if len(filled) == 1:
+            return filled[0].sample(rng, count)
+        if sampling == "proportional":
+            sizes = np.array([len(b) for b in filled], dtype=np.float64)
+            counts = rng.multinomial(count, sizes / sizes.sum())
+        else:
+            counts = np.full(len(filled), count // len(filled))
+            counts[:count - int(counts.sum())] += 1
+        parts = [b.sample(rng, int(n)) for b, n in zip(filled, counts) if n]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+class PendingCases:
+    """Wall-unit features need each stream's case record (nekrs_ml.models.features); a
+    snapshot that arrives before it waits here, at most ``limit`` per stream (the oldest
+    beyond are dropped and counted), and a stream whose record stays missing ``timeout``
+    seconds after its first snapshot fails the trainer."""
+
+    def __init__(self, streams: Sequence[Stream], timeout: float, limit: int = 64):
+        self.streams = {s.name: s for s in streams}
+        self.timeout, self.limit = timeout, limit
+        self.cases: Dict[str, dict] = {}
+        self.pending: Dict[str, List[Snapshot]] = {}
+        self.since: Dict[str, float] = {}
+        self.dropped: Dict[str, int] = {}
+
+    def take(self, client: Client, snapshots: List[Snapshot]) -> List[Snapshot]:
+        """The snapshots whose stream's case is known (the waiting ones included)."""
+        from ..models.features import read_case
+
+        for snapshot in snapshots:
+            self.pending.setdefault(snapshot.stream, []).append(snapshot)
+        ready: List[Snapshot] = []
+        for name in [n for n, waiting in self.pending.items() if waiting]:
+            stream = self.streams[name]
+            if name not in self.cases:
+                case = read_case(client, stream.ns)
+                if case is None:
+                    self._wait(name, stream)
+                    continue
+                self.cases[name] = case
+            ready += self.pending.pop(name)
+            self.since.pop(name, None)
+        return ready
+
+    def _wait(self, name: str, stream: Stream) -> None:
+        now = time.monotonic()
+        started = self.since.setdefault(name, now)
+        waiting = self.pending[name]
+        if len(waiting) > self.limit:
+            excess = len(waiting) - self.limit
+            self.dropped[name] = self.dropped.get(name, 0) + excess
+            del waiting[:excess]
+        if now - started > self.timeout:
+            raise NekrsMLError(
+                f"features = wall_units: stream {name!r} has sent snapshots for "
+                f"{now - started:.0f} s but its case record {keys.solver_case(stream.ns)!r} "
+                "(kinematic viscosity, sample height) is missing; the solver writes it at its "
+                "start (update it), or set features = dimensional")

@@ -20,9 +20,9 @@ class Heartbeat:
     """Refreshes keys.trainer_alive from a thread of its own, on a connection of its own (the
     training loop's calls never wait for it)."""
 
-    def __init__(self, connect: Callable, ns: str):
+    def __init__(self, connect: Callable, ns: str, trainer=None):
         self.connect = connect
-        self.key = keys.trainer_alive(ns)
+        self.key = keys.trainer_alive(ns, trainer)  # a named trainer (--consumer) has its own
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="trainer-heartbeat", daemon=True)
         self.client = None

@@ -16,6 +16,13 @@ rows of the newest snapshots, and whenever new held-out rows arrive the best sta
 again on them. A developing flow (a laminar transient turning turbulent) makes the old best
 worse on the new data, so a model fitted to the transient cannot look converged once the flow
 has moved on; and no convergence (nor stop request) is declared before ``minSnapshots``.
+
+A trainer may read several streams (ensemble members, ``--stream NAME=NAMESPACE``): each member
+has its own replay buffer and held-out rows, mini-batches draw from the members as
+``memberSampling`` says, the validation loss is the mean of the members' losses, and the status
+reports each member (snapshots, drops, skips, validation loss, a-priori error of the best model).
+With ``features = wall_units`` every snapshot is scaled with its stream's case record before it
+is stored (nekrs_ml.models.features) and the model is a WallUnitsModel.
 """
 
 from __future__ import annotations
@@ -39,7 +46,11 @@ from ..models import aot, registry
 from ..client import Client
 from ..errors import DiskFullError, NekrsMLError
 from . import checkpoints, onnx_export, outputs
-from .data import Samples, SnapshotReader, Window, moments, validation_period
+from ..models import features as feature_schemes
+from .data import Members, PendingCases, Snapshot, SnapshotReader, Window, moments, \
+    validation_period
+from .model import (DIRECTION_STD_FLOOR, WALL_UNIT_INPUTS, WALL_UNIT_TARGETS, wall_unit_inputs,
+                    wall_unit_input_features, wall_unit_target_features, wall_unit_targets)
 from .distributed import (TrainingFailed, World, collectively, init_torch_distributed, local_rank,
                           pick_device, server_group)
 from .compiler import BackgroundCompiler
@@ -52,6 +63,7 @@ POLL_INTERVAL = 0.5  # s between two looks for data while waiting
 IDLE_EPOCHS = 2  # epochs without new data, after the solver finished, before stopping
 EVAL_CHUNK = 65536  # validation rows per forward pass
 COMPILE_WAIT_AT_END = 300.0  # s the final in-process package may take before the trainer exits
+APRIORI_ROWS = 4096  # held-out rows per member and trainer rank in the a-priori error
 
 
 class StopSignal:
@@ -76,6 +88,16 @@ class Normalisation:
     @classmethod
     def from_vectors(cls, inputs: np.ndarray, targets: np.ndarray, n_in: int, n_out: int):
         return cls(*moments(inputs, n_in), *moments(targets, n_out))
+
+    def floored(self, wall_units: bool) -> "Normalisation":
+        """Wall-unit features: the direction features may be constant (every sample along t1);
+        their scale is floored so that rounding noise is not blown up."""
+        if wall_units:
+            self.input_std = self.input_std.copy()
+            self.target_std = self.target_std.copy()
+            self.input_std[1:] = np.maximum(self.input_std[1:], DIRECTION_STD_FLOOR)
+            self.target_std[1:] = np.maximum(self.target_std[1:], DIRECTION_STD_FLOOR)
+        return self
 
     def on(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
         return tuple(torch.as_tensor(a, dtype=torch.float32, device=device) for a in
@@ -117,9 +139,20 @@ class Trainer:
         self.compiler = (BackgroundCompiler(self.ns, settings.model_name, settings.compile_device,
                                             self.say)
                          if settings.compile_device and world.leader else None)
-        self.reader = SnapshotReader(client, self.ns, world.group.rank, world.group.size)
-        self.samples = Samples(settings.replay_buffer, settings.validation_capacity,
+        self.reader = SnapshotReader(client, self.ns, world.group.rank, world.group.size,
+                                     consumer=settings.consumer or settings.model_name,
+                                     streams=settings.streams or None)
+        self.stream_names = list(self.reader.streams)
+        self.wall_units = settings.features == feature_schemes.WALL_UNITS
+        self.cases = PendingCases([s.stream for s in self.reader.streams.values()],
+                                  settings.data_timeout) if self.wall_units else None
+        self.samples = Members(self.stream_names, settings.replay_buffer,
+                               settings.validation_capacity,
                                validation_period(settings.validation_fraction))
+        self.members: dict = {name: {} for name in self.stream_names}  # status, all ranks
+        self.member_loss: dict = {}  # validation loss per member (None: no held-out rows)
+        self.apriori: dict = {}  # a-priori error of the best state per member
+        self.apriori_key = None  # (best epoch, held-out snapshots) it was measured for
         self.rng = np.random.default_rng(world.rank)  # each rank draws its own mini-batches
         self.epoch = 0
         self.train_loss: Optional[float] = None
@@ -141,6 +174,8 @@ class Trainer:
 
     # --- the whole run ----------------------------------------------------------------------
     def run(self) -> int:
+        if self.world.group.rank == 0:  # one SADD per server is enough
+            self.reader.join()
         if not self.wait_for_data():
             self.report("done")
             return 0
@@ -173,7 +208,7 @@ class Trainer:
         solver_step = None
         self.report("waiting")
         while True:
-            done = self.client.exists(keys.solver_done(self.ns))
+            done = self.solvers_done()
             self.ingest()
             self.check_skips()
             ranks = self.world.comm.allgather((self.samples.train_rows, done, self.stop.received))
@@ -215,12 +250,21 @@ class Trainer:
                               f"{self.settings.data_timeout:g} s; {hint}")
         return "wait", ""
 
-    def solver_progress(self) -> Optional[bytes]:
-        """The solver's last control step (None before its first, or when unreadable)."""
+    def solver_progress(self) -> Optional[tuple]:
+        """The last control step of every stream's solver (None before its first, or when
+        unreadable): progress of any of them restarts --data-timeout."""
         try:
-            return self.client.get_string(keys.solver_step(self.ns))
+            return tuple(self.client.get_string(keys.solver_step(s.ns)) for s in self.stream_list)
         except NekrsMLError:
             return None
+
+    @property
+    def stream_list(self):
+        return [state.stream for state in self.reader.streams.values()]
+
+    def solvers_done(self) -> bool:
+        """Every stream's solver has finished."""
+        return all(self.client.exists(keys.solver_done(s.ns)) for s in self.stream_list)
 
     def check_dims(self) -> None:
         """Every rank (and a resumed checkpoint) must see the same (n_in, n_out)."""
@@ -236,9 +280,31 @@ class Trainer:
 
     def ingest(self) -> int:
         snapshots = self.reader.read_available()
+        if self.cases is not None:  # wall units: a snapshot waits for its stream's case record
+            snapshots = self.cases.take(self.client, snapshots)
         for snapshot in snapshots:
-            self.samples.add(snapshot)
+            self.samples.add(self.stored_form(snapshot))
         return len(snapshots)
+
+    def stored_form(self, snapshot: Snapshot) -> Snapshot:
+        """What the buffers keep: the snapshot itself (dimensional), or its wall-scaled
+        features (the log-magnitude transform of WallUnitsModel)."""
+        if not self.wall_units:
+            return snapshot
+        widths = (snapshot.inputs.shape[1], snapshot.targets.shape[1])
+        if widths != (WALL_UNIT_INPUTS, WALL_UNIT_TARGETS):
+            raise NekrsMLError(
+                f"features = wall_units takes {WALL_UNIT_INPUTS} inputs [u.t1, u.t2, u.n] and "
+                f"{WALL_UNIT_TARGETS} targets [tau.t1, tau.t2] per point; stream "
+                f"{snapshot.stream!r} sends {widths[0]} / {widths[1]}: set features = dimensional")
+        case = self.cases.cases[snapshot.stream]
+        x = feature_schemes.to_model_inputs(np.asarray(snapshot.inputs, np.float64),
+                                            feature_schemes.WALL_UNITS, case)
+        tau = feature_schemes.to_model_targets(np.asarray(snapshot.targets, np.float64),
+                                               feature_schemes.WALL_UNITS, case)
+        return Snapshot(snapshot.rank, snapshot.seq, snapshot.step, snapshot.time,
+                        wall_unit_input_features(x).astype(np.float32),
+                        wall_unit_target_features(tau, x).astype(np.float32), snapshot.stream)
 
     def check_skips(self) -> None:
         """Collective: sums the skipped snapshots of all ranks; too many bad ones in a row on
@@ -277,6 +343,7 @@ class Trainer:
             if progress.new_validation and self.best is not None and self.val_loss is not None:
                 self.remeasure_best(scale)
             self.track_best(self.val_loss if self.val_loss is not None else self.train_loss, norm)
+            self.measure_apriori()
             self.idle = self.idle + 1 if progress.solver_done and not progress.new_snapshots else 0
             state, reason = self.world.comm.bcast(
                 self.verdict(progress) if self.world.rank == 0 else None, root=0)
@@ -292,7 +359,7 @@ class Trainer:
 
     def sync_epoch(self) -> Tuple[Progress, Normalisation]:
         """Ingests new data and sums the counts and statistics over the ranks."""
-        done = self.client.exists(keys.solver_done(self.ns))
+        done = self.solvers_done()
         comm, samples = self.world.comm, self.samples
         validation_before = samples.validation_snapshots
         new = self.ingest()
@@ -306,10 +373,12 @@ class Trainer:
         counts = comm.allreduce(np.array([samples.snapshots, samples.rows], dtype=np.float64),
                                 op=MPI.SUM) + self.prior[0]
         self.snapshots, self.samples_seen = int(counts[0]), int(counts[1])
-        inputs = comm.allreduce(samples.input_stats.vector(), op=MPI.SUM) + self.prior[1]
-        targets = comm.allreduce(samples.target_stats.vector(), op=MPI.SUM) + self.prior[2]
+        local_inputs, local_targets = samples.stats_vectors(*samples.dims)
+        inputs = comm.allreduce(local_inputs, op=MPI.SUM) + self.prior[1]
+        targets = comm.allreduce(local_targets, op=MPI.SUM) + self.prior[2]
         self.stats_vectors = (inputs, targets)
-        norm = Normalisation.from_vectors(inputs, targets, *samples.dims)
+        norm = Normalisation.from_vectors(inputs, targets, *samples.dims).floored(self.wall_units)
+        self.gather_members()
         return Progress(int(flags[0]), bool(flags[1]), bool(flags[2]), int(flags[3])), norm
 
     def batch(self, inputs: np.ndarray, targets: np.ndarray, scale) -> Tuple[torch.Tensor, ...]:
@@ -324,7 +393,8 @@ class Trainer:
         self.ddp.train()
         total = torch.zeros((), device=self.device)
         for _ in range(self.settings.steps_per_epoch):
-            x, y = self.batch(*self.samples.train.sample(self.rng, self.settings.batch_size), scale)
+            x, y = self.batch(*self.samples.sample(self.rng, self.settings.batch_size,
+                                                   self.settings.member_sampling), scale)
             loss = torch.nn.functional.mse_loss(self.ddp(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -334,28 +404,39 @@ class Trainer:
         return self.world.comm.allreduce(local, op=MPI.SUM) / self.world.size
 
     def validate(self, scale, model=None, model_scale=None) -> Optional[float]:
-        """MSE in normalised units (``scale``) over the held-out rows of all ranks; None when
-        there are none. ``model`` (default: the current one) works in ``model_scale`` (default:
-        ``scale``): its predictions are taken back to physical units and normalised with
-        ``scale``, so that models fitted under different statistics compare on the same data."""
+        """MSE in normalised units (``scale``) over the held-out rows of all ranks, the mean of
+        the members' (streams') losses; None when there are none. ``model`` (default: the
+        current one) works in ``model_scale`` (default: ``scale``): its predictions are taken
+        back to physical units and normalised with ``scale``, so that models fitted under
+        different statistics compare on the same data. The current model's loss per member is
+        kept in ``member_loss``."""
+        current = model is None
         model = model if model is not None else self.mlp
-        inputs, targets = self.samples.validation.contents()
-        sse = 0.0
+        sums = []
         model.eval()
         with torch.no_grad():
-            for start in range(0, len(inputs), EVAL_CHUNK):
-                chunk = slice(start, start + EVAL_CHUNK)
-                x, y = self.batch(inputs[chunk], targets[chunk], scale)
-                if model_scale is None:
-                    predicted = model(x)
-                else:
-                    x = self.batch(inputs[chunk], targets[chunk], model_scale)[0]
-                    physical = model(x) * model_scale[3] + model_scale[2]
-                    predicted = (physical - scale[2]) / scale[3]
-                sse += float(torch.sum((predicted - y) ** 2))
-        total, count = self.world.comm.allreduce(np.array([sse, targets.size], dtype=np.float64),
-                                                 op=MPI.SUM)
-        return total / count if count else None
+            for name in self.stream_names:
+                validation = self.samples.by_name[name].validation
+                inputs, targets = validation.contents() if validation else (np.zeros((0, 1)),) * 2
+                sse = 0.0
+                for start in range(0, len(inputs), EVAL_CHUNK):
+                    chunk = slice(start, start + EVAL_CHUNK)
+                    x, y = self.batch(inputs[chunk], targets[chunk], scale)
+                    if model_scale is None:
+                        predicted = model(x)
+                    else:
+                        x = self.batch(inputs[chunk], targets[chunk], model_scale)[0]
+                        physical = model(x) * model_scale[3] + model_scale[2]
+                        predicted = (physical - scale[2]) / scale[3]
+                    sse += float(torch.sum((predicted - y) ** 2))
+                sums += [sse, targets.size if len(inputs) else 0]
+        totals = self.world.comm.allreduce(np.array(sums, dtype=np.float64), op=MPI.SUM)
+        losses = {name: (totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None)
+                  for i, name in enumerate(self.stream_names)}
+        if current:
+            self.member_loss = losses
+        present = [loss for loss in losses.values() if loss is not None]
+        return float(np.mean(present)) if present else None
 
     def remeasure_best(self, scale) -> None:
         """Collective: the best state's loss on the current held-out rows (new data came in),
@@ -427,6 +508,64 @@ class Trainer:
             return "done", f"maxEpochs = {s.max_epochs} reached"
         return "training", ""
 
+    # --- per member ---------------------------------------------------------------------------
+    def gather_members(self) -> None:
+        """Collective: each member's snapshots, drops and skips summed over the ranks."""
+        local = {}
+        for name, state in self.reader.streams.items():
+            dropped = state.dropped + (self.cases.dropped.get(name, 0) if self.cases else 0)
+            local[name] = (self.samples.by_name[name].snapshots, dropped,
+                           dict(state.skips.counts))
+        members = {name: {"snapshots": 0, "dropped": 0, "skipped": {}}
+                   for name in self.stream_names}
+        for gathered in self.world.comm.allgather(local):
+            for name, (snapshots, dropped, skipped) in gathered.items():
+                member = members[name]
+                member["snapshots"] += snapshots
+                member["dropped"] += dropped
+                for reason, count in skipped.items():
+                    member["skipped"][reason] = member["skipped"].get(reason, 0) + count
+        self.members = members
+
+    def measure_apriori(self) -> None:
+        """Collective: the relative error |tau_pred - tau| / |tau| (vector norms) of the best
+        state on each member's held-out rows (in wall units the same ratio as in physical
+        units: one factor per member), measured again when the best state or the held-out
+        rows changed."""
+        best = self.best
+        if best is None:
+            return
+        held_out = self.world.comm.allreduce(self.samples.validation_snapshots, op=MPI.SUM)
+        if self.apriori_key == (best.epoch, held_out):
+            return
+        self.apriori_key = (best.epoch, held_out)
+        model = self.deployable_best(best)
+        local = {}
+        with torch.no_grad():
+            for name in self.stream_names:
+                validation = self.samples.by_name[name].validation
+                if validation is None or not len(validation):
+                    local[name] = np.zeros(0)
+                    continue
+                inputs, targets = validation.contents()
+                inputs, targets = inputs[-APRIORI_ROWS:], targets[-APRIORI_ROWS:]
+                if self.wall_units:  # the buffers hold features: back to wall-scaled samples
+                    x, true = wall_unit_inputs(inputs), wall_unit_targets(targets, inputs)
+                else:
+                    x, true = inputs, np.asarray(targets, np.float64)
+                predicted = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+                norm = np.linalg.norm(true, axis=1)
+                keep = norm > 0
+                local[name] = np.linalg.norm(predicted - true, axis=1)[keep] / norm[keep]
+        gathered = self.world.comm.gather(local, root=0)
+        if self.world.rank != 0:
+            return
+        for name in self.stream_names:
+            errors = np.concatenate([g[name] for g in gathered])
+            self.apriori[name] = ({"median": float(np.median(errors)),
+                                   "p95": float(np.percentile(errors, 95)),
+                                   "samples": int(errors.size)} if errors.size else None)
+
     # --- publishing, checkpoints, status ----------------------------------------------------
     def publish_best(self) -> None:
         """Rank 0 publishes and takes the version; the leaders of the other servers (colocated
@@ -452,6 +591,10 @@ class Trainer:
                  f"{_text(self.val_loss)}; published {self.settings.model_name!r} v{version} "
                  f"(epoch {best.epoch})")
 
+    def raw_dims(self) -> Tuple[int, int]:
+        """(n_in, n_out) of the deployed model (wall units: the samples', not the features')."""
+        return (WALL_UNIT_INPUTS, WALL_UNIT_TARGETS) if self.wall_units else self.samples.dims
+
     def model_parts(self, best: Best):
         """(mlp, input mean, input std, target mean, target std) of a best state."""
         n_in, n_out = self.samples.dims
@@ -460,19 +603,23 @@ class Trainer:
         norm = best.norm
         return mlp, norm.input_mean, norm.input_std, norm.target_mean, norm.target_std
 
+    def deployable_best(self, best: Best):
+        return deployable(*self.model_parts(best), wall_units=self.wall_units)
+
     def export(self, best: Best) -> Tuple[bytes, dict, bytes]:
         """(torch.export program, metadata, weights for in-process inference) of a best state."""
-        n_in, n_out = self.samples.dims
+        n_in, n_out = self.raw_dims()
         norm = best.norm
         meta = {"n_in": n_in, "n_out": n_out, "dtype": "float32",
                 "input_mean": norm.input_mean.tolist(), "input_std": norm.input_std.tolist(),
                 "target_mean": norm.target_mean.tolist(), "target_std": norm.target_std.tolist(),
                 "origin": "trainer", "epoch": best.epoch, "samples_seen": best.samples_seen,
-                "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers)}
+                "val_loss": _finite(best.loss), "hidden_layers": list(self.settings.hidden_layers),
+                "features": self.settings.features}
         if self.settings.export_format == onnx_export.FORMAT:  # ONNX Runtime; no in-process form
             meta.update(format="onnx", backend="onnx")
-            return onnx_export.onnx_bytes(deployable(*self.model_parts(best)), n_in), meta, None
-        program = self.exporter.program_for(deployable(*self.model_parts(best)))
+            return onnx_export.onnx_bytes(self.deployable_best(best), n_in), meta, None
+        program = self.exporter.program_for(self.deployable_best(best))
         weights = aot.weights_blob(program, n_in, n_out)
         meta.update(format="export", graph=aot.graph_id(program, n_in, n_out))
         return program_bytes(program), meta, weights
@@ -496,8 +643,9 @@ class Trainer:
 
     def request_solver_stop(self) -> None:
         if self.world.leader:
-            self.client.set_string(keys.trainer_stop(self.ns), "1")
-        self.say(f"asked the solver to stop ({keys.trainer_stop(self.ns)!r})")
+            self.client.set_string(keys.trainer_stop(self.ns, self.settings.trainer), "1")
+        self.say(f"asked the solver to stop "
+                 f"({keys.trainer_stop(self.ns, self.settings.trainer)!r})")
 
     def save_checkpoint(self) -> None:
         n_in, n_out = self.samples.dims
@@ -506,7 +654,7 @@ class Trainer:
             return
         checkpoints.save(self.settings.checkpoint_dir, self.epoch, {
             "epoch": self.epoch, "n_in": n_in, "n_out": n_out,
-            "hidden_layers": list(self.settings.hidden_layers),
+            "hidden_layers": list(self.settings.hidden_layers), "features": self.settings.features,
             "model": self.mlp.state_dict(), "optimizer": self.optimizer.state_dict(),
             "input_stats": self.stats_vectors[0], "target_stats": self.stats_vectors[1],
             "counts": np.array([self.snapshots, self.samples_seen], dtype=np.float64),
@@ -520,6 +668,10 @@ class Trainer:
             raise TrainingFailed(
                 f"--resume: the checkpoint has hiddenLayers = {saved['hidden_layers']}, the case "
                 f"{list(self.settings.hidden_layers)}; use the same hiddenLayers or drop --resume")
+        if saved.get("features", feature_schemes.DIMENSIONAL) != self.settings.features:
+            raise TrainingFailed(
+                f"--resume: the checkpoint has features = {saved.get('features', 'dimensional')}, "
+                f"the case {self.settings.features}; use the same features or drop --resume")
         self.mlp.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.prior = (saved["counts"], saved["input_stats"], saved["target_stats"])
@@ -539,12 +691,19 @@ class Trainer:
                 "val_loss": _finite(self.val_loss), "samples_seen": self.samples_seen,
                 "snapshots": self.snapshots, "model_version": self.version,
                 "data_window": self.window.as_dict(),
-                "skipped": dict(self.skipped), "time": time.time(), "state": state}
+                "skipped": dict(self.skipped), "time": time.time(), "state": state,
+                "dropped": sum(m.get("dropped", 0) for m in self.members.values()),
+                "consumer": self.settings.consumer or self.settings.model_name,
+                "features": self.settings.features,
+                "members": {name: dict(self.members.get(name, {}),
+                                       validation_loss=_finite(self.member_loss.get(name)),
+                                       apriori=self.apriori.get(name))
+                            for name in self.stream_names}}
 
     def write_status(self, record: dict) -> None:
         """The status key (overwritten) and one line of the history file."""
         text = json.dumps(record)
-        self.client.set_string(keys.trainer_status(self.ns), text)
+        self.client.set_string(keys.trainer_status(self.ns, self.settings.trainer), text)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         rundir.append_line(self.settings.run_dir / HISTORY_FILE, text)
 
@@ -589,7 +748,7 @@ def main(args) -> int:
     heartbeat = None
     try:
         trainer = create(args, comm, stop)
-        heartbeat = Heartbeat(Client.from_env, trainer.ns).start()
+        heartbeat = Heartbeat(Client.from_env, trainer.ns, trainer.settings.trainer).start()
         return trainer.run()
     except TrainingFailed as exc:  # every rank is here: no one is left waiting
         if comm.rank == 0:

@@ -11,7 +11,7 @@ from .. import environment
 from ..config import load_par
 from ..errors import ConfigError
 from ..models.registry import DEFAULT_KEEP_VERSIONS
-from .data import MAX_SKIPS_IN_A_ROW
+from .data import MAX_SKIPS_IN_A_ROW, Stream
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,29 @@ class Settings:
     # inference (None: the run does not evaluate the model in-process)
     compile_device: Optional[str] = None
     export_format: str = "torch-export"  # or "onnx" (nekrs_ml.train.onnx_export)
+    # the training streams read (ensemble members); default: one, "solver", in ``namespace``
+    streams: Tuple[Stream, ...] = ()
+    consumer: str = ""  # this trainer's name in the streams' consumer groups (default: model)
+    trainer: Optional[str] = None  # the name in its control keys (None: NS:trainer:...)
+    member_sampling: str = "balanced"
+    features: str = "dimensional"  # or "wall_units" (nekrs_ml.models.features)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
         ml = load_par(args.par)["nekrs_ml"]
         run_dir = Path(args.run_dir or os.environ.get(environment.RUN_DIR) or ".").absolute()
+        # the orchestrator's namespace wins: the solver writes under the one it exported
+        namespace = environment.resolve_namespace(None, ml["namespace"])
+        consumer = getattr(args, "consumer", None)
+        if consumer is not None:
+            _check_name(consumer, "--consumer")
         return cls(
-            # the orchestrator's namespace wins: the solver writes under the one it exported
-            namespace=environment.resolve_namespace(None, ml["namespace"]),
+            namespace=namespace,
+            streams=parse_streams(getattr(args, "stream", None) or [], namespace),
+            consumer=consumer or ml["modelName"],
+            trainer=consumer,
+            member_sampling=ml["memberSampling"],
+            features=ml["features"],
             model_name=ml["modelName"],
             hidden_layers=tuple(ml["hiddenLayers"]),
             learning_rate=ml["learningRate"],
@@ -78,6 +93,34 @@ class Settings:
     def validation_capacity(self) -> int:
         """The held-out buffer keeps the validation share of what the replay buffer keeps."""
         return max(1, round(self.replay_buffer * self.validation_fraction))
+
+
+def _check_name(name: str, option: str) -> str:
+    if not name or len(name) > 200 or any(c in name for c in "{}:=") \
+            or any(c.isspace() for c in name):
+        raise ConfigError(f"{option} {name!r}: a name of 1-200 characters without '{{', '}}', "
+                          "':', '=' or spaces")
+    return name
+
+
+def parse_streams(values, namespace: str) -> Tuple[Stream, ...]:
+    """``--stream NAME=NAMESPACE`` options as streams; none: the one stream ``solver`` of the
+    trainer's own namespace."""
+    if not values:
+        return (Stream("solver", namespace),)
+    streams = []
+    for value in values:
+        name, equals, ns = value.partition("=")
+        if not equals or not name or not ns:
+            raise ConfigError(f"--stream {value!r}: expected NAME=NAMESPACE (the ensemble member "
+                              "and the namespace its solver writes to, e.g. re550=nkml.re550)")
+        _check_name(name, "--stream name")
+        environment.check_namespace(ns, f"--stream {value!r}: namespace")
+        if name in [s.name for s in streams]:
+            raise ConfigError(f"--stream {value!r}: stream {name!r} is given twice; give each "
+                              "member once")
+        streams.append(Stream(name, ns))
+    return tuple(streams)
 
 
 def _export_format(ml) -> str:
