@@ -102,9 +102,10 @@ class EnsembleCase:
 
     def _write(self, sections: Dict[str, Dict[str, str]], path: Path, origin: str) -> Config:
         lines = [f"# written by `nekrs-ml run` from {self.par} ({origin})"]
+        lines += [f"{key} = {value}" for key, value in sections.pop(TOP, {}).items()]
         for section, values in sections.items():
             lines.append(f"\n[{section.upper()}]")
-            lines += [f"{key} = {value}" for key, value in values.items()]
+            lines += [key if value is None else f"{key} = {value}" for key, value in values.items()]
         path.write_text("\n".join(lines) + "\n")
         try:
             return load_par(path)
@@ -112,16 +113,24 @@ class EnsembleCase:
             raise ConfigError(f"{self.par.name}, {origin}: {exc}") from None
 
 
+TOP = "__top__"  # NekRS takes keys before the first section (e.g. userSections = ...)
+
+
 def is_ensemble(par: Path) -> bool:
-    return ENSEMBLE in (section.lower() for section in _read(par).sections())
+    """Whether a case .par has an [ENSEMBLE] section; a file this reader cannot read is not
+    one (the .par parser then says what is wrong with it)."""
+    try:
+        return ENSEMBLE in (section.lower() for section in _read(par).sections())
+    except ConfigError:
+        return False
 
 
 def _read(par: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), strict=False,
-                                       interpolation=None)
+                                       interpolation=None, allow_no_value=True)
     try:
-        parser.read_string(par.read_text(), source=str(par))
-    except (configparser.Error, OSError) as exc:
+        parser.read_string(f"[{TOP}]\n" + par.read_text(), source=str(par))
+    except (configparser.Error, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{par}: {exc}") from None
     return parser
 
@@ -152,15 +161,15 @@ def load_ensemble(par: Path) -> EnsembleCase:
         if key not in known:
             raise ConfigError(f"{par.name}: [ENSEMBLE] has no key {key!r}; its keys are members, "
                               "heldOut, models and memberFailure (docs/ensembles.md)")
-    training = _names(par, "members", ensemble.get("members", ""))
-    held_out = _names(par, "heldOut", ensemble.get("heldout", ""))
+    training = _names(par, "members", ensemble.get("members") or "")
+    held_out = _names(par, "heldOut", ensemble.get("heldout") or "")
     if not training:
         raise ConfigError(f"{par.name}: [ENSEMBLE] members is empty: name at least one member "
                           "(members = a, b, c) and give each a [MEMBER a] section of overrides")
     if set(training) & set(held_out):
         raise ConfigError(f"{par.name}: [ENSEMBLE] {sorted(set(training) & set(held_out))} "
                           "both in members and heldOut: a held-out member is never trained on")
-    failure = ensemble.get("memberfailure", DEFAULT_MEMBER_FAILURE).strip().lower()
+    failure = (ensemble.get("memberfailure") or DEFAULT_MEMBER_FAILURE).strip().lower()
     if failure not in MEMBER_FAILURE:
         raise ConfigError(f"{par.name}: [ENSEMBLE] memberFailure = {failure!r}: use continue (the "
                           "other members go on) or abort (the run stops)")
@@ -178,7 +187,7 @@ def load_ensemble(par: Path) -> EnsembleCase:
 
     members = [_member(par, name, sections, held_out=name in held_out)
                for name in training + held_out]
-    model_names = _names(par, "models", ensemble.get("models", "")) or [ml["modelName"].lower()]
+    model_names = _names(par, "models", ensemble.get("models") or "") or [ml["modelName"].lower()]
     if ml["workflow"] == "train+infer" and ml["modelName"].lower() not in model_names:
         raise ConfigError(f"{par.name}: [NEKRS_ML] modelName = {ml['modelName']} is the model the "
                           f"members infer with, and [ENSEMBLE] models = {', '.join(model_names)} "
@@ -203,6 +212,8 @@ def _member(par: Path, name: str, sections: Dict[str, Dict[str, str]], held_out:
                           "with its overrides (e.g. reproducer.reTau = 550), even an empty one")
     overrides, delay = [], 0.0
     for key, value in values.items():
+        if value is None:
+            raise ConfigError(f"{par.name}: [MEMBER {name}] {key} has no value: write {key} = VALUE")
         if key == "startdelay":
             try:
                 delay = float(value)
@@ -230,6 +241,8 @@ def _member(par: Path, name: str, sections: Dict[str, Dict[str, str]], held_out:
 def _model(par: Path, name: str, sections: Dict[str, Dict[str, str]]) -> Model:
     overrides = []
     for key, value in sections.get(MODEL_PREFIX + name, {}).items():
+        if value is None:
+            raise ConfigError(f"{par.name}: [MODEL {name}] {key} has no value: write {key} = VALUE")
         option = key[len("nekrs_ml."):] if key.startswith("nekrs_ml.") else key
         if option not in MODEL_KEYS:
             raise ConfigError(f"{par.name}: [MODEL {name}] {key}: a model sets its trainer's "

@@ -101,3 +101,18 @@ def test_bad_ensembles_are_refused_naming_the_key(tmp_path, change, expected):
         for member in case.members:  # an override's value is checked as its .par is written
             case.member_par(member, tmp_path / f"{member.name}.par")
     assert expected in str(error.value)
+
+
+def test_keys_before_the_first_section_are_kept(tmp_path):
+    """NekRS takes keys before any section (userSections = ...): a NekRS case is not mistaken for
+    a broken file, and a member's .par keeps them at its top."""
+    par = write(tmp_path, "userSections = nekrs_ml, casedata\n" + ENSEMBLE)
+    assert is_ensemble(par)
+    case = load_ensemble(par)
+    case.member_par(case.members[0], tmp_path / "m.par")
+    first = [line for line in (tmp_path / "m.par").read_text().splitlines()
+             if line and not line.startswith("#")][0]
+    assert first == "usersections = nekrs_ml, casedata"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert not is_ensemble(write(plain, "userSections = casedata\n" + BASE))
