@@ -336,7 +336,8 @@ class EnsembleRun(EnsembleReporting, Run):
             flag = {"waiting": " waiting", "failed": " FAILED", "finished": " done"}.get(
                 state.status, "")
             parts.append(f"{state.name} {where}{flag}")
-        line = "members: " + ", ".join(parts)
+        snapshots = sum(state.snapshots for state in self.members.values())
+        line = "members: " + ", ".join(parts) + f" | snapshots {snapshots}"
         for model in self.ensemble.models:
             status = statuses.get(model.name) or {}
             loss = status.get("val_loss")
