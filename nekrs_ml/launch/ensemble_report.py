@@ -5,7 +5,6 @@ held-out members, whose streams no trainer read (docs/ensembles.md, "report.json
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -14,7 +13,7 @@ import numpy as np
 from .. import keys
 from ..errors import KeyNotFoundError, NekrsMLError
 from .flow import plot_profile
-from .run_report import read_json, release_reserve
+from .run_report import read_json, release_reserve, solver_flow, stored_summary
 
 HELD_OUT_SNAPSHOTS = 50  # at most this many retained snapshots per rank of a held-out member
 
@@ -53,18 +52,10 @@ class EnsembleReporting:
     """gather_report of an EnsembleRun (nekrs_ml.launch.ensemble)."""
 
     def member_summary(self, state) -> Optional[Dict]:
-        if self.client is not None:
-            try:
-                text = self.client.get_string(keys.solver_summary(state.ns))
-                if text:
-                    return json.loads(text)
-            except (NekrsMLError, ValueError):
-                pass
-        return read_json(state.dir / "solver.json")
+        return stored_summary(self.client, state.ns, state.dir / "solver.json")
 
     def gather_report(self, status: str, exit_codes: Dict[str, Optional[int]], message: str) -> Dict:
         from . import report
-        from .report import flow_statistics
 
         release_reserve(self.run_dir)
         models = [model.name for model in self.ensemble.models]
@@ -73,16 +64,8 @@ class EnsembleReporting:
             if state.status == "running":
                 state.status = "stopped"  # the run ended before this member did
             summary = self.member_summary(state)
-            flow = None
-            if self.client is not None:
-                try:
-                    state.flow_stats.drain(self.client, state.ns)
-                except NekrsMLError:
-                    pass
-            statistics = state.flow_stats.result((summary or {}).get("kinematic_viscosity"))
-            from_summary = flow_statistics(summary)
-            if statistics is not None or from_summary is not None:
-                flow = {**(from_summary or {}), **(statistics or {})}
+            flow = solver_flow(self.client, state.ns, state.flow_stats, summary,
+                               lambda text, name=state.name: self.warn(f"{name}: {text}"))
             plots = []
             try:
                 if flow and plot_profile(state.dir / "profile.png", flow, label=state.name):
@@ -131,13 +114,7 @@ class EnsembleReporting:
                           "waits for it)")
         inference_block = model_blocks.get(inferred) or {}
         return {
-            "status": status,
-            "message": message,
-            "solver": self.solver,
-            "case": str(self.par),
-            "workflow": self.settings.workflow,
-            "deployment": self.settings.deployment,
-            "model_name": self.settings.model_name,
+            **self.report_head(status, message),
             "model_version": inference_block.get("version"),
             "tau_w_rel_error": None,  # per member and model: members.<name>.tau_w_rel_error
             "ensemble": {

@@ -68,20 +68,48 @@ def write_report_file(run_dir: Path, data: Dict) -> None:
         data["report_error"] = str(exc)
 
 
+def stored_summary(client, ns: str, fallback: Path) -> Optional[Dict]:
+    """What the coupling's rank 0 stored when the solver finished (NekRS and the stand-in
+    alike); the stand-in's own file when the database no longer answers."""
+    if client is not None:
+        try:
+            text = client.get_string(keys.solver_summary(ns))
+            if text:
+                return json.loads(text)
+        except (NekrsMLError, ValueError):
+            pass
+    return read_json(fallback)
+
+
+def solver_flow(client, ns: str, flow_stats, solver_summary: Optional[Dict], warn) -> Optional[Dict]:
+    """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
+    where the solver streamed them (the last ones drained from ``ns`` into ``flow_stats``), else
+    from the run summary's wall statistics; the momentum balance from the summary either way."""
+    from . import report
+
+    if client is not None:
+        try:
+            flow_stats.drain(client, ns)
+        except NekrsMLError as exc:
+            warn(f"the last flow-statistics records could not be read: {exc}")
+    from_summary = report.flow_statistics(solver_summary)
+    statistics = flow_stats.result((solver_summary or {}).get("kinematic_viscosity"))
+    if statistics is None:
+        return from_summary
+    return {**(from_summary or {}), **statistics}
+
+
 class Reporting:
     """The report of a Run (nekrs_ml.launch.run), gathered from what the run left."""
 
+    def report_head(self, status: str, message: str) -> Dict:
+        """The first fields of report.json: the outcome and what ran."""
+        return {"status": status, "message": message, "solver": self.solver,
+                "case": str(self.par), "workflow": self.settings.workflow,
+                "deployment": self.settings.deployment, "model_name": self.settings.model_name}
+
     def solver_summary(self) -> Optional[Dict]:
-        """What the coupling's rank 0 stored when the solver finished (NekRS and the stand-in
-        alike); the stand-in's own file when the database no longer answers."""
-        if self.client is not None:
-            try:
-                text = self.client.get_string(keys.solver_summary(self.ns))
-                if text:
-                    return json.loads(text)
-            except (NekrsMLError, ValueError):
-                pass
-        return read_json(self.run_dir / "solver.json")
+        return stored_summary(self.client, self.ns, self.run_dir / "solver.json")
 
     def gather_report(self, status: str, exit_codes: Dict[str, Optional[int]], message: str) -> Dict:
         """What report.json says of the run (write_report_file writes it): the outcome, the
@@ -119,13 +147,7 @@ class Reporting:
         if history and "skipped" in history[-1]:  # bad snapshots the trainer left out
             trainer = dict(trainer or {}, skipped=history[-1]["skipped"])
         data = {
-            "status": status,
-            "message": message,
-            "solver": self.solver,
-            "case": str(self.par),
-            "workflow": self.settings.workflow,
-            "deployment": self.settings.deployment,
-            "model_name": self.settings.model_name,
+            **self.report_head(status, message),
             # the version evaluated (training), else the last one the solver used (inference)
             "model_version": (evaluation["version"] if evaluation else
                               ((solver_summary or {}).get("inference") or {}).get("final_version")),
@@ -180,18 +202,4 @@ class Reporting:
         return ""
 
     def flow(self, solver_summary: Optional[Dict]) -> Optional[Dict]:
-        """u_tau, Re_tau, U_b and the profiles: from the flow-statistics records (statsInterval)
-        where the solver streamed them, else from the run summary's wall statistics; the
-        momentum balance from the summary either way."""
-        from . import report
-
-        if self.client is not None:
-            try:
-                self.flow_stats.drain(self.client, self.ns)
-            except NekrsMLError as exc:
-                self.warn(f"the last flow-statistics records could not be read: {exc}")
-        from_summary = report.flow_statistics(solver_summary)
-        statistics = self.flow_stats.result((solver_summary or {}).get("kinematic_viscosity"))
-        if statistics is None:
-            return from_summary
-        return {**(from_summary or {}), **statistics}
+        return solver_flow(self.client, self.ns, self.flow_stats, solver_summary, self.warn)

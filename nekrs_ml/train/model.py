@@ -91,17 +91,10 @@ def wall_unit_targets(target_features: np.ndarray, input_features: np.ndarray) -
     return np.exp(np.minimum(y[:, :1], LOG_CEILING)) * direction
 
 
-class WallUnitsModel(nn.Module):
+class WallUnitsModel(NormalisedModel):
     """Wall-scaled samples [n, 3] in, wall-scaled stress [n, 2] out (float32); the feature map,
-    the normalisation and the inverse map are part of the exported program."""
-
-    def __init__(self, mlp: nn.Module, input_mean: np.ndarray, input_std: np.ndarray,
-                 target_mean: np.ndarray, target_std: np.ndarray):
-        super().__init__()
-        self.mlp = mlp
-        for name, value in (("input_mean", input_mean), ("input_std", input_std),
-                            ("target_mean", target_mean), ("target_std", target_std)):
-            self.register_buffer(name, torch.as_tensor(np.asarray(value), dtype=torch.float32))
+    the normalisation and the inverse map are part of the exported program (the normalisation
+    is NormalisedModel's, applied to the features rather than to the samples)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
