@@ -143,9 +143,17 @@ class RedisAI:
     def __init__(self, address: str, python: str):
         self.address, self.python = address, python
 
+    # SmartRedis gives up on a reply after its socket timeout (well under a second by default):
+    # a ResNet-50 call that waits behind other ranks' runs in RedisAI's queue takes seconds on a
+    # CPU. The clients wait as long as the benchmark does (its own limit: communicate's timeout);
+    # values the user set in the environment are kept.
+    CLIENT_TIMEOUTS_MS = {"SR_SOCKET_TIMEOUT": "600000", "SR_CMD_TIMEOUT": "600000",
+                          "SR_MODEL_TIMEOUT": "600000"}
+
     def _run(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([self.python, self.CLIENT, self.address, *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**self.CLIENT_TIMEOUTS_MS, **os.environ})
 
     def set_model(self, key: str, path: str) -> None:
         proc = self._run("set-model", key, path)
