@@ -262,6 +262,8 @@ def _measure(rank, client, inference, modules, conn, path, model, n_in, n_out, p
             with torch.inference_mode():
                 result = module(torch.from_numpy(inputs).to(torch_device))
                 out[...] = result.to("cpu").numpy()
+    if path == "worker":
+        _first_call_when_the_worker_is_back(call)
     time_calls(call, 0)  # the warm-up calls only
     began = time.perf_counter()
     call()
@@ -270,6 +272,24 @@ def _measure(rank, client, inference, modules, conn, path, model, n_in, n_out, p
     if command[0] != "start":
         raise _Stopped()
     return time_calls(call, calls, command[1])
+
+
+def _first_call_when_the_worker_is_back(call, patience: float = 300.0) -> None:
+    """The first call of a large model: the worker stops beating its heartbeat while one pass
+    outlasts HEARTBEAT_TTL (3 s), as the first passes of a TorchScript ResNet-50 (the JIT's
+    profiling runs) can on a busy machine, and the caller then counts it as gone. Retried for
+    ``patience`` seconds; the timed calls are not retried."""
+    from ..errors import WorkerUnavailableError
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            call()
+            return
+        except WorkerUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _backend(client, modules, device):
