@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from ..bench.harness import machine
@@ -45,8 +46,11 @@ def _bench(parser: argparse.ArgumentParser):
     def run(args) -> int:
         module = modules[args.bench_command]
         log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+        # other work on the machine at the start (1, 5, 15 min): on a shared machine it
+        # explains much of a run's spread
+        load_at_start = [round(load, 2) for load in os.getloadavg()]
         records = module.run(args, log)
-        measured_on = machine()
+        measured_on = {**machine(), "load_average_at_start": load_at_start}
         for record in records:  # numbers mean little without the machine they came from
             record.setdefault("machine", measured_on)
         text = json.dumps(records, indent=1)
