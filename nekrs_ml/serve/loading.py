@@ -174,6 +174,12 @@ def _aten_name(target) -> str:
     return name[len("aten::"):] if name.startswith("aten::") else ""
 
 
+# Inputs wider than this (an image model's rows are images: ResNet-50's are 150,528 values) are
+# traced and checked on a few rows: hundreds would cost minutes of a CPU, beyond the load's
+# heartbeat (LOADING_TTL).
+WIDE_INPUT = 4096
+
+
 def as_torchscript(module, n_in: int, dtype: np.dtype, device):
     """An exported program's module as TorchScript (traced), or None with the reason.
 
@@ -199,8 +205,10 @@ def as_torchscript(module, n_in: int, dtype: np.dtype, device):
             warnings.simplefilter("ignore")  # the tracer's notes on constants and shapes
             rewritten = copy.deepcopy(module)
             activations_in_place(rewritten)
-            traced = torch.jit.trace(rewritten, (batch(64),), check_trace=False)
-            for rows in (1, 37, 200):
+            trace_rows, check_rows = ((64, (1, 37, 200)) if n_in <= WIDE_INPUT
+                                      else (2, (1, 3, 5)))
+            traced = torch.jit.trace(rewritten, (batch(trace_rows),), check_trace=False)
+            for rows in check_rows:
                 inputs = batch(rows)
                 expected, got = module(inputs), traced(inputs)
                 if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-5,

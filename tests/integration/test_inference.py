@@ -304,6 +304,25 @@ def test_exported_programs_run_traced_with_activations_in_place():
             torch.testing.assert_close(traced(inputs), module(inputs), rtol=1e-6, atol=1e-6)
 
 
+def test_wide_inputs_are_traced_on_a_few_rows():
+    """An image model's rows are images: its load checks the traced graph on a few of them, not
+    hundreds (minutes of a CPU for ResNet-50, beyond the loading heartbeat)."""
+    from nekrs_ml.serve.loading import WIDE_INPUT, as_torchscript
+
+    width = WIDE_INPUT + 1
+    program = torch.export.export(torch.nn.Linear(width, 2).eval(), (torch.zeros(4, width),),
+                                  dynamic_shapes=({0: torch.export.Dim("points")},))
+    module = program.module()
+    rows_seen = []
+    module.register_forward_pre_hook(lambda _, args: rows_seen.append(args[0].shape[0]))
+    traced, why = as_torchscript(module, width, np.dtype(np.float32), torch.device("cpu"))
+    assert traced is not None, why
+    assert rows_seen and max(rows_seen) <= 5, rows_seen
+    inputs = torch.rand(7, width)
+    with torch.inference_mode():
+        torch.testing.assert_close(traced(inputs), module(inputs), rtol=1e-5, atol=1e-5)
+
+
 def test_exported_control_flow_is_not_traced():
     from nekrs_ml.serve.loading import as_torchscript
 
