@@ -51,9 +51,8 @@ MODELS.update(backend_models.forms(MODELS))  # NAME_onnx: served by ONNX Runtime
 IMAGE_MODELS = {"resnet50": (resnet.IMAGE_FEATURES, None, resnet.CLASSES)}
 MODELS.update(IMAGE_MODELS)
 # The worker serves an image model in its TorchScript form (same weights, what RedisAI runs and
-# what the worker would trace the exported program to), deployed as NAME + WORKER_FORM: the
-# worker checks a traced exported program at load on batches of 64, 1, 37 and 200 rows, which
-# for ResNet-50 on a few CPU cores outlasts its loading heartbeat (LOADING_TTL, 120 s).
+# what the worker would trace the exported program to), deployed as NAME + WORKER_FORM, so that
+# the worker and RedisAI run the same graph.
 WORKER_FORM = "_torchscript"
 PATHS = ("forward", "inprocess-cpp", "roundtrip", "worker", "redisai")
 
