@@ -160,3 +160,26 @@ def test_a_model_whose_trainer_stops_reading(run_dir):
     assert models["a"]["version"] and models["b"]["version"]
     assert "model b missed" in out
     assert_nothing_left(run_dir, time.monotonic())
+
+
+def test_ctrl_c_twice_stops_every_member_and_trainer(run_dir):
+    """Ctrl-C, and another one while stopping: exit 130, every part of every member gone, and
+    the report says which members were stopped."""
+    proc = start_run(small_case(run_dir, models="a, b", steps=3000), run_dir)
+    try:
+        wait_for(lambda: member_pid(run_dir, "slow") and member_pid(run_dir, "m1"), 180,
+                 "the members' solvers")
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        code, out = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 130, out[-3000:]
+    data = report(run_dir)
+    assert data["status"] == "interrupted"
+    statuses = {name: block["status"] for name, block in data["ensemble"]["members"].items()}
+    assert statuses["m1"] == statuses["slow"] == "stopped", statuses
+    assert_nothing_left(run_dir, time.monotonic())
