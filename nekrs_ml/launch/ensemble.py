@@ -180,10 +180,11 @@ class EnsembleRun(EnsembleReporting, Run):
         for source in case_dir.iterdir():
             if source.is_file() and source.suffix != ".par":
                 link = state.dir / source.name
-                if not link.exists():
-                    os.symlink(source, link)
+                if os.path.lexists(link):  # an earlier run's link, or one planted there
+                    link.unlink()
+                os.symlink(source, link)
         target = state.dir / self.par.name
-        target.write_text(state.par.read_text())
+        rundir.write_file(target, state.par.read_text())
         return target
 
     # --- supervision ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from .. import rundir
 from ..config import Config, load_par
 from ..errors import ConfigError
 
@@ -106,7 +107,7 @@ class EnsembleCase:
         for section, values in sections.items():
             lines.append(f"\n[{section.upper()}]")
             lines += [key if value is None else f"{key} = {value}" for key, value in values.items()]
-        path.write_text("\n".join(lines) + "\n")
+        rundir.write_file(path, "\n".join(lines) + "\n")  # never through a planted link
         try:
             return load_par(path)
         except ConfigError as exc:

@@ -116,3 +116,15 @@ def test_keys_before_the_first_section_are_kept(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     assert not is_ensemble(write(plain, "userSections = casedata\n" + BASE))
+
+
+def test_a_planted_link_is_replaced_not_followed(tmp_path):
+    par = write(tmp_path, ENSEMBLE)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = tmp_path / "member.par"
+    target.symlink_to(victim)
+    case = load_ensemble(par)
+    case.member_par(case.members[0], target)
+    assert victim.read_text() == "keep me"
+    assert not target.is_symlink() and "[REPRODUCER]" in target.read_text()
