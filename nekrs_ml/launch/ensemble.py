@@ -176,14 +176,15 @@ class EnsembleRun(EnsembleReporting, Run):
     def nekrs_member_case(self, state: MemberState) -> Path:
         """NekRS finds a case's files by its name beside the .par: the member's directory gets
         links to the case directory's files and the member's .par under the case's name."""
-        case_dir = self.par.parent
+        case_par = state.member.par or self.par
+        case_dir = case_par.parent
         for source in case_dir.iterdir():
             if source.is_file() and source.suffix != ".par":
                 link = state.dir / source.name
                 if os.path.lexists(link):  # an earlier run's link, or one planted there
                     link.unlink()
                 os.symlink(source, link)
-        target = state.dir / self.par.name
+        target = state.dir / case_par.name
         rundir.write_file(target, state.par.read_text())
         return target
 

@@ -10,6 +10,7 @@ optionally, several models trained from their one stream (docs/ensembles.md).
     [MEMBER re550]                      # the member's overrides of the case's sections
     reproducer.reTau = 550
     startDelay = 0                      # seconds after the run's start
+    # par = re550.par                   # its own case file instead (NekRS: its own mesh...)
 
     [MODEL dimensional]                 # the model's overrides of [NEKRS_ML]
     hiddenLayers = 32,32,32
@@ -25,7 +26,7 @@ import configparser
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .. import rundir
 from ..config import Config, load_par
@@ -56,6 +57,7 @@ class Member:
     overrides: Tuple[Tuple[str, str, str], ...]  # (section, key, value) as written
     start_delay_s: float = 0.0
     held_out: bool = False
+    par: Optional[Path] = None  # the member's own case file instead of the ensemble's (`par`)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,11 @@ class EnsembleCase:
     def member_par(self, member: Member, path: Path) -> Config:
         """Writes the member's .par (the case without the ensemble's sections, its overrides
         applied) and returns it read back."""
-        sections = {name: dict(values) for name, values in self._sections.items()}
+        source = self._sections if member.par is None else _case_sections(_read(member.par))
+        sections = {name: dict(values) for name, values in source.items()}
+        if member.par is not None:  # the ensemble's [NEKRS_ML] holds for every member
+            sections["nekrs_ml"] = {**sections.get("nekrs_ml", {}),
+                                    **self._sections.get("nekrs_ml", {})}
         for section, key, value in member.overrides:
             sections.setdefault(section, {})[key] = value
         return self._write(sections, path, f"[MEMBER {member.name}]")
@@ -201,9 +207,15 @@ def load_ensemble(par: Path) -> EnsembleCase:
             raise ConfigError(f"{par.name}: section [{name.upper()}] names no {kind} of [ENSEMBLE]: "
                               f"add {rest.strip()!r} to {'members' if kind == 'member' else 'models'} "
                               "or remove the section")
-    case_sections = {name: values for name, values in sections.items()
-                     if name != ENSEMBLE and not name.startswith((MEMBER_PREFIX, MODEL_PREFIX))}
-    return EnsembleCase(par, members, models, failure, base, case_sections)
+    return EnsembleCase(par, members, models, failure, base, _case_sections(parser))
+
+
+def _case_sections(parser: configparser.ConfigParser) -> Dict[str, Dict[str, str]]:
+    """The sections of a case, without an ensemble's own."""
+    sections = {name.lower(): {k.lower(): v for k, v in parser[name].items()}
+                for name in parser.sections()}
+    return {name: values for name, values in sections.items()
+            if name != ENSEMBLE and not name.startswith((MEMBER_PREFIX, MODEL_PREFIX))}
 
 
 def _member(par: Path, name: str, sections: Dict[str, Dict[str, str]], held_out: bool) -> Member:
@@ -211,10 +223,19 @@ def _member(par: Path, name: str, sections: Dict[str, Dict[str, str]], held_out:
     if values is None:
         raise ConfigError(f"{par.name}: member {name!r} has no [MEMBER {name}] section: give it one "
                           "with its overrides (e.g. reproducer.reTau = 550), even an empty one")
-    overrides, delay = [], 0.0
+    overrides, delay, own_par = [], 0.0, None
     for key, value in values.items():
         if value is None:
             raise ConfigError(f"{par.name}: [MEMBER {name}] {key} has no value: write {key} = VALUE")
+        if key == "par":
+            own_par = (par.parent / value.strip().strip('"')).absolute()
+            if not own_par.is_file():
+                raise ConfigError(f"{par.name}: [MEMBER {name}] par = {value}: {own_par} is not a "
+                                  "file (a path relative to the ensemble's .par)")
+            if is_ensemble(own_par):
+                raise ConfigError(f"{par.name}: [MEMBER {name}] par = {value}: that file is an "
+                                  "ensemble itself; name a single case")
+            continue
         if key == "startdelay":
             try:
                 delay = float(value)
@@ -236,7 +257,7 @@ def _member(par: Path, name: str, sections: Dict[str, Dict[str, str]], held_out:
             raise ConfigError(f"{par.name}: [MEMBER {name}] {key}: a member overrides the case's "
                               "own sections, not the ensemble's")
         overrides.append((section, option, value))
-    return Member(name, tuple(overrides), delay, held_out)
+    return Member(name, tuple(overrides), delay, held_out, own_par)
 
 
 def _model(par: Path, name: str, sections: Dict[str, Dict[str, str]]) -> Model:

@@ -128,3 +128,21 @@ def test_a_planted_link_is_replaced_not_followed(tmp_path):
     case.member_par(case.members[0], target)
     assert victim.read_text() == "keep me"
     assert not target.is_symlink() and "[REPRODUCER]" in target.read_text()
+
+
+def test_a_member_with_its_own_case_file(tmp_path):
+    """par = FILE: the member starts from its own case; the ensemble's [NEKRS_ML] holds for it
+    and its overrides apply on top."""
+    (tmp_path / "own.par").write_text("[NEKRS_ML]\nworkflow = off\nsampleInterval = 7\n"
+                                      "[REPRODUCER]\nsteps = 55\nreTau = 300\n[CASEDATA]\nz = 1\n")
+    par = write(tmp_path, ENSEMBLE.replace("[MEMBER re950]\n",
+                                           "[MEMBER re950]\npar = own.par\nreproducer.reTau = 310\n"))
+    case = load_ensemble(par)
+    member = case.member_par(case.members[1], tmp_path / "re950.par")
+    assert member["reproducer"]["steps"] == 55 and member["reproducer"]["reTau"] == 310
+    assert member["nekrs_ml"]["workflow"] == "train+infer"  # the ensemble's
+    assert member["nekrs_ml"]["sampleInterval"] == 7        # its own, where the ensemble is silent
+    assert "[CASEDATA]" in (tmp_path / "re950.par").read_text()
+    missing = write(tmp_path, ENSEMBLE.replace("[MEMBER re950]\n", "[MEMBER re950]\npar = gone.par\n"))
+    with pytest.raises(ConfigError, match="gone.par is not a file"):
+        load_ensemble(missing)
