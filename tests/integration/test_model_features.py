@@ -130,6 +130,33 @@ def test_a_wall_units_model_applies_the_stress_of_its_dimensional_twin(served, s
     assert summaries[1]["versions"] == [1]
 
 
+def test_a_pruned_version_that_still_answers_is_scaled_as_its_model(served, solver, tmp_path):
+    """A worker may still serve a version keepVersions pruned (a trainer publishing fast): a
+    model name keeps its features, so the current version's meta tells the pruned one's."""
+    registry.publish(solver.client, served, "pruned", scripted(Linear(A * H / NU),
+                                                               tmp_path / "pruned.pt"),
+                     {"n_in": 3, "n_out": 2, "dtype": "float32", "features": "wall_units"})
+    first, first_field = solver(member_ns(served), model_ns=served, modelName="pruned")
+    first.step(0, 0.0, False)
+    first_field.advance()
+    first.step(1, 1e-3, True)  # the worker has loaded v1, and it answered
+    assert first.model_version == 1
+    # v1 pruned; v2 current but unloadable (no blob): the worker goes on answering with v1
+    v1_meta = solver.client.get_string(keys.model_meta(served, "pruned", 1))
+    solver.client.redis.delete(keys.model_meta(served, "pruned", 1))
+    solver.client.set_string(keys.model_meta(served, "pruned", 2), v1_meta)
+    solver.client.set_string(keys.model_latest(served, "pruned"), b"2")
+    coupling, field = solver(member_ns(served), model_ns=served, modelName="pruned")
+    coupling.step(0, 0.0, False)
+    for step in (1, 2):
+        field.advance()
+        coupling.step(step, step * 1e-3, step == 2)
+        np.testing.assert_allclose(field.applied_stress, A * field.inputs()[:, :2], rtol=1e-5)
+    inference = json.loads(coupling.finish(2))["inference"]
+    assert inference["versions"] == [1] and inference["features"] == "wall_units"
+    assert inference["failures"]["features"] == 1 and inference["fallbacks"] == 1, inference
+
+
 def test_a_features_field_inside_a_nested_object_does_not_count(served, solver):
     coupling, field = solver(member_ns(served), model_ns=served, modelName="nested")
     coupling.step(0, 0.0, True)

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <cmath>
 #include <set>
 
@@ -194,6 +195,22 @@ bool CouplingInference::check_predictions(const InferenceResult& result, Inferen
   return true;
 }
 
+// The meta of the model's current version. A version pruned by keepVersions may still answer
+// from a worker that loaded it; the registry keeps a model name's features, so the current
+// version's meta names the same scheme.
+bool CouplingInference::current_meta(std::string& meta) {
+  std::string latest;
+  if (!client_.get_string(keys::model_latest(options_.model_ns, options_.model), latest)) return false;
+  std::uint64_t version = 0;
+  try {
+    version = std::stoull(latest);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return version > 0 &&
+         client_.get_string(keys::model_meta(options_.model_ns, options_.model, version), meta);
+}
+
 FeatureScheme CouplingInference::scheme_of(std::uint64_t version, std::string& problem) {
   if (version == 0) return FeatureScheme::dimensional; // a backend that names no version
   const auto known = scheme_by_version_.find(version);
@@ -203,7 +220,7 @@ FeatureScheme CouplingInference::scheme_of(std::uint64_t version, std::string& p
   }
   const std::string key = keys::model_meta(options_.model_ns, options_.model, version);
   std::string meta;
-  if (!client_.get_string(key, meta)) {
+  if (!client_.get_string(key, meta) && !current_meta(meta)) {
     // Not cached: a reply is never applied without knowing its scaling; the next call asks
     // again (by then the model usually answers with a newer version, whose meta exists).
     problem = "the registry meta of " + options_.model + " version " + std::to_string(version) +

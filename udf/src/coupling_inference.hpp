@@ -73,6 +73,7 @@ private:
   // (one GET, once per version). unsupported (with `problem` saying why) for a scheme this
   // solver does not know, or a meta that is gone (not cached: asked again next call).
   FeatureScheme scheme_of(std::uint64_t version, std::string& problem);
+  bool current_meta(std::string& meta);
   void predictions_to_stress(std::size_t columns, double factor);
   void fallback_stress();
   void apply_stress(long tstep);
