@@ -66,6 +66,7 @@ class EnsembleRun(EnsembleReporting, Run):
         self.ensemble: EnsembleCase = load_ensemble(par)
         self.members: Dict[str, MemberState] = {}
         self.stop_mirrored = False
+        self.started_members_at = 0.0  # when the first members started (startDelay counts from it)
         self.stopped_trainers: set = set()  # trainers stopped here after the grace
         self.trainer_statuses: Dict[str, Dict] = {}  # the last status read of each model's trainer
 

@@ -151,10 +151,9 @@ class EnsembleReporting:
 
     def model_block(self, model: str) -> Dict:
         directory = self.run_dir / "models" / model
-        trainer = read_json(directory / "trainer.json") or {}
-        history = []
         from . import report
 
+        trainer = read_json(directory / "trainer.json") or {}
         history = report.read_history(directory / "trainer_history.jsonl")
         status = self.trainer_statuses.get(model) or (history[-1] if history else {})
         meta = {}
