@@ -1,7 +1,5 @@
 """`python -m nekrs_ml` is the `nekrs-ml` command."""
 
-import sys
+from nekrs_ml.cli import entry
 
-from nekrs_ml.cli import main
-
-sys.exit(main())
+entry()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from typing import List, Optional
 
@@ -17,8 +18,8 @@ from .commands import COMMANDS, command
 from .config import package_dir, udf_build_env
 
 # The two helpers for the launcher (NekRS case builds).
-__all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command", "main", "package_dir",
-           "udf_build_env"]
+__all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command", "entry", "main",
+           "package_dir", "udf_build_env"]
 
 # The command modules, in the order of `nekrs-ml --help`. A module that does not exist is
 # skipped, so a command group can be added here before its module lands.
@@ -75,3 +76,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"nekrs-ml {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The process's entry point (the `nekrs-ml` script, `python -m nekrs_ml[.cli]`).
+
+    Once the command is done, Ctrl-C is ignored: a second Ctrl-C that arrives while the process
+    exits (the interpreter puts back the default handler as it finalises) would otherwise kill
+    it by SIGINT after the run had already stopped everything and said so, and its exit code
+    (130 after an interrupted run) would be lost."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # after main's own handling: in its return
+        code = 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
