@@ -1,7 +1,9 @@
 """An ensemble run (`nekrs-ml run` of a .par with an [ENSEMBLE] section, docs/ensembles.md): one
 database, every member's solver as its own MPI job under its own namespace <ns>.<member>, one
 trainer per model reading every training member's stream as a consumer group, and the model
-workers in the run's namespace serving every member."""
+workers in the run's namespace serving every member. On several hosts (deployment = cluster) the
+members' ranks spread over the hosts that hold no database; trainers and workers go where a single
+run's would."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .ensemble_report import EnsembleReporting
 from .flow import FlowStatistics
 from .nekrs_case import nekrs_run_length
 from .nodes import allocation_hosts
+from .placement import spread
 from .progress import short
 from .run import Run
 from .serving import start_worker, wait_until_serving
@@ -55,6 +58,7 @@ class MemberState:
         self.snapshots = 0
         self.inference: Optional[Dict] = None
         self.flow_stats = FlowStatistics()
+        self.hosts: Optional[Dict[str, int]] = None  # several hosts: {host: solver ranks}
 
 
 class EnsembleRun(EnsembleReporting, Run):
@@ -73,19 +77,31 @@ class EnsembleRun(EnsembleReporting, Run):
     # --- start ------------------------------------------------------------------------------
     def start_orchestrator(self) -> Dict:
         hosts = allocation_hosts()
-        if len(hosts) > 1:
+        if len(hosts) > 1 and self.settings.deployment == "colocated":
             raise ConfigError(
-                f"{self.par.name}: an ensemble runs on one host for now ({len(hosts)} hosts in "
-                "the allocation): run it inside a one-host allocation, or start one `nekrs-ml "
-                "run` per member against a database you start by hand (docs/ensembles.md)")
+                f"{self.par.name}: an ensemble on several hosts ({len(hosts)} in the allocation) "
+                "needs deployment = cluster in [NEKRS_ML]: every model's trainer reads every "
+                "member's stream, and co-located servers would each hold only their own host's "
+                "ranks; use deployment = cluster (the database on the first dbNodes hosts, the "
+                "members, trainers and model workers spread over the others), or run on one host")
         return super().start_orchestrator()
+
+    def member_hosts(self, index: int, ranks: int) -> Optional[Dict[str, int]]:
+        """Several hosts: member number `index`'s solver ranks over the hosts that hold no
+        database, as evenly as they go, each member starting one host further on (members of
+        one rank each land on different hosts); one host: None (the launcher places them)."""
+        if self.placement is None:
+            return None
+        compute = [host for host in self.placement.hosts if host not in self.placement.servers]
+        shift = index % len(compute)
+        return spread(ranks, compute[shift:] + compute[:shift])
 
     def start_parts(self) -> None:
         base = self.settings
         members_dir, models_dir = self.run_dir / "members", self.run_dir / "models"
         for directory in (members_dir, models_dir):
             rundir.private_dir(directory)
-        for member in self.ensemble.members:
+        for index, member in enumerate(self.ensemble.members):
             directory = members_dir / member.name
             rundir.private_dir(directory)
             for stale in ("solver.log", "solver.json", "profile.png"):
@@ -93,6 +109,7 @@ class EnsembleRun(EnsembleReporting, Run):
             case = self.ensemble.member_par(member, directory / "case.par")
             state = MemberState(member, member_namespace(self.ns, member.name), directory, case,
                                 LaunchSettings.from_case(case))
+            state.hosts = self.member_hosts(index, state.settings.solver_ranks)
             if self.solver == "reproducer":
                 state.total_steps = ReproducerSettings.from_par(case).steps
             self.members[member.name] = state
@@ -114,13 +131,14 @@ class EnsembleRun(EnsembleReporting, Run):
                 streams += ["--stream", f"{state.name}={state.ns}"]
             argv, env = self.mpi.command(
                 [sys.executable, "-m", "nekrs_ml.cli", "train", str(model_par), "--run-dir",
-                 str(directory), "--consumer", model.name, *streams], base.trainer_ranks, None,
-                self.env, hostfile=directory / "trainer.hosts")
+                 str(directory), "--consumer", model.name, *streams], base.trainer_ranks,
+                self.placement.trainer if self.placement else None, self.env,
+                hostfile=directory / "trainer.hosts")
             self.parts[TRAINER_PART + model.name] = Part(
                 TRAINER_PART + model.name, argv, env, str(directory),
                 str(directory / "trainer.log"), self.supervisor)
         self.wait_for_trainers(model_names)
-        if base.model_workers:
+        if base.model_workers and self.placement is None:  # several hosts: the node agents
             workers = {}
             for index in range(base.model_workers):
                 workers[index] = self.parts[f"worker{index}"] = start_worker(
@@ -167,7 +185,7 @@ class EnsembleRun(EnsembleReporting, Run):
             env = {**udf_build_env(), **env}
             state.total_steps, _ = nekrs_run_length(par)
         argv, env = self.mpi.command(solver_program(self.solver, par, state.dir),
-                                     state.settings.solver_ranks, None, env,
+                                     state.settings.solver_ranks, state.hosts, env,
                                      hostfile=state.dir / "solver.hosts")
         state.part = Part(SOLVER_PART + state.name, argv, env, str(cwd),
                           str(state.dir / "solver.log"), self.supervisor)

@@ -51,6 +51,18 @@ def _error_block(result: Optional[Dict]) -> Optional[Dict]:
 class EnsembleReporting:
     """gather_report of an EnsembleRun (nekrs_ml.launch.ensemble)."""
 
+    def ensemble_placement(self) -> Optional[Dict]:
+        """report.json's `placement` on several hosts: a single run's, with the solver ranks
+        those of every member together (`members`: each one's)."""
+        if self.placement is None:
+            return None
+        solver: Dict[str, int] = {}
+        for state in self.members.values():
+            for host, count in (state.hosts or {}).items():
+                solver[host] = solver.get(host, 0) + count
+        return {**self.placement.as_dict(), "solver_ranks": solver,
+                "members": {name: state.hosts for name, state in self.members.items()}}
+
     def member_summary(self, state) -> Optional[Dict]:
         return stored_summary(self.client, state.ns, state.dir / "solver.json")
 
@@ -94,6 +106,7 @@ class EnsembleReporting:
                 "tau_w_rel_error": errors,
                 "flow": flow,
                 "plots": plots,
+                "hosts": state.hosts,
             }
         model_blocks = {model: self.model_block(model) for model in models}
         held_out = {name: block["tau_w_rel_error"] for name, block in members.items()
@@ -124,6 +137,7 @@ class EnsembleReporting:
                 "held_out": held_out,
             },
             "exit_codes": exit_codes,
+            "placement": self.ensemble_placement(),
             "warnings": self.warnings,
             "plots": [plot for block in members.values() for plot in block["plots"]],
             "wall_seconds": time.time() - self.started,

@@ -312,3 +312,81 @@ def test_clustered_run_with_the_database_on_the_first_node(cluster, tmp_path):
     assert inference["fallbacks"] == 0
     assert report["trainer"]["data_window"]["snapshots"] == 2 * 30  # all ranks, one database
     assert not cluster.pids()
+
+
+ENSEMBLE_ON_A_CLUSTER = """
+[NEKRS_ML]
+workflow = train+infer
+deployment = cluster
+dbNodes = 1
+shards = 3
+solverRanks = 1
+trainerRanks = 1
+workers = 2
+inferenceInterval = 1
+sampleInterval = 10
+maxSnapshots = 20
+whenFull = drop
+modelName = a
+hiddenLayers = 16
+batchSize = 256
+stepsPerEpoch = 10
+publishInterval = 1
+minSnapshots = 5
+stopSolver = false
+# never converged: the trainers end after the members, every snapshot read
+patience = 100000
+
+[REPRODUCER]
+steps = 1200
+points = 200
+stepCost = 0.01
+
+[ENSEMBLE]
+members = wide, narrow
+heldOut = spare
+models = a, b
+
+[MEMBER wide]
+nekrs_ml.solverRanks = 2
+reproducer.reTau = 550
+
+[MEMBER narrow]
+reproducer.reTau = 950
+
+[MEMBER spare]
+reproducer.reTau = 1400
+reproducer.steps = 400
+
+[MODEL b]
+hiddenLayers = 8,8
+"""
+
+
+def test_an_ensemble_on_a_clustered_database(cluster, tmp_path):
+    """deployment = cluster on three nodes: the database on the first, each member's ranks
+    spread over the other two starting one node further on than the member before, both models'
+    trainers reading both training members through the cluster, every member (the held-out one
+    too) getting model a back from the workers of the other nodes."""
+    case = tmp_path / "ensemble.par"
+    case.write_text(ENSEMBLE_ON_A_CLUSTER)
+    run_dir = tmp_path / "run"
+    report = run_to_report(cluster, case, run_dir, timeout=400)
+    first, second, third = cluster.nodes
+    placement = report["placement"]
+    assert placement["servers"] == [first]
+    assert placement["members"] == {"wide": {second: 1, third: 1}, "narrow": {third: 1},
+                                    "spare": {second: 1}}
+    assert placement["solver_ranks"] == {second: 2, third: 2}
+    assert placement["model_workers"] == {second: [0], third: [1]}
+    members, models = report["ensemble"]["members"], report["ensemble"]["models"]
+    for name, block in members.items():
+        assert block["status"] == "finished", (name, block)
+        assert block["inference"]["predicted_calls"] > 0, (name, block["inference"])
+        assert block["hosts"] == placement["members"][name]
+    for name, block in models.items():
+        assert block["version"] and set(block["members"]) == {"wide", "narrow"}, (name, block)
+        for member in ("wide", "narrow"):  # both ranks of `wide`, on two nodes, were read
+            assert block["members"][member]["snapshots"] > 0, (name, block["members"])
+    assert members["spare"]["tau_w_rel_error"]["a"]["samples"] > 0
+    assert not cluster.pids()
