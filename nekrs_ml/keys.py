@@ -11,32 +11,35 @@ from __future__ import annotations
 from . import protocol
 
 
-def rank_tag(rank: int) -> str:
-    return f"{{r{int(rank)}}}"
+def rank_tag(ns: str, rank: int) -> str:
+    """The hash tag of one solver rank's keys: the namespace is part of it, so that in a Redis
+    Cluster the ranks of different runs (ensemble members) spread over the masters
+    independently."""
+    return f"{{{ns}:r{int(rank)}}}"
 
 
 # --- training stream (per solver rank) ------------------------------------------------------
 def snapshot_inputs(ns: str, rank: int, seq: int) -> str:
-    return f"{ns}:{rank_tag(rank)}:train:{int(seq)}:x"
+    return f"{ns}:{rank_tag(ns, rank)}:train:{int(seq)}:x"
 
 
 def snapshot_targets(ns: str, rank: int, seq: int) -> str:
-    return f"{ns}:{rank_tag(rank)}:train:{int(seq)}:y"
+    return f"{ns}:{rank_tag(ns, rank)}:train:{int(seq)}:y"
 
 
 def snapshot_index(ns: str, rank: int) -> str:
     """List of announcements "<seq> <step> <time>", pushed after both tensors are stored."""
-    return f"{ns}:{rank_tag(rank)}:train:index"
+    return f"{ns}:{rank_tag(ns, rank)}:train:index"
 
 
 def snapshot_dropped(ns: str, rank: int) -> str:
     """Counter of snapshots this rank dropped (retention limit reached or server full)."""
-    return f"{ns}:{rank_tag(rank)}:train:dropped"
+    return f"{ns}:{rank_tag(ns, rank)}:train:dropped"
 
 
 def stream_cursors(ns: str, rank: int) -> str:
     """Hash consumer -> the last SEQ of this rank that consumer has read (consumer groups)."""
-    return f"{ns}:{rank_tag(rank)}:train:cursors"
+    return f"{ns}:{rank_tag(ns, rank)}:train:cursors"
 
 
 def stream_consumers(ns: str) -> str:
@@ -62,7 +65,7 @@ def worker_heartbeat(ns: str, worker: int) -> str:
 
 def inference_reply(ns: str, rank: int, model: str) -> str:
     """List of the replies to solver rank ``rank`` for ``model``."""
-    return f"{ns}:{rank_tag(rank)}:infer:{model}:rep"
+    return f"{ns}:{rank_tag(ns, rank)}:infer:{model}:rep"
 
 
 # --- run control ----------------------------------------------------------------------------
@@ -119,11 +122,11 @@ FLOW_STATS_RETAINED = protocol.KEY["flow_stats_retained"]
 
 def holdout_inputs(ns: str, rank: int) -> str:
     """One held-out snapshot per rank (never announced): the a-priori test of the model."""
-    return f"{ns}:{rank_tag(rank)}:holdout:x"
+    return f"{ns}:{rank_tag(ns, rank)}:holdout:x"
 
 
 def holdout_targets(ns: str, rank: int) -> str:
-    return f"{ns}:{rank_tag(rank)}:holdout:y"
+    return f"{ns}:{rank_tag(ns, rank)}:holdout:y"
 
 
 def solver_case(ns: str) -> str: return f"{ns}:solver:case"

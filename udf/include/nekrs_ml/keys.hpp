@@ -8,23 +8,27 @@
 
 namespace nekrs_ml::keys {
 
-inline std::string rank_tag(int rank) { return "{r" + std::to_string(rank) + "}"; }
+// The hash tag of one solver rank's keys: the namespace is part of it, so that in a Redis
+// Cluster the ranks of different runs (ensemble members) spread over the masters independently.
+inline std::string rank_tag(const std::string& ns, int rank) {
+  return "{" + ns + ":r" + std::to_string(rank) + "}";
+}
 
 inline std::string snapshot_inputs(const std::string& ns, int rank, long long seq) {
-  return ns + ":" + rank_tag(rank) + ":train:" + std::to_string(seq) + ":x";
+  return ns + ":" + rank_tag(ns, rank) + ":train:" + std::to_string(seq) + ":x";
 }
 inline std::string snapshot_targets(const std::string& ns, int rank, long long seq) {
-  return ns + ":" + rank_tag(rank) + ":train:" + std::to_string(seq) + ":y";
+  return ns + ":" + rank_tag(ns, rank) + ":train:" + std::to_string(seq) + ":y";
 }
 inline std::string snapshot_index(const std::string& ns, int rank) {
-  return ns + ":" + rank_tag(rank) + ":train:index";
+  return ns + ":" + rank_tag(ns, rank) + ":train:index";
 }
 inline std::string snapshot_dropped(const std::string& ns, int rank) {
-  return ns + ":" + rank_tag(rank) + ":train:dropped";
+  return ns + ":" + rank_tag(ns, rank) + ":train:dropped";
 }
 // Inference: rank R reads its replies from its own list; worker W serves one queue.
 inline std::string inference_reply(const std::string& ns, int rank, const std::string& model) {
-  return ns + ":" + rank_tag(rank) + ":infer:" + model + ":rep";
+  return ns + ":" + rank_tag(ns, rank) + ":infer:" + model + ":rep";
 }
 inline std::string worker_tag(int worker) { return "{w" + std::to_string(worker) + "}"; }
 inline std::string inference_queue(const std::string& ns, int worker) {
@@ -36,10 +40,10 @@ inline std::string worker_heartbeat(const std::string& ns, int worker) {
 // One held-out snapshot per rank, written at the end of a training run and never announced:
 // the launcher's a-priori test of the published model.
 inline std::string holdout_inputs(const std::string& ns, int rank) {
-  return ns + ":" + rank_tag(rank) + ":holdout:x";
+  return ns + ":" + rank_tag(ns, rank) + ":holdout:x";
 }
 inline std::string holdout_targets(const std::string& ns, int rank) {
-  return ns + ":" + rank_tag(rank) + ":holdout:y";
+  return ns + ":" + rank_tag(ns, rank) + ":holdout:y";
 }
 inline std::string solver_members(const std::string& ns) { return ns + ":solver:members"; }
 inline std::string solver_step(const std::string& ns) { return ns + ":solver:step"; }
