@@ -2,8 +2,8 @@
 tests/integration/test_contract_parity.py holds to the same keys; the constants come from protocol.tsv).
 
 Every key starts with the run namespace. The part in braces is the Redis Cluster hash tag: all
-keys of one solver rank share ``{r<rank>}`` and so live on one shard; the keys of one model
-share ``{m:<name>}``.
+keys of one solver rank share ``{<namespace>:r<rank>}`` and so live on one shard; the keys of one
+model share ``{m:<name>}``.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def solver_summary(ns: str) -> str:
 
 def solver_case(ns: str) -> str:
     """What the trainer needs to know of the solver's case (JSON: kinematic_viscosity,
-    sample_height, inputs, outputs, ranks), stored by the solver's rank 0 when its coupling
-    starts; the trainer scales the solver's samples with it."""
+    sample_height, inputs, outputs, ranks), stored by the first solver rank of each node when
+    its coupling starts (co-located: on every server); the trainer scales the samples with it."""
     return f"{ns}:solver:case"
 
 

@@ -1,9 +1,9 @@
 """An ensemble run (`nekrs-ml run` of a .par with an [ENSEMBLE] section, docs/ensembles.md): one
 database, every member's solver as its own MPI job under its own namespace <ns>.<member>, one
 trainer per model reading every training member's stream as a consumer group, and the model
-workers in the run's namespace serving every member. On several hosts (deployment = cluster) the
-members' ranks spread over the hosts that hold no database; trainers and workers go where a single
-run's would."""
+workers in the run's namespace serving every member. On several hosts the members' ranks spread
+over the hosts (co-located: all; cluster: those that hold no database); trainers and workers go
+where a single run's would."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import keys, rundir
-from ..errors import ConfigError, NekrsMLError
+from ..errors import NekrsMLError
 from ..waiting import wait_until
 from .ensemble_case import EnsembleCase, Member, load_ensemble
 from .ensemble_report import EnsembleReporting
 from .flow import FlowStatistics
 from .nekrs_case import nekrs_run_length
-from .nodes import allocation_hosts
 from .placement import spread
 from .progress import short
 from .run import Run
@@ -75,26 +74,24 @@ class EnsembleRun(EnsembleReporting, Run):
         self.trainer_statuses: Dict[str, Dict] = {}  # the last status read of each model's trainer
 
     # --- start ------------------------------------------------------------------------------
-    def start_orchestrator(self) -> Dict:
-        hosts = allocation_hosts()
-        if len(hosts) > 1 and self.settings.deployment == "colocated":
-            raise ConfigError(
-                f"{self.par.name}: an ensemble on several hosts ({len(hosts)} in the allocation) "
-                "needs deployment = cluster in [NEKRS_ML]: every model's trainer reads every "
-                "member's stream, and co-located servers would each hold only their own host's "
-                "ranks; use deployment = cluster (the database on the first dbNodes hosts, the "
-                "members, trainers and model workers spread over the others), or run on one host")
-        return super().start_orchestrator()
-
     def member_hosts(self, index: int, ranks: int) -> Optional[Dict[str, int]]:
-        """Several hosts: member number `index`'s solver ranks over the hosts that hold no
-        database, as evenly as they go, each member starting one host further on (members of
-        one rank each land on different hosts); one host: None (the launcher places them)."""
+        """Several hosts: member number `index`'s solver ranks per host, as evenly as they go;
+        one host: None (the launcher places them). Co-located: over every host from the first
+        on, so that each member's rank 0 (its progress, stop request and summary) writes to
+        the server the launcher reads. Cluster: over the hosts that hold no database, each
+        member starting one host further on (members of one rank each land on different
+        hosts)."""
         if self.placement is None:
             return None
+        if self.placement.mode == "colocated":
+            return spread(ranks, self.placement.hosts)
         compute = [host for host in self.placement.hosts if host not in self.placement.servers]
         shift = index % len(compute)
         return spread(ranks, compute[shift:] + compute[:shift])
+
+    def member_namespaces(self) -> Dict[str, str]:
+        return {member.name: member_namespace(self.ns, member.name)
+                for member in self.ensemble.members}
 
     def start_parts(self) -> None:
         base = self.settings

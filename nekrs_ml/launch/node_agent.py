@@ -102,10 +102,11 @@ def host_address(interface: str) -> str:
     return address
 
 
-def node_counters(orchestrator: Orchestrator, namespace: str, host: str) -> Dict:
+def node_counters(orchestrator: Orchestrator, namespace: str, host: str,
+                  members: Optional[Dict[str, str]] = None) -> Dict:
     """This host's share of the run, read from its servers: the solver ranks that wrote to
-    them, the snapshots they announced and their last step (co-located), the keys stored and
-    the peak memory."""
+    them, the snapshots they announced and their last step (co-located; an ensemble's per
+    member, `members` naming each one's namespace), the keys stored and the peak memory."""
     servers = [s for st in Orchestrator.states(orchestrator.run_dir) if st.node == host
                for s in st.servers]
     counters: Dict = {"servers": len(servers), "keys": 0, "peak_memory_bytes": 0}
@@ -113,13 +114,24 @@ def node_counters(orchestrator: Orchestrator, namespace: str, host: str) -> Dict
         with Orchestrator._connect(server, orchestrator.password) as conn:
             counters["keys"] += conn.dbsize()
             counters["peak_memory_bytes"] += conn.info("memory").get("used_memory_peak", 0)
-            if orchestrator.mode == "colocated":
-                members = conn.smembers(keys.solver_members(namespace))
-                step = conn.get(keys.solver_step(namespace))
-                counters.update(solver_ranks=sorted(int(m) for m in members),
-                                snapshots=int(conn.get(keys.solver_snapshots(namespace)) or 0),
-                                last_step=int(step) if step else None)
+            if orchestrator.mode != "colocated":
+                continue
+            if not members:
+                counters.update(_solver_counters(conn, namespace))
+                continue
+            counters["members"] = {name: _solver_counters(conn, ns)
+                                   for name, ns in members.items()}
+            counters["snapshots"] = sum(block["snapshots"]
+                                        for block in counters["members"].values())
     return counters
+
+
+def _solver_counters(conn, namespace: str) -> Dict:
+    ranks = conn.smembers(keys.solver_members(namespace))
+    step = conn.get(keys.solver_step(namespace))
+    return {"solver_ranks": sorted(int(rank) for rank in ranks),
+            "snapshots": int(conn.get(keys.solver_snapshots(namespace)) or 0),
+            "last_step": int(step) if step else None}
 
 
 def run_node_agent(db_dir: Path) -> int:
@@ -142,6 +154,7 @@ def run_node_agent(db_dir: Path) -> int:
     except (OSError, ValueError, KeyError) as exc:
         return fail(f"no part for this host in the run's plan {plan_file(db_dir)} ({exc!r})")
     namespace = plan["namespace"]
+    members = plan.get("members") or None  # an ensemble's: member -> namespace
     rundir.private_dir(Path(db_dir) / host)  # also on a host without a server: its ready file
     orchestrator: Optional[Orchestrator] = None
     workers: List[Part] = []
@@ -186,14 +199,14 @@ def run_node_agent(db_dir: Path) -> int:
                             f"{orchestrator.node_dir}")
             if orchestrator is not None:
                 try:
-                    last_counters = node_counters(orchestrator, namespace, host)
+                    last_counters = node_counters(orchestrator, namespace, host, members)
                 except (NekrsMLError, redis.RedisError, OSError, ValueError):
                     pass
             time.sleep(POLL_INTERVAL)
         print(f"nekrs-ml node {host}: stopping ({signal.Signals(stopping[0]).name})", flush=True)
         if orchestrator is not None:
             try:
-                counters = node_counters(orchestrator, namespace, host)
+                counters = node_counters(orchestrator, namespace, host, members)
             except (NekrsMLError, redis.RedisError, OSError, ValueError) as exc:
                 counters = last_counters
                 if counters is None:

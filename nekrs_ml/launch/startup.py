@@ -121,6 +121,7 @@ class Startup:
         rundir.private_dir(db_dir)
         plan = self.placement.plan(self.ns, settings.max_memory, settings.db_interface, self.par,
                                    deploy=settings.inferring)
+        plan["members"] = self.member_namespaces()
         rundir.write_private(plan_file(db_dir), json.dumps(plan, indent=1))
         cluster_ready_file(db_dir).unlink(missing_ok=True)
         argv, env = self.mpi.command(
@@ -143,6 +144,11 @@ class Startup:
         # co-located: this host's server; cluster: the cluster, over the network
         self.connect()
         return self.info
+
+    def member_namespaces(self) -> Dict[str, str]:
+        """An ensemble's members and their namespaces, which the node agents count one by
+        one; none for a run of one solver."""
+        return {}
 
     def cpu_bind(self, part: str) -> Optional[str]:
         """srun's per-step binding: co-located, a host's server apart from its solver ranks."""

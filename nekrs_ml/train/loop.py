@@ -173,9 +173,12 @@ class Trainer:
         self.best_model: Optional[Tuple[int, torch.nn.Module]] = None  # (epoch, best weights)
 
     # --- the whole run ----------------------------------------------------------------------
-    def run(self) -> int:
+    def join_streams(self) -> None:
+        """This trainer joins the consumer group of every stream it reads, on its server."""
         if self.world.group.rank == 0:  # one SADD per server is enough
             self.reader.join()
+
+    def run(self) -> int:
         if not self.wait_for_data():
             self.report("done")
             return 0
@@ -748,6 +751,9 @@ def main(args) -> int:
     heartbeat = None
     try:
         trainer = create(args, comm, stop)
+        # on every server (co-located: every host) before the heartbeat says the trainer is up:
+        # the launcher starts an ensemble's members once every trainer's heartbeat is up
+        collectively(comm, trainer.join_streams)
         heartbeat = Heartbeat(Client.from_env, trainer.ns, trainer.settings.trainer).start()
         return trainer.run()
     except TrainingFailed as exc:  # every rank is here: no one is left waiting

@@ -390,3 +390,90 @@ def test_an_ensemble_on_a_clustered_database(cluster, tmp_path):
             assert block["members"][member]["snapshots"] > 0, (name, block["members"])
     assert members["spare"]["tau_w_rel_error"]["a"]["samples"] > 0
     assert not cluster.pids()
+
+
+ENSEMBLE_COLOCATED = """
+[NEKRS_ML]
+workflow = train+infer
+deployment = colocated
+solverRanks = 3
+trainerRanks = 3
+workers = 1
+inferenceInterval = 1
+sampleInterval = 10
+maxSnapshots = 20
+whenFull = drop
+modelName = a
+hiddenLayers = 16
+batchSize = 256
+stepsPerEpoch = 10
+publishInterval = 1
+minSnapshots = 5
+stopSolver = false
+patience = 100000
+
+[REPRODUCER]
+steps = 1200
+points = 200
+stepCost = 0.01
+
+[ENSEMBLE]
+members = wide, narrow
+heldOut = spare
+models = a, b
+
+[MEMBER narrow]
+nekrs_ml.solverRanks = 1
+reproducer.reTau = 950
+
+[MEMBER wide]
+reproducer.reTau = 550
+
+[MEMBER spare]
+nekrs_ml.solverRanks = 1
+reproducer.reTau = 1400
+
+[MODEL a]
+features = wall_units
+
+[MODEL b]
+hiddenLayers = 8,8
+"""
+
+
+def test_an_ensemble_on_colocated_servers(cluster, tmp_path):
+    """deployment = colocated on three nodes: every member's rank 0 on the first node (whose
+    server the launcher reads), a three-rank member on all three; each node's trainer ranks
+    of both models read their own node's ranks of every member, the wall-units model scaling
+    them by the case record that node's server holds; every member gets model a back from its
+    own node's worker."""
+    case = tmp_path / "ensemble.par"
+    case.write_text(ENSEMBLE_COLOCATED)
+    run_dir = tmp_path / "run"
+    report = run_to_report(cluster, case, run_dir, timeout=400)
+    first, second, third = cluster.nodes
+    placement = report["placement"]
+    assert placement["servers"] == [first, second, third]
+    assert placement["members"] == {"wide": {first: 1, second: 1, third: 1},
+                                    "narrow": {first: 1}, "spare": {first: 1}}
+    assert placement["trainer_ranks"] == {first: 1, second: 1, third: 1}
+    members, models = report["ensemble"]["members"], report["ensemble"]["models"]
+    for name, block in members.items():
+        assert block["status"] == "finished", (name, block)
+        assert block["inference"]["predicted_calls"] > 0, (name, block["inference"])
+    written = members["wide"]["snapshots"]["written"]
+    for name, block in models.items():
+        assert block["version"], (name, block)
+        # every rank's snapshots of `wide`, on three nodes, reached that model's trainer
+        assert block["members"]["wide"]["snapshots"] + block["dropped"] >= written, block
+        assert block["members"]["wide"]["snapshots"] > written // 2, (name, block["members"])
+    assert models["a"]["features"] == "wall_units"
+    # what each node's server held, per member: its own ranks of that member and their snapshots
+    nodes = report["nodes"]
+    assert nodes[first]["members"]["narrow"]["solver_ranks"] == [0]
+    assert nodes[first]["members"]["spare"]["solver_ranks"] == [0]
+    for rank, node in enumerate(cluster.nodes):
+        block = nodes[node]["members"]["wide"]
+        assert block["solver_ranks"] == [rank] and block["snapshots"] > 0, (node, block)
+    assert nodes[second]["members"]["narrow"]["solver_ranks"] == []
+    assert not cluster.pids()

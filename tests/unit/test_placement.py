@@ -61,3 +61,20 @@ def test_clustered_puts_the_database_first_and_everything_else_on_the_other_host
 def test_impossible_clusters_are_refused(db_nodes, shards, message):
     with pytest.raises(ConfigError, match=message):
         Placement.clustered(HOSTS, db_nodes, shards, 2, 1, 0, training=True)
+
+
+def test_the_ranks_of_several_members_spread_over_a_clusters_masters():
+    """A rank's hash tag carries its namespace (docs/protocol.md): eight one-rank ensemble
+    members put their rank 0 on every master of a three-master cluster, not all on one, and
+    each member's keys of one rank stay on one slot."""
+    from nekrs_ml import _core, keys
+
+    namespaces = [f"nkml.m{index}" for index in range(8)]
+    slots = [_core.key_slot(keys.snapshot_index(ns, 0)) for ns in namespaces]
+    masters = {slot * 3 // 16384 for slot in slots}  # redis-cli's even split of the slots
+    assert masters == {0, 1, 2}, slots
+    for ns in namespaces:
+        assert len({_core.key_slot(key) for key in (
+            keys.snapshot_inputs(ns, 0, 5), keys.snapshot_index(ns, 0),
+            keys.stream_cursors(ns, 0), keys.inference_reply(ns, 0, "wall_model"),
+            keys.holdout_targets(ns, 0))}) == 1, ns

@@ -5,8 +5,6 @@ the others' data: the demo case as shipped, a member that crashes under each mem
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -186,22 +184,3 @@ def test_ctrl_c_twice_stops_every_member_and_trainer(run_dir):
     assert statuses["m1"] == statuses["slow"] == "stopped", statuses
     assert_nothing_left(run_dir, time.monotonic())
 
-
-def test_an_ensemble_on_several_hosts_needs_a_clustered_database(run_dir):
-    """Co-located servers would each hold one host's ranks of every member, and each model's
-    trainer reads every member: refused before anything starts, naming deployment = cluster
-    (tests/multinode runs the clustered ensemble on three emulated nodes)."""
-    node_file = Path(run_dir) / "nodefile"
-    node_file.write_text("node-a\nnode-b\n")
-    case = Path(run_dir) / "ensemble.par"
-    text = ENSEMBLE.read_text()
-    assert "deployment = single\n" in text
-    case.write_text(text.replace("deployment = single\n", "deployment = colocated\n"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "nekrs_ml.cli", "run", str(case), "--run-dir", run_dir],
-        cwd=run_dir, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, PBS_NODEFILE=str(node_file)))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "ensemble.par: an ensemble on several hosts (2 in the allocation) needs deployment " \
-           "= cluster" in proc.stderr, proc.stderr
-    assert_nothing_left(run_dir, time.monotonic())

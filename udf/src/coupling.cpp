@@ -208,7 +208,8 @@ void Coupling::start() {
   wall_->start(fields_.geometry(), n_, options_.train_edge_nodes,
                [this](const std::string& text) { warn(text); });
   if (options_.stats_interval > 0) statistics_->start();
-  if (comm_.rank() == 0) put_case();
+  // one rank per node: co-located, each node's server has it for its own trainer ranks
+  if (comm_.node_leader()) put_case();
   log(std::to_string(static_cast<long long>(total)) + " wall points, sample height " +
       json_number(options_.sample_height) + ", namespace " + options_.ns +
       (options_.model_ns != options_.ns ? ", models of namespace " + options_.model_ns : "") +

@@ -51,7 +51,8 @@ inline std::string solver_time(const std::string& ns) { return ns + ":solver:tim
 inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
 inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
 // What the trainer needs to know of this solver's case (JSON: kinematic_viscosity,
-// sample_height, inputs, outputs, ranks), stored by rank 0 when the coupling starts.
+// sample_height, inputs, outputs, ranks), stored by the first rank of each node when the
+// coupling starts (co-located: on every server).
 inline std::string solver_case(const std::string& ns) { return ns + ":solver:case"; }
 // Rank 0's inference counters (JSON: version, calls, predicted, fallbacks, waiting_for),
 // written with the step for the launcher's progress line.
