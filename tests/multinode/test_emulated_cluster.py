@@ -314,15 +314,14 @@ def test_clustered_run_with_the_database_on_the_first_node(cluster, tmp_path):
     assert not cluster.pids()
 
 
-ENSEMBLE_ON_A_CLUSTER = """
+def ensemble_case(directory: Path, placement: str, members: str) -> Path:
+    """Two training members, a held-out one and two models, train+infer; `placement`: the
+    deployment's keys, `members`: the [MEMBER] sections."""
+    case = directory / "ensemble.par"
+    case.write_text(f"""
 [NEKRS_ML]
 workflow = train+infer
-deployment = cluster
-dbNodes = 1
-shards = 3
-solverRanks = 1
-trainerRanks = 1
-workers = 2
+{placement}
 inferenceInterval = 1
 sampleInterval = 10
 maxSnapshots = 20
@@ -346,7 +345,21 @@ stepCost = 0.01
 members = wide, narrow
 heldOut = spare
 models = a, b
+{members}
+[MODEL b]
+hiddenLayers = 8,8
+""")
+    return case
 
+
+CLUSTERED = """deployment = cluster
+dbNodes = 1
+shards = 3
+solverRanks = 1
+trainerRanks = 1
+workers = 2"""
+
+CLUSTERED_MEMBERS = """
 [MEMBER wide]
 nekrs_ml.solverRanks = 2
 reproducer.reTau = 550
@@ -356,10 +369,6 @@ reproducer.reTau = 950
 
 [MEMBER spare]
 reproducer.reTau = 1400
-reproducer.steps = 400
-
-[MODEL b]
-hiddenLayers = 8,8
 """
 
 
@@ -368,8 +377,7 @@ def test_an_ensemble_on_a_clustered_database(cluster, tmp_path):
     spread over the other two starting one node further on than the member before, both models'
     trainers reading both training members through the cluster, every member (the held-out one
     too) getting model a back from the workers of the other nodes."""
-    case = tmp_path / "ensemble.par"
-    case.write_text(ENSEMBLE_ON_A_CLUSTER)
+    case = ensemble_case(tmp_path, CLUSTERED, CLUSTERED_MEMBERS)
     run_dir = tmp_path / "run"
     report = run_to_report(cluster, case, run_dir, timeout=400)
     first, second, third = cluster.nodes
@@ -392,42 +400,18 @@ def test_an_ensemble_on_a_clustered_database(cluster, tmp_path):
     assert not cluster.pids()
 
 
-ENSEMBLE_COLOCATED = """
-[NEKRS_ML]
-workflow = train+infer
-deployment = colocated
+COLOCATED = """deployment = colocated
 solverRanks = 3
 trainerRanks = 3
-workers = 1
-inferenceInterval = 1
-sampleInterval = 10
-maxSnapshots = 20
-whenFull = drop
-modelName = a
-hiddenLayers = 16
-batchSize = 256
-stepsPerEpoch = 10
-publishInterval = 1
-minSnapshots = 5
-stopSolver = false
-patience = 100000
+workers = 1"""
 
-[REPRODUCER]
-steps = 1200
-points = 200
-stepCost = 0.01
-
-[ENSEMBLE]
-members = wide, narrow
-heldOut = spare
-models = a, b
+COLOCATED_MEMBERS = """
+[MEMBER wide]
+reproducer.reTau = 550
 
 [MEMBER narrow]
 nekrs_ml.solverRanks = 1
 reproducer.reTau = 950
-
-[MEMBER wide]
-reproducer.reTau = 550
 
 [MEMBER spare]
 nekrs_ml.solverRanks = 1
@@ -435,9 +419,6 @@ reproducer.reTau = 1400
 
 [MODEL a]
 features = wall_units
-
-[MODEL b]
-hiddenLayers = 8,8
 """
 
 
@@ -447,8 +428,7 @@ def test_an_ensemble_on_colocated_servers(cluster, tmp_path):
     of both models read their own node's ranks of every member, the wall-units model scaling
     them by the case record that node's server holds; every member gets model a back from its
     own node's worker."""
-    case = tmp_path / "ensemble.par"
-    case.write_text(ENSEMBLE_COLOCATED)
+    case = ensemble_case(tmp_path, COLOCATED, COLOCATED_MEMBERS)
     run_dir = tmp_path / "run"
     report = run_to_report(cluster, case, run_dir, timeout=400)
     first, second, third = cluster.nodes
