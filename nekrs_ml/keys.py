@@ -129,9 +129,6 @@ def holdout_targets(ns: str, rank: int) -> str:
     return f"{ns}:{rank_tag(ns, rank)}:holdout:y"
 
 
-def solver_case(ns: str) -> str: return f"{ns}:solver:case"
-
-
 def _trainer(ns: str, trainer) -> str:
     """The prefix of a trainer's control keys: NS:trainer, or NS:trainer:NAME for a named one
     (several trainers of one run: ``nekrs-ml train --consumer NAME``)."""

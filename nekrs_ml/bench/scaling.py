@@ -396,7 +396,8 @@ def rank_main() -> int:
     inputs = np.random.default_rng(rank).uniform(0.6, 1.1, shape).astype(spec["dtype"])
     targets = (inputs ** 2 * 3e-3).astype(spec["dtype"])
     same_bytes = np.zeros(inputs.nbytes + targets.nbytes, dtype=np.uint8)
-    bare_key = f"{NAMESPACE}:{keys.rank_tag(NAMESPACE, rank)}:bare"  # on the master of the rank's snapshots
+    # on the master of the rank's snapshots
+    bare_key = f"{NAMESPACE}:{keys.rank_tag(NAMESPACE, rank)}:bare"
     # room for every snapshot: the retention check then costs no round trip (as in a run whose
     # trainer keeps up); the tensors are deleted after each call, the announcements stay
     stream = _core.TrainingStream(client, NAMESPACE, rank, 1, WARMUP_CALLS + calls + 10, "drop",
