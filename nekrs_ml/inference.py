@@ -48,22 +48,26 @@ class InferenceClient:
                  model_namespace: Optional[str] = None):
         self.client = client
         self.ns = namespace
-        self.model_ns = (check_namespace(model_namespace, "model_namespace")
-                         if model_namespace else namespace)
+        if model_namespace:  # the message names the option (the native check names the variable)
+            check_namespace(model_namespace, "model_namespace")
         self.rank = int(rank)
         self.timeout = float(timeout)
         self.heartbeat_check = float(heartbeat_check)
-        self.heartbeat_key = keys.worker_heartbeat(self.model_ns, self.rank % max(int(workers), 1))
         self._connection = client.native_connection()
         # checks the options (ConfigError)
         self._native = _core.InferenceClient(self._connection, namespace, self.rank,
                                              int(workers), self.timeout, self.heartbeat_check,
-                                             self.model_ns)
+                                             model_namespace or "")
+        self.model_ns = self._native.model_namespace  # the namespace when none was given
         self._widths: Dict[str, int] = {}  # outputs per point of each model, when out is None
 
     @property
     def queue_key(self) -> str:
         return self._native.queue_key
+
+    @property
+    def heartbeat_key(self) -> str:
+        return self._native.heartbeat_key
 
     def reply_key(self, model: str) -> str:
         return self._native.reply_key(model)

@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..errors import NekrsMLError
+from .harness import WARMUP_CALLS
 
 NAMESPACE = "bench"
-WARMUP_CALLS = 5
 OPS = ("snapshot_put", "snapshot_get", "bare_put", "bare_get")
 
 # The reference: Balin et al. 2023 (SmartSim/SmartRedis with Redis on Polaris), per rank and call.

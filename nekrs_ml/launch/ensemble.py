@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import keys, rundir
+from .. import environment, keys, rundir
 from ..errors import NekrsMLError
 from ..waiting import wait_until
 from .ensemble_case import EnsembleCase, Member, load_ensemble
@@ -172,7 +172,7 @@ class EnsembleRun(EnsembleReporting, Run):
                 self.start_member(state)
 
     def start_member(self, state: MemberState) -> None:
-        env = dict(self.env, NEKRS_ML_NAMESPACE=state.ns, NEKRS_ML_MODEL_NAMESPACE=self.ns)
+        env = {**self.env, environment.NAMESPACE: state.ns, environment.MODEL_NAMESPACE: self.ns}
         cwd = state.dir
         par = state.par
         if self.solver == "nekrs":

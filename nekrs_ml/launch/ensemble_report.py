@@ -6,12 +6,12 @@ held-out members, whose streams no trainer read (docs/ensembles.md, "report.json
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from .. import keys
-from ..errors import KeyNotFoundError, NekrsMLError
+from ..errors import NekrsMLError
 from .flow import plot_profile
 from .run_report import read_json, release_reserve, solver_flow, stored_summary
 
@@ -22,24 +22,16 @@ def retained_samples(client, ns: str, ranks: int,
                      limit: int = HELD_OUT_SNAPSHOTS) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """A member's samples still in the database: its ranks' held-out snapshot and the newest
     announced snapshots nobody consumed (a held-out member's stream has no reader)."""
-    inputs: List[np.ndarray] = []
-    targets: List[np.ndarray] = []
+    from .report import concatenated, stored_samples
+
+    pairs = []
     for rank in range(ranks):
-        pairs = [(keys.holdout_inputs(ns, rank), keys.holdout_targets(ns, rank))]
+        pairs.append((keys.holdout_inputs(ns, rank), keys.holdout_targets(ns, rank)))
         for entry in client.list_range(keys.snapshot_index(ns, rank), -limit, -1):
             seq = int(entry.split()[0])
             pairs.append((keys.snapshot_inputs(ns, rank, seq), keys.snapshot_targets(ns, rank, seq)))
-        for x_key, y_key in pairs:
-            try:
-                x, y = client.get_tensor(x_key), client.get_tensor(y_key)
-            except KeyNotFoundError:
-                continue  # dropped meanwhile, or a rank without wall points
-            if x.shape[0] and x.shape[0] == y.shape[0]:
-                inputs.append(np.asarray(x, dtype=np.float32))
-                targets.append(np.asarray(y, dtype=np.float64))
-    if not inputs:
-        return None, None
-    return np.concatenate(inputs), np.concatenate(targets)
+    return concatenated([(x, y) for x, y in stored_samples(client, pairs)
+                         if x.shape[0] == y.shape[0]])
 
 
 def _error_block(result: Optional[Dict]) -> Optional[Dict]:
@@ -181,7 +173,9 @@ class EnsembleReporting:
                     meta = registry.load(self.client, self.ns, model, version)[1]
             except (NekrsMLError, ValueError):
                 pass
-        part = self.parts.get("trainer." + model)
+        from .ensemble import TRAINER_PART
+
+        part = self.parts.get(TRAINER_PART + model)
         return {
             "state": status.get("state"),
             "version": version,

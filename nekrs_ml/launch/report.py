@@ -15,24 +15,36 @@ from ..models import registry
 from ..serve.loading import load_module
 
 
+def stored_samples(client, pairs) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(inputs as float32, targets as float64) of each (inputs key, targets key) pair that
+    exists and has rows; a missing one (a rank without wall points, a snapshot dropped or never
+    written) is skipped."""
+    from ..errors import KeyNotFoundError
+
+    samples = []
+    for x_key, y_key in pairs:
+        try:
+            x, y = client.get_tensor(x_key), client.get_tensor(y_key)
+        except KeyNotFoundError:
+            continue
+        if x.shape[0]:
+            samples.append((np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float64)))
+    return samples
+
+
+def concatenated(samples: List[Tuple[np.ndarray, np.ndarray]]):
+    """All inputs [n, n_in] and all targets [n, n_out] of ``samples``; (None, None) if none."""
+    if not samples:
+        return None, None
+    return (np.concatenate([x for x, _ in samples]), np.concatenate([y for _, y in samples]))
+
+
 def held_out_snapshots(client, ns: str, ranks: int):
     """The held-out snapshot of every solver rank (written at the end of a training run, never
     announced, so the trainer never saw it): inputs [n, n_in], targets [n, n_out]."""
-    from ..errors import KeyNotFoundError
-
-    inputs, targets = [], []
-    for rank in range(ranks):
-        try:
-            x = client.get_tensor(keys.holdout_inputs(ns, rank))
-            y = client.get_tensor(keys.holdout_targets(ns, rank))
-        except KeyNotFoundError:
-            continue  # a rank without wall points, or a run that ended before writing it
-        if x.shape[0]:
-            inputs.append(np.asarray(x, dtype=np.float32))
-            targets.append(np.asarray(y, dtype=np.float64))
-    if not inputs:
-        return None, None
-    return np.concatenate(inputs), np.concatenate(targets)
+    return concatenated(stored_samples(
+        client, [(keys.holdout_inputs(ns, rank), keys.holdout_targets(ns, rank))
+                 for rank in range(ranks)]))
 
 
 def evaluate_model(client, ns: str, name: str, ranks: int,
@@ -48,15 +60,16 @@ def evaluate_model(client, ns: str, name: str, ranks: int,
     if version is None:
         return None
     inputs, true = held_out_snapshots(client, ns, ranks)
+    blob, meta = registry.load(client, model_ns, name, version)
     if inputs is None:
-        return {"version": version, "meta": registry.load(client, model_ns, name, version)[1]}
-    meta = registry.load(client, model_ns, name, version)[1]
-    case = read_case(client, ns) if features_of(meta) == WALL_UNITS else None
-    if features_of(meta) == WALL_UNITS and case is None:
+        return {"version": version, "meta": meta}
+    wall_units = features_of(meta) == WALL_UNITS
+    case = read_case(client, ns) if wall_units else None
+    if wall_units and case is None:
         raise ValueError(f"{name} v{version} is a wall-units model, but the solver's case "
                          f"record {keys.solver_case(ns)!r} (kinematic viscosity, sample height) "
                          "is missing")
-    result = _evaluate(client, model_ns, name, version, inputs, true, case)
+    result = _evaluate(name, version, blob, meta, inputs, true, case)
     return dict(result, meta=meta)
 
 
@@ -69,19 +82,20 @@ def evaluate_samples(client, model_ns: str, name: str, inputs, targets,
     version = registry.latest_version(client, model_ns, name)
     if version is None:
         raise ValueError(f"model {name!r} has no published version in namespace {model_ns!r}")
-    result = _evaluate(client, model_ns, name, version, np.asarray(inputs, dtype=np.float32),
+    blob, meta = registry.load(client, model_ns, name, version)
+    result = _evaluate(name, version, blob, meta, np.asarray(inputs, dtype=np.float32),
                        np.asarray(targets, dtype=np.float64), case)
     return {key: result[key] for key in ("median", "p95", "samples", "version")}
 
 
-def _evaluate(client, model_ns: str, name: str, version: int, inputs: np.ndarray,
+def _evaluate(name: str, version: int, blob: bytes, meta: Dict, inputs: np.ndarray,
               true: np.ndarray, case: Optional[Dict]) -> Dict:
-    """Predicted stress (physical units) and the relative error per point of one version."""
+    """Predicted stress (physical units) and the relative error per point of one version
+    (its registry blob and meta)."""
     import torch
 
     from ..models.features import features_of, from_model_outputs, to_model_inputs
 
-    blob, meta = registry.load(client, model_ns, name, version)
     scheme = features_of(meta)
     model = load_module(blob, meta, torch.device("cpu"))
     scaled = np.asarray(to_model_inputs(inputs, scheme, case), dtype=np.float32)

@@ -3,6 +3,7 @@
 #include "env.hpp"
 
 #include "nekrs_ml/client.hpp"
+#include "nekrs_ml/keys.hpp"
 #include "nekrs_ml/protocol.h"
 
 #include <cerrno>
@@ -118,7 +119,7 @@ std::string namespace_from_env() { return getenv_or_empty(NKML_ENV_NAMESPACE); }
 
 std::string model_namespace_from_env() {
   const std::string ns = getenv_or_empty(NKML_ENV_MODEL_NAMESPACE);
-  if (ns.find_first_of("{}:") != std::string::npos) {
+  if (!keys::valid_namespace(ns)) {
     throw ConfigError(NKML_ENV_MODEL_NAMESPACE "='" + ns + "' is not a valid namespace: use a "
                       "name without '{', '}' or ':' (the run namespace of the shared model "
                       "registry and workers), or leave it unset");

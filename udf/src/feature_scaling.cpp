@@ -84,17 +84,10 @@ private:
   std::size_t at_ = 0;
 };
 
-} // namespace
-
-const char* feature_scheme_name(FeatureScheme scheme) {
-  switch (scheme) {
-  case FeatureScheme::dimensional: return "dimensional";
-  case FeatureScheme::wall_units: return "wall_units";
-  case FeatureScheme::unsupported: break;
-  }
-  return "unsupported";
-}
-
+// The string value of the top-level field `field` of a JSON object; found = false when the
+// object has no such field or its value is not a string. Nested objects and arrays are skipped
+// whole, so a field of the same name inside them is never taken. Throws std::invalid_argument
+// for text that is not a JSON object.
 std::string json_top_level_string(const std::string& json, const std::string& field, bool& found) {
   found = false;
   JsonScanner scanner(json);
@@ -117,6 +110,17 @@ std::string json_top_level_string(const std::string& json, const std::string& fi
   scanner.expect('}');
   if (!scanner.at_end()) scanner.fail("text after the object");
   return result;
+}
+
+} // namespace
+
+const char* feature_scheme_name(FeatureScheme scheme) {
+  switch (scheme) {
+  case FeatureScheme::dimensional: return "dimensional";
+  case FeatureScheme::wall_units: return "wall_units";
+  case FeatureScheme::unsupported: break;
+  }
+  return "unsupported";
 }
 
 FeatureScheme feature_scheme_of_meta(const std::string& meta, std::string& value) {

@@ -20,12 +20,6 @@ const char* feature_scheme_name(FeatureScheme scheme);
 // object is unsupported too: its scaling cannot be known.
 FeatureScheme feature_scheme_of_meta(const std::string& meta, std::string& value);
 
-// The string value of the top-level field `field` of a JSON object; found = false when the
-// object has no such field or its value is not a string. Nested objects and arrays are skipped
-// whole, so a field of the same name inside them is never taken. Throws std::invalid_argument
-// for text that is not a JSON object.
-std::string json_top_level_string(const std::string& json, const std::string& field, bool& found);
-
 // The two scalings of one solver (its kinematic viscosity nu and sample height h).
 class FeatureScaling {
 public:

@@ -86,7 +86,7 @@ InferenceClient::InferenceClient(Client& client, InferenceOptions options)
     throw ConfigError("InferenceClient: timeout and heartbeat_check must be positive seconds");
   }
   if (options_.model_ns.empty()) options_.model_ns = options_.ns;
-  if (options_.model_ns.find_first_of("{}:") != std::string::npos) {
+  if (!keys::valid_namespace(options_.model_ns)) {
     throw ConfigError("InferenceClient: model namespace '" + options_.model_ns +
                       "' is not valid: use a name without '{', '}' or ':' (" +
                       NKML_ENV_MODEL_NAMESPACE + ")");

@@ -84,7 +84,7 @@ void check_snapshot(const TensorHeader& inputs, const TensorHeader& targets) {
 
 StreamOptions checked(StreamOptions options) {
   const auto fail = [](const std::string& what) { throw ConfigError("TrainingStream: " + what); };
-  if (options.ns.empty() || options.ns.find_first_of("{}:") != std::string::npos) {
+  if (options.ns.empty() || !keys::valid_namespace(options.ns)) {
     fail("namespace '" + options.ns + "' must be non-empty without '{', '}' or ':' "
          "([NEKRS_ML] namespace)");
   }

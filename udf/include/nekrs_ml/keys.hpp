@@ -8,6 +8,11 @@
 
 namespace nekrs_ml::keys {
 
+// A namespace is a key prefix: '{' or '}' would change the keys' hash tags, ':' their fields.
+inline bool valid_namespace(const std::string& ns) {
+  return ns.find_first_of("{}:") == std::string::npos;
+}
+
 // The hash tag of one solver rank's keys: the namespace is part of it, so that in a Redis
 // Cluster the ranks of different runs (ensemble members) spread over the masters independently.
 inline std::string rank_tag(const std::string& ns, int rank) {
