@@ -32,6 +32,7 @@ def _train(parser: argparse.ArgumentParser):
                         help="continue from the newest checkpoint in checkpointDir")
 
     def run(args) -> int:
+        from ..train.distributed import leave
         from ..train.loop import main
-        return main(args)
+        leave(main(args))
     return run

@@ -3,10 +3,13 @@ gradient all-reduce of DistributedDataParallel."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -101,3 +104,24 @@ def init_torch_distributed(comm: MPI.Comm, device: torch.device) -> None:
         backend="nccl" if device.type == "cuda" else "gloo",
         init_method=f"tcp://{host}:{port}", rank=comm.rank, world_size=comm.size,
         timeout=timedelta(minutes=10))
+
+
+def leave(code: int) -> NoReturn:
+    """Ends this trainer process with ``code`` once ``main`` is done, without the interpreter's
+    finalisation.
+
+    DistributedDataParallel's reducer keeps its process group alive from C++ until the process
+    ends, so gloo's worker threads outlive the interpreter. A worker that takes the GIL while
+    the interpreter finalises (a collective's completion, or its last reference to a tensor
+    that Python created) is ended by the runtime through C++ frames that may not be unwound,
+    and the process aborts (SIGABRT) after training had ended well. The streams are flushed
+    and MPI finalised here, which is all the finalisation a trainer rank needs."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing more can be said there
+            pass
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+    os._exit(code)

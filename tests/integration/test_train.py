@@ -107,6 +107,21 @@ def test_trainer_learns_wall_shear_stress_from_the_stream(tcp_server, run_dir):
     assert np.median(relative) < 0.02, f"median relative error {np.median(relative):.3%}"
 
 
+@pytest.mark.parametrize("ending", ["return", "leave"])
+def test_a_trainer_rank_ends_with_its_code_while_gloo_still_works(ending):
+    """DistributedDataParallel keeps gloo's threads until the process ends; one that runs Python
+    while the interpreter finalises aborts the process. `nekrs-ml train` ends its ranks through
+    `leave`, which skips that finalisation (the other leg shows the abort it avoids)."""
+    program = Path(__file__).parents[1] / "support" / "trainer_exit_program.py"
+    done = subprocess.run(["mpiexec", "-n", "2", "--oversubscribe", sys.executable, str(program),
+                           ending], capture_output=True, text=True, timeout=120)
+    assert sorted(done.stdout.split("\n"))[-2:] == ["rank 0 done", "rank 1 done"], done.stdout
+    if ending == "leave":
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        assert done.returncode != 0 and "terminate called" in done.stderr, done.stderr[-3000:]
+
+
 def test_converged_trainer_asks_the_solver_to_stop(tcp_server, run_dir):
     ns = fresh_namespace()
     client = nekrs_ml.Client(**tcp_server.client_args())

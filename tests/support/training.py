@@ -118,7 +118,8 @@ def write_par(directory: str, **options) -> str:
 def training(par: str, run_dir: str, env: dict, solver: StreamingSolver, ranks: int = 2,
              extra=()):
     """The trainer under mpiexec next to the solver thread; on the way out (also when the test
-    fails) the trainer's whole process group is killed if still running and the solver halted."""
+    fails) the trainer's whole process group is killed if still running and the solver halted,
+    once it has had the time to see a stop request of the trainer."""
     argv = ["mpiexec", "-n", str(ranks), "--oversubscribe", sys.executable, "-m", "nekrs_ml.cli",
             "train", par, "--run-dir", run_dir, "--data-timeout", "60", *extra]
     with open(Path(run_dir, "trainer.log"), "wb") as log:
@@ -131,6 +132,8 @@ def training(par: str, run_dir: str, env: dict, solver: StreamingSolver, ranks: 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        if solver.client.exists(keys.trainer_stop(solver.ns)):
+            solver.join(timeout=10)  # it sees the stop request at its next snapshot
         solver.halted.set()
         solver.join(timeout=30)
 
