@@ -92,7 +92,31 @@ def write_private(path: Path, text: str) -> None:
 
 def create_private(path: Path, text: str) -> bool:
     """Creates ``path`` (0600) with ``text`` unless it exists; True when this call created it.
-    Several processes may race for it (nodes of a colocated run): one wins, the others read."""
+    Several processes may race for it (the nodes of a colocated run, on a shared file system):
+    one wins, the others read it, and none reads it half-written. The text goes to a file of
+    this call's own first, which is then linked to ``path``: a link never replaces an existing
+    file, and ``path`` appears with its whole text."""
+    path = Path(path)
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return _create_exclusive(path, text)  # a file system without hard links
+        return True
+    finally:
+        os.unlink(staged)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """create_private where links cannot be made: created, then written (a reader racing the
+    creator may find it empty for that moment)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
     except FileExistsError:
