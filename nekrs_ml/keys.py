@@ -37,6 +37,12 @@ def snapshot_dropped(ns: str, rank: int) -> str:
     return f"{ns}:{rank_tag(ns, rank)}:train:dropped"
 
 
+def snapshot_announced(ns: str, rank: int) -> str:
+    """Counter of snapshots this rank announced (progress), incremented in the snapshot's
+    transaction."""
+    return f"{ns}:{rank_tag(ns, rank)}:train:announced"
+
+
 def stream_cursors(ns: str, rank: int) -> str:
     """Hash consumer -> the last SEQ of this rank that consumer has read (consumer groups)."""
     return f"{ns}:{rank_tag(ns, rank)}:train:cursors"
@@ -81,11 +87,6 @@ def solver_step(ns: str) -> str:
 def solver_time(ns: str) -> str:
     """Solution time of the last control step (progress)."""
     return f"{ns}:solver:time"
-
-
-def solver_snapshots(ns: str) -> str:
-    """Counter of the snapshots announced by all solver ranks (progress display)."""
-    return f"{ns}:solver:snapshots"
 
 
 def solver_done(ns: str) -> str:

@@ -16,12 +16,13 @@ from typing import Callable, Dict, Optional
 
 from .. import keys
 from ..errors import NekrsMLError
+from .progress import stream_counts
 
 ACTIVE_STATES = ("training",)  # the trainer state in which dropped data is data lost
 
 
 class DropWatch:
-    POLL_EVERY = 2.0   # s between reads of the counters (one GET per solver rank)
+    POLL_EVERY = 2.0   # s between reads of the counters (two GETs per solver rank, pipelined)
     WARN_EVERY = 30.0  # s between two warnings while drops go on
 
     def __init__(self, client, ns: str, ranks: int, max_fraction: float,
@@ -36,9 +37,8 @@ class DropWatch:
         self.unwarned_since = time.monotonic()
 
     def counters(self):
-        dropped = sum(int(self.client.get_string(keys.snapshot_dropped(self.ns, rank)) or 0)
-                      for rank in range(self.ranks))
-        return dropped, int(self.client.get_string(keys.solver_snapshots(self.ns)) or 0)
+        announced, dropped = stream_counts(self.client, self.ns, range(self.ranks))
+        return dropped, announced
 
     def poll(self, trainer_running: bool, trainer_state: Optional[str], force: bool = False) -> None:
         now = time.monotonic()

@@ -304,17 +304,25 @@ class EnsembleRun(EnsembleReporting, Run):
         """Reads every member's progress and every trainer's status; {} entries when the
         database does not answer (counted in failed_polls)."""
         statuses: Dict[str, Dict] = {}
-        try:
+        announced = {state.name: [keys.snapshot_announced(state.ns, rank)
+                                  for rank in range(state.settings.solver_ranks)]
+                     for state in self.members.values()}
+        progress = [key for state in self.members.values()
+                    for key in (keys.solver_step(state.ns),)
+                    + ((keys.solver_inference(state.ns),) if self.settings.inferring else ())
+                    + tuple(announced[state.name])]
+        status_keys = {name: keys.trainer_status(self.ns, trainer=name) for name in trainers}
+        asked = progress + list(status_keys.values())
+        try:  # one round trip per server for all of them
+            values = dict(zip(asked, self.client.pipeline([("GET", key) for key in asked])))
             for state in self.members.values():
-                state.step = int(self.client.get_string(keys.solver_step(state.ns)) or 0)
-                state.snapshots = int(self.client.get_string(keys.solver_snapshots(state.ns)) or 0)
-                raw = (self.client.get_string(keys.solver_inference(state.ns))
-                       if self.settings.inferring else None)
+                state.step = int(values[keys.solver_step(state.ns)] or 0)
+                state.snapshots = sum(int(values[key] or 0) for key in announced[state.name])
+                raw = values.get(keys.solver_inference(state.ns))
                 state.inference = json.loads(raw) if raw else state.inference
                 state.flow_stats.drain(self.client, state.ns)
-            for name in trainers:
-                raw = self.client.get_string(keys.trainer_status(self.ns, trainer=name))
-                statuses[name] = json.loads(raw) if raw else {}
+            for name, key in status_keys.items():
+                statuses[name] = json.loads(values[key]) if values[key] else {}
         except NekrsMLError:
             self.failed_polls += 1
             return statuses

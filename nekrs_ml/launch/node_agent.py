@@ -127,10 +127,14 @@ def node_counters(orchestrator: Orchestrator, namespace: str, host: str,
 
 
 def _solver_counters(conn, namespace: str) -> Dict:
-    ranks = conn.smembers(keys.solver_members(namespace))
+    """The solver ranks that write to this node's server, their announced snapshots and the
+    last step (one server: the ranks' keys need no routing)."""
+    ranks = sorted(int(rank) for rank in conn.smembers(keys.solver_members(namespace)))
     step = conn.get(keys.solver_step(namespace))
-    return {"solver_ranks": sorted(int(rank) for rank in ranks),
-            "snapshots": int(conn.get(keys.solver_snapshots(namespace)) or 0),
+    announced = conn.mget([keys.snapshot_announced(namespace, rank) for rank in ranks]) \
+        if ranks else []
+    return {"solver_ranks": ranks,
+            "snapshots": sum(int(count or 0) for count in announced),
             "last_step": int(step) if step else None}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from .. import keys
 from ..client import Client
@@ -20,14 +20,28 @@ def nothing_read() -> Reading:
     return 0, None, 0, {}, None
 
 
-def read_progress(client: Client, ns: str, inferring: bool, flow_stats: FlowStatistics) -> Reading:
-    """(step, simulation time, snapshots, trainer status, solver's inference record), draining
-    the flow-statistics records on the way; a database that does not answer raises
-    NekrsMLError, a record that does not parse ValueError."""
+def stream_counts(client: Client, ns: str, ranks: Iterable[int]) -> Tuple[int, int]:
+    """(announced, dropped): the snapshots that solver ranks ``ranks`` announced and dropped so
+    far, summed over their counters in one round trip per server (a rank whose counters are on
+    another host's server counts 0)."""
+    asked = [key for rank in ranks
+             for key in (keys.snapshot_announced(ns, rank), keys.snapshot_dropped(ns, rank))]
+    if not asked:
+        return 0, 0
+    replies = client.pipeline([("GET", key) for key in asked])
+    return sum(int(value or 0) for value in replies[0::2]), \
+        sum(int(value or 0) for value in replies[1::2])
+
+
+def read_progress(client: Client, ns: str, ranks: int, inferring: bool,
+                  flow_stats: FlowStatistics) -> Reading:
+    """(step, simulation time, snapshots, trainer status, solver's inference record) of a
+    solver of ``ranks`` ranks, draining the flow-statistics records on the way; a database that
+    does not answer raises NekrsMLError, a record that does not parse ValueError."""
     step = int(client.get_string(keys.solver_step(ns)) or 0)
     raw_time = client.get_string(keys.solver_time(ns))
     sim_time = float(raw_time) if raw_time else None
-    snapshots = int(client.get_string(keys.solver_snapshots(ns)) or 0)
+    snapshots, _ = stream_counts(client, ns, range(ranks))
     raw = client.get_string(keys.trainer_status(ns))
     status = json.loads(raw) if raw else {}
     raw = client.get_string(keys.solver_inference(ns)) if inferring else None

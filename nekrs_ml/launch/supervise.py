@@ -135,7 +135,8 @@ class Supervision:
         """The progress read from the database; nothing_read() when it does not answer (counted
         in failed_polls) or a record does not parse."""
         try:
-            reading = read_progress(self.client, self.ns, self.settings.inferring, self.flow_stats)
+            reading = read_progress(self.client, self.ns, self.settings.solver_ranks,
+                                    self.settings.inferring, self.flow_stats)
         except NekrsMLError:
             self.failed_polls += 1
             return nothing_read()

@@ -15,6 +15,7 @@ import pytest
 import nekrs_ml
 from nekrs_ml import _core, keys
 from nekrs_ml.errors import ConfigError
+from nekrs_ml.launch.progress import stream_counts
 from nekrs_ml.orchestrator import Orchestrator
 from support.paths import short_tmpdir
 
@@ -216,6 +217,9 @@ def test_stream_stores_then_announces(clients):
         np.testing.assert_array_equal(stored_targets, targets)
     assert index(python, ns, rank) == [(seq, seq * 10, t) for seq, t in enumerate(times)]
     assert stream.snapshots_written == 5 and stream.next_seq == 5 and stream.snapshots_dropped == 0
+    # the rank's progress counter, counted in the snapshot's transaction (one shard)
+    assert python.get_string(keys.snapshot_announced(ns, rank)) == b"5"
+    assert stream_counts(python, ns, range(rank + 2)) == (5, 0)
 
 
 def test_a_reader_never_sees_an_announcement_before_the_data(clients, server):
@@ -406,3 +410,5 @@ def test_full_database_drops_without_raising_or_leaving_partial_keys(full_server
         # With memory again, the stream goes on where it stopped.
         assert stream.put(3, 0.0, *snapshot(n=1000))["written"]
         assert index(client, ns, 0)[-1][:2] == (2, 3)
+        # the refused snapshot was not counted as announced
+        assert client.command(["GET", keys.snapshot_announced(ns, 0)]) == b"3"

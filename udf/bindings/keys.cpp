@@ -21,6 +21,7 @@ void bind_keys(py::module_& m) {
   k.def("snapshot_targets", &keys::snapshot_targets);
   k.def("snapshot_index", &keys::snapshot_index);
   k.def("snapshot_dropped", &keys::snapshot_dropped);
+  k.def("snapshot_announced", &keys::snapshot_announced);
   k.def("inference_reply", &keys::inference_reply);
   k.def("worker_tag", &keys::worker_tag);
   k.def("inference_queue", &keys::inference_queue);
@@ -30,7 +31,6 @@ void bind_keys(py::module_& m) {
   k.def("solver_members", &keys::solver_members);
   k.def("solver_step", &keys::solver_step);
   k.def("solver_time", &keys::solver_time);
-  k.def("solver_snapshots", &keys::solver_snapshots);
   k.def("solver_summary", &keys::solver_summary);
   k.def("solver_case", &keys::solver_case);
   k.def("solver_inference", &keys::solver_inference);

@@ -130,7 +130,8 @@ StreamOptions StreamOptions::from_config(const Config& config, int rank) {
 TrainingStream::TrainingStream(Client& client, StreamOptions options)
     : client_(client), options_(checked(std::move(options))),
       index_key_(keys::snapshot_index(options_.ns, options_.rank)),
-      dropped_key_(keys::snapshot_dropped(options_.ns, options_.rank)) {
+      dropped_key_(keys::snapshot_dropped(options_.ns, options_.rank)),
+      announced_key_(keys::snapshot_announced(options_.ns, options_.rank)) {
   const std::string members = keys::solver_members(options_.ns);
   client_.command({"SADD", members, std::to_string(options_.rank)}, members);
 }
@@ -281,35 +282,30 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
       std::to_string(seq_) + " " + std::to_string(step) + " " + format_number(time);
   const std::string inputs_key = keys::snapshot_inputs(ns, options_.rank, seq_);
   const std::string targets_key = keys::snapshot_targets(ns, options_.rank, seq_);
-  const std::string counter_key = keys::solver_snapshots(ns);
   const std::string inputs_head = encode_header(inputs_header);
   const std::string targets_head = encode_header(targets_header);
   const auto tensor_set = [](const std::string& key, const std::string& head, const void* data,
                              const TensorHeader& header) {
     return Command{key, {{"SET"}, {key}, {head, bytes_of(data, header.data_bytes())}}};
   };
-  // All keys of the transaction carry the rank's hash tag (one shard); the progress counter
-  // may live on another shard and is pipelined beside it, outside the transaction.
+  // All keys of the transaction carry the rank's hash tag: one shard, one round trip, and the
+  // rank's progress counter counts exactly the announced snapshots.
   const std::vector<CommandReply> replies = client_.pipeline({
       Command::of(index_key_, {"MULTI"}),
       tensor_set(inputs_key, inputs_head, inputs, inputs_header),
       tensor_set(targets_key, targets_head, targets, targets_header),
       Command::of(index_key_, {"RPUSH", index_key_, entry}),
+      Command::of(announced_key_, {"INCRBY", announced_key_, "1"}),
       Command::of(index_key_, {"EXEC"}),
-      Command::of(counter_key, {"INCRBY", counter_key, "1"}),
   });
-  const CommandReply& exec = replies[4];
+  const CommandReply& exec = replies[5];
   bool full = false;
   for (std::size_t i = 0; i < 5; ++i) {
     if (!replies[i].is_error()) continue;
     const ServerError error("put snapshot '" + inputs_key + "': server error: " +
                             replies[i].text);
     if (needs_routing(replies[i].text)) {
-      const bool written = try_write_routed(entry, inputs_header, inputs, targets_header, targets);
-      // The pipelined counter went to its own shard: keep it equal to the announced snapshots.
-      if (written && replies[5].is_error()) count_announced();
-      if (!written && !replies[5].is_error()) count_announced(-1);
-      return written;
+      return try_write_routed(entry, inputs_header, inputs, targets_header, targets);
     }
     if (!out_of_memory(error) && replies[i].text.rfind("EXECABORT", 0) != 0) throw error;
     full = full || out_of_memory(error);
@@ -319,7 +315,7 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
     discard(seq_); // nothing of the transaction was applied; clears anything left before
     return false;
   }
-  if (exec.type != CommandReply::Type::array || exec.elements.size() != 3) {
+  if (exec.type != CommandReply::Type::array || exec.elements.size() != 4) {
     throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to EXEC");
   }
   for (const CommandReply& element : exec.elements) {
@@ -332,16 +328,6 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
     throw ServerError("put snapshot '" + inputs_key + "': unexpected reply to RPUSH");
   }
   index_length_ = exec.elements[2].integer;
-  const CommandReply& counted = replies[5];
-  if (counted.is_error()) {
-    // The run-wide progress counter is informative only: a full server may refuse it.
-    const ServerError error("increment '" + counter_key + "': server error: " + counted.text);
-    if (needs_routing(counted.text)) {
-      count_announced();
-    } else if (!out_of_memory(error)) {
-      throw error;
-    }
-  }
   return true;
 }
 
@@ -363,17 +349,13 @@ bool TrainingStream::try_write_routed(const std::string& entry, const TensorHead
     discard(seq_); // never leave half a snapshot behind
     return false;
   }
-  return true;
-}
-
-// The run-wide progress counter is informative only: a full server may refuse it.
-void TrainingStream::count_announced(long long count) {
-  const std::string key = keys::solver_snapshots(options_.ns);
   try {
-    client_.increment(key, count);
+    client_.increment(announced_key_, 1);
   } catch (const ServerError& error) {
+    // The progress counter is informative only: a full server may refuse it.
     if (!out_of_memory(error)) throw;
   }
+  return true;
 }
 
 // Deletes both tensors of snapshot `seq` (DEL is allowed on a full server).

@@ -31,6 +31,9 @@ inline std::string snapshot_index(const std::string& ns, int rank) {
 inline std::string snapshot_dropped(const std::string& ns, int rank) {
   return ns + ":" + rank_tag(ns, rank) + ":train:dropped";
 }
+inline std::string snapshot_announced(const std::string& ns, int rank) {
+  return ns + ":" + rank_tag(ns, rank) + ":train:announced";
+}
 // Inference: rank R reads its replies from its own list; worker W serves one queue.
 inline std::string inference_reply(const std::string& ns, int rank, const std::string& model) {
   return ns + ":" + rank_tag(ns, rank) + ":infer:" + model + ":rep";
@@ -53,7 +56,6 @@ inline std::string holdout_targets(const std::string& ns, int rank) {
 inline std::string solver_members(const std::string& ns) { return ns + ":solver:members"; }
 inline std::string solver_step(const std::string& ns) { return ns + ":solver:step"; }
 inline std::string solver_time(const std::string& ns) { return ns + ":solver:time"; }
-inline std::string solver_snapshots(const std::string& ns) { return ns + ":solver:snapshots"; }
 inline std::string solver_summary(const std::string& ns) { return ns + ":solver:summary"; }
 // What the trainer needs to know of this solver's case (JSON: kinematic_viscosity,
 // sample_height, inputs, outputs, ranks), stored by the first rank of each node when the

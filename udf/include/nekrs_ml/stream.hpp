@@ -95,7 +95,6 @@ private:
                         const void* inputs, const TensorHeader& targets_header,
                         const void* targets);
   void discard(long long seq);
-  void count_announced(long long count = 1);
   void count_dropped(long long count);
   // whenFull = wait: polls ready() until it holds (true), waitTimeout passes, or there is no
   // trainer left to wait for (false).
@@ -106,6 +105,7 @@ private:
   StreamOptions options_;
   std::string index_key_;
   std::string dropped_key_;
+  std::string announced_key_;
   // Upper bound of the index length (the length this stream last saw, plus its own pushes);
   // empty until first seen.
   std::optional<long long> index_length_;
