@@ -94,7 +94,8 @@ def _evaluate(name: str, version: int, blob: bytes, meta: Dict, inputs: np.ndarr
     (its registry blob and meta)."""
     import torch
 
-    from ..models.features import features_of, from_model_outputs, to_model_inputs
+    from ..models.features import (error_summary, features_of, from_model_outputs,
+                                   relative_errors, to_model_inputs)
 
     scheme = features_of(meta)
     model = load_module(blob, meta, torch.device("cpu"))
@@ -105,13 +106,9 @@ def _evaluate(name: str, version: int, blob: bytes, meta: Dict, inputs: np.ndarr
     if predicted.shape != true.shape:
         raise ValueError(f"{name} v{version} answers {predicted.shape} for held-out targets "
                          f"{true.shape}")
-    norm = np.linalg.norm(true, axis=1)
-    keep = norm > 0
-    rel = np.linalg.norm(predicted - true, axis=1)[keep] / norm[keep]
-    return {"version": version, "true": true, "predicted": predicted,
-            "median": float(np.median(rel)) if rel.size else None,
-            "p95": float(np.percentile(rel, 95)) if rel.size else None,
-            "samples": int(rel.size)}
+    summary = error_summary(relative_errors(predicted, true)) or \
+        {"median": None, "p95": None, "samples": 0}
+    return {"version": version, "true": true, "predicted": predicted, **summary}
 
 
 def applied_share(inference: Optional[Dict]) -> Optional[float]:

@@ -112,3 +112,19 @@ def from_model_outputs(y: np.ndarray, features: str, case: Optional[dict]) -> np
     """What the model answers -> wall shear stress in the solver's units."""
     _, factor = _scales(features, case)
     return y if factor == 1.0 else np.asarray(y) / factor
+
+
+def relative_errors(predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """The a-priori error per point, |tau_pred - tau| / |tau| (vector norms over the stress
+    components); points where the true stress is zero have none."""
+    norm = np.linalg.norm(true, axis=1)
+    keep = norm > 0
+    return np.linalg.norm(predicted - true, axis=1)[keep] / norm[keep]
+
+
+def error_summary(errors: np.ndarray) -> Optional[dict]:
+    """{"median", "p95", "samples"} of relative errors; None when there are none."""
+    if not errors.size:
+        return None
+    return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)),
+            "samples": int(errors.size)}

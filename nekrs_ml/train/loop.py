@@ -140,7 +140,7 @@ class Trainer:
                                             self.say)
                          if settings.compile_device and world.leader else None)
         self.reader = SnapshotReader(client, self.ns, world.group.rank, world.group.size,
-                                     consumer=settings.consumer or settings.model_name,
+                                     consumer=settings.consumer,
                                      streams=settings.streams or None)
         self.stream_names = list(self.reader.streams)
         self.wall_units = settings.features == feature_schemes.WALL_UNITS
@@ -557,17 +557,13 @@ class Trainer:
                 else:
                     x, true = inputs, np.asarray(targets, np.float64)
                 predicted = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
-                norm = np.linalg.norm(true, axis=1)
-                keep = norm > 0
-                local[name] = np.linalg.norm(predicted - true, axis=1)[keep] / norm[keep]
+                local[name] = feature_schemes.relative_errors(predicted, true)
         gathered = self.world.comm.gather(local, root=0)
         if self.world.rank != 0:
             return
         for name in self.stream_names:
-            errors = np.concatenate([g[name] for g in gathered])
-            self.apriori[name] = ({"median": float(np.median(errors)),
-                                   "p95": float(np.percentile(errors, 95)),
-                                   "samples": int(errors.size)} if errors.size else None)
+            self.apriori[name] = feature_schemes.error_summary(
+                np.concatenate([g[name] for g in gathered]))
 
     # --- publishing, checkpoints, status ----------------------------------------------------
     def publish_best(self) -> None:
@@ -696,7 +692,7 @@ class Trainer:
                 "data_window": self.window.as_dict(),
                 "skipped": dict(self.skipped), "time": time.time(), "state": state,
                 "dropped": sum(m.get("dropped", 0) for m in self.members.values()),
-                "consumer": self.settings.consumer or self.settings.model_name,
+                "consumer": self.settings.consumer,
                 "features": self.settings.features,
                 "members": {name: dict(self.members.get(name, {}),
                                        validation_loss=_finite(self.member_loss.get(name)),

@@ -43,7 +43,7 @@ class Settings:
     export_format: str = "torch-export"  # or "onnx" (nekrs_ml.train.onnx_export)
     # the training streams read (ensemble members); default: one, "solver", in ``namespace``
     streams: Tuple[Stream, ...] = ()
-    consumer: str = ""  # this trainer's name in the streams' consumer groups (default: model)
+    consumer: str = ""  # its name in the streams' consumer groups (from_args: --consumer or model)
     trainer: Optional[str] = None  # the name in its control keys (None: NS:trainer:...)
     member_sampling: str = "balanced"
     features: str = "dimensional"  # or "wall_units" (nekrs_ml.models.features)
