@@ -18,7 +18,7 @@ from .. import environment, keys, rundir
 from ..errors import NekrsMLError
 from ..waiting import wait_until
 from .ensemble_case import EnsembleCase, Member, load_ensemble
-from .ensemble_report import EnsembleReporting
+from .ensemble_report import TRAINER_PART, EnsembleReporting
 from .flow import FlowStatistics
 from .nekrs_case import nekrs_run_length
 from .placement import spread
@@ -30,7 +30,6 @@ from .startup import solver_program
 from .supervisor import Part
 
 SOLVER_PART = "solver."  # parts["solver.<member>"]
-TRAINER_PART = "trainer."  # parts["trainer.<model>"]
 TRAINER_START_TIMEOUT = 300.0  # s for every trainer to be alive before the members start
 
 

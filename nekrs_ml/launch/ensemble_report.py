@@ -15,6 +15,8 @@ from ..errors import NekrsMLError
 from .flow import plot_profile
 from .run_report import read_json, release_reserve, solver_flow, stored_summary
 
+TRAINER_PART = "trainer."  # the launcher's parts["trainer.<model>"]
+
 HELD_OUT_SNAPSHOTS = 50  # at most this many retained snapshots per rank of a held-out member
 
 
@@ -173,8 +175,6 @@ class EnsembleReporting:
                     meta = registry.load(self.client, self.ns, model, version)[1]
             except (NekrsMLError, ValueError):
                 pass
-        from .ensemble import TRAINER_PART
-
         part = self.parts.get(TRAINER_PART + model)
         return {
             "state": status.get("state"),
