@@ -97,6 +97,8 @@ def create_private(path: Path, text: str) -> bool:
     this call's own first, which is then linked to ``path``: a link never replaces an existing
     file, and ``path`` appears with its whole text."""
     path = Path(path)
+    if os.path.lexists(path):  # the usual case on all nodes but one: no disk space needed
+        return False
     fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
     try:
         with os.fdopen(fd, "w") as handle:

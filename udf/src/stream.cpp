@@ -298,9 +298,10 @@ bool TrainingStream::try_write(long step, double time, const TensorHeader& input
       Command::of(announced_key_, {"INCRBY", announced_key_, "1"}),
       Command::of(index_key_, {"EXEC"}),
   });
-  const CommandReply& exec = replies[5];
+  const CommandReply& exec = replies.back();
   bool full = false;
-  for (std::size_t i = 0; i < 5; ++i) {
+  // The queued commands and EXEC itself: memory may run out, or a redirect come, at either.
+  for (std::size_t i = 0; i < replies.size(); ++i) {
     if (!replies[i].is_error()) continue;
     const ServerError error("put snapshot '" + inputs_key + "': server error: " +
                             replies[i].text);
